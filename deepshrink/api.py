@@ -1,0 +1,80 @@
+"""The few public entry points: compress, evaluate, pack, load."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from .config import Recipe, load_recipe, select_layers
+from .methods import CompressContext
+from .registry import METHODS
+
+
+@dataclass
+class CompressResult:
+    model: nn.Module  # inference form, ready for `pack`
+    method: str
+    recipe: Recipe
+    metrics: dict = field(default_factory=dict)  # val top1/top5 before and after, compression seconds
+
+
+def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_data=None, out_dir=None,
+             device=None, overrides: list[str] | None = None, extra: dict | None = None,
+             inplace: bool = False) -> CompressResult:
+    """Compress `model` with a recipe (a Recipe, dict, YAML path or built-in recipe / method name).
+
+    Data arguments are iterables of (float NCHW inputs, int64 labels), e.g. `deepshrink.data.make_loader`.
+    Layer-wise methods read `calib_data` (default: `train_data`); QAT methods train on `train_data`.
+
+    Example::
+
+        result = deepshrink.compress(model, "bwn", train_data=train, val_data=test,
+                                     overrides=["train.epochs=1"])
+        print(result.metrics["top1"])
+    """
+    if isinstance(recipe, str) and recipe.lower() in METHODS and not Path(recipe).exists():
+        from .config import list_recipes
+
+        recipe = recipe if recipe in list_recipes() else {"method": recipe}
+    recipe = load_recipe(recipe, overrides)
+    if not inplace:
+        model = copy.deepcopy(model)
+    entry = METHODS.get(recipe.method)
+    handler = entry.handler_cls(recipe, select_layers(model, recipe))
+    ctx = CompressContext(train_data=train_data, val_data=val_data,
+                          calib_data=calib_data if calib_data is not None else train_data,
+                          train=recipe.train, calib=recipe.calib,
+                          run_dir=Path(out_dir) if out_dir else None, device=device, extra=extra or {})
+    start = time.perf_counter()
+    model = handler.compress(model, ctx)
+    compress_seconds = time.perf_counter() - start
+    model = handler.convert(model)
+    model.eval()
+    metrics = {"compress_seconds": compress_seconds}
+    if val_data is not None:
+        metrics.update(evaluate(model, val_data, device=device))
+    return CompressResult(model=model, method=entry.name, recipe=recipe, metrics=metrics)
+
+
+def evaluate(model: nn.Module, data, device=None) -> dict:
+    """Top-1 / top-5 accuracy (percent) and mean loss of `model` on `data`."""
+    from .engine import evaluate as _evaluate
+
+    return _evaluate(model, data, device=device)
+
+
+def pack(model: nn.Module, path, **options) -> dict:
+    """Write `model` (inference form) to a `.dsz` file at its real bit width; returns the size report."""
+    from .pack import save
+
+    return save(model, path, **options)
+
+
+def load(path) -> nn.Module:
+    """Rebuild a model from a `.dsz` file without the code that trained it."""
+    from .pack import load as _load
+
+    return _load(path)

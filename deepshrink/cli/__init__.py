@@ -1,0 +1,56 @@
+"""The `deepshrink` command: a thin layer over the API, one module per sub-command.
+
+Each module `deepshrink/cli/<name>.py` defines `add_parser(subparsers)` that registers its sub-command
+and sets `func=run` (run(args) -> int exit status). User errors exit with status 2 and one line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UserError
+
+COMMANDS = ["demo", "train", "eval", "info", "data", "compress", "recipes", "pack", "inspect", "export",
+            "bench", "report"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: same one-line form, exit 2
+        self.print_usage(sys.stderr)
+        print(f"deepshrink: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="deepshrink", description="Compress trained neural networks, and prove it.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"deepshrink.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"deepshrink.cli.{name}":
+                raise
+            continue  # sub-command not built yet
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"deepshrink {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

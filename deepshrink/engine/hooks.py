@@ -1,0 +1,49 @@
+"""Extension points of the one training loop. Compression methods plug in here, never by copying it.
+
+The Trainer calls, in this order, for every hook in its list:
+
+    on_train_start(trainer)                      once, after the optimizer exists
+    on_epoch_start(trainer, epoch)
+      before_step(trainer, inputs, targets)      may return replacement (inputs, targets)
+      extra_loss(trainer, inputs, outputs, targets) -> Tensor | None   added to the task loss
+      after_backward(trainer)                    gradients exist, optimizer not stepped yet
+      after_step(trainer)                        optimizer and scheduler stepped
+    on_epoch_end(trainer, epoch, metrics)        metrics: dict of this epoch's train/val figures
+    on_train_end(trainer)
+
+`param_groups(trainer, model)` lets a hook decide which parameters the optimizer gets (return a list
+of torch param-group dicts, or None to keep the default). Only the first hook returning non-None wins.
+`trainer` exposes .model, .optimizer, .scheduler, .config (TrainConfig), .epoch, .step, .device.
+"""
+from __future__ import annotations
+
+
+class Hook:
+    """Base class with no-op implementations of every extension point."""
+
+    def param_groups(self, trainer, model):
+        return None
+
+    def on_train_start(self, trainer):
+        pass
+
+    def on_epoch_start(self, trainer, epoch: int):
+        pass
+
+    def before_step(self, trainer, inputs, targets):
+        return None
+
+    def extra_loss(self, trainer, inputs, outputs, targets):
+        return None
+
+    def after_backward(self, trainer):
+        pass
+
+    def after_step(self, trainer):
+        pass
+
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict):
+        pass
+
+    def on_train_end(self, trainer):
+        pass

@@ -1,0 +1,78 @@
+"""The base every compression method handler derives from, and the context it runs in.
+
+A method = a config dataclass that validates itself (`__post_init__` raises `UserError` naming the
+field and the allowed range) + a handler registered for it::
+
+    @dataclass
+    class BWNConfig:
+        per_channel: bool = True
+
+    @register_method("bwn", BWNConfig)
+    class BWN(Method):
+        kind = "qat"
+        def compress(self, model, ctx): ...   # swap layers, then ctx.fit(model, hooks)
+        def convert(self, model): ...         # -> inference form (CompressedConv2d, ...), packable
+
+`deepshrink.compress` builds the handler with the recipe's per-layer parameters and calls
+`compress` then `convert`. Nothing outside the handler special-cases a method by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from torch import nn
+
+from .config import CalibConfig, Recipe, TrainConfig, _build
+
+
+@dataclass
+class CompressContext:
+    """What a method may use: data loaders yielding (float NCHW inputs, int64 labels), budgets, a run folder."""
+
+    train_data: Iterable | None = None
+    val_data: Iterable | None = None
+    calib_data: Iterable | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    run_dir: Path | None = None
+    device: Any = None
+    extra: dict = field(default_factory=dict)  # method-specific inputs (e.g. Co-Prune's source data)
+
+    def fit(self, model: nn.Module, hooks=(), config: TrainConfig | None = None, data=None) -> dict:
+        """Train `model` with the one training loop (deepshrink.engine.Trainer); returns its final metrics."""
+        from .engine import Trainer
+
+        data = data if data is not None else self.train_data
+        if data is None:
+            from .errors import UserError
+
+            raise UserError("this method trains: give training data (--data / train_data=...)")
+        trainer = Trainer(model, data, self.val_data, config or self.train, hooks=list(hooks),
+                          run_dir=self.run_dir, device=self.device)
+        return trainer.fit()
+
+
+class Method:
+    """Base class of method handlers. Subclasses set `kind` and implement `compress` and `convert`."""
+
+    kind = "qat"  # qat | layerwise | prune | dynamic
+    method_name: str = "?"
+    config_cls: type = object
+
+    def __init__(self, recipe: Recipe, layers: dict[str, dict]):
+        self.recipe = recipe
+        self.config = recipe.method_config()
+        # per-layer validated configs; the recipe's overrides already merged into each dict
+        self.layer_configs = {
+            name: _build(self.config_cls, params, f"method {self.method_name!r}, layer {name!r}")
+            for name, params in layers.items()
+        }
+
+    def compress(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
+        raise NotImplementedError
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        """Inference form: compressed layers become packable modules holding EncodedWeights."""
+        raise NotImplementedError

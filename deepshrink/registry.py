@@ -1,0 +1,143 @@
+"""Name -> object registries: models (like timm's `create_model`), compression methods, packable modules.
+
+A method is a config dataclass that validates itself plus a handler class registered for it::
+
+    @register_method("bwn", BWNConfig)
+    class BWN(QATMethod): ...
+
+Every registry lists what it holds when a name is unknown, so a typo gets a useful message.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from .errors import UserError
+
+T = TypeVar("T")
+
+# Packages whose import registers methods/models; imported lazily on first lookup so that
+# `import deepshrink` stays cheap and a broken method module cannot break unrelated commands.
+_PLUGIN_PACKAGES = {
+    "model": ["deepshrink.models"],
+    "method": ["deepshrink.quant", "deepshrink.layerwise", "deepshrink.prune"],
+    "packable module": ["deepshrink.nn", "deepshrink.quant", "deepshrink.prune", "deepshrink.layerwise"],
+}
+
+
+class Registry(Generic[T]):
+    """A case-insensitive name -> entry map with helpful errors."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        self._loaded = False
+
+    def _load_plugins(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for package in _PLUGIN_PACKAGES.get(self.kind, []):
+            importlib.import_module(package)
+
+    def register(self, name: str, entry: T) -> T:
+        key = name.lower()
+        if key in self._entries and self._entries[key] is not entry:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[key] = entry
+        return entry
+
+    def get(self, name: str) -> T:
+        self._load_plugins()
+        key = str(name).lower()
+        if key not in self._entries:
+            raise UserError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._entries))}"
+            )
+        return self._entries[key]
+
+    def names(self) -> list[str]:
+        self._load_plugins()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_plugins()
+        return str(name).lower() in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+# ---------------------------------------------------------------- models
+MODELS: Registry[Callable[..., Any]] = Registry("model")
+
+
+def register_model(name: str | None = None):
+    """Decorator: register a model constructor under `name` (default: the function's name)."""
+
+    def deco(fn):
+        MODELS.register(name or fn.__name__, fn)
+        return fn
+
+    return deco
+
+
+def create_model(name: str, **kwargs):
+    """Build a registered model; the result remembers how it was built (for `deepshrink.load`).
+
+    Example::
+
+        model = create_model("resnet20", num_classes=10, shortcut="B")
+    """
+    model = MODELS.get(name)(**kwargs)
+    model.deepshrink_arch = {"name": name.lower(), "kwargs": dict(kwargs)}
+    return model
+
+
+def list_models() -> list[str]:
+    """Names of every registered model."""
+    return MODELS.names()
+
+
+# ---------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    config_cls: type
+    handler_cls: type
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+
+
+def register_method(name: str, config_cls: type):
+    """Decorator: register `handler_cls` as compression method `name` configured by `config_cls`."""
+
+    def deco(handler_cls):
+        METHODS.register(name, MethodEntry(name.lower(), config_cls, handler_cls))
+        handler_cls.method_name = name.lower()
+        handler_cls.config_cls = config_cls
+        return handler_cls
+
+    return deco
+
+
+def list_methods() -> list[str]:
+    """Names of every registered compression method."""
+    return METHODS.names()
+
+
+# ---------------------------------------------------------------- packable modules
+PACKABLE: Registry[type] = Registry("packable module")
+
+
+def register_packable(name: str | None = None):
+    """Decorator for nn.Module classes that may appear in a packed model (see deepshrink.nn.packable)."""
+
+    def deco(cls):
+        PACKABLE.register(name or cls.__name__, cls)
+        cls.packable_name = (name or cls.__name__).lower()
+        return cls
+
+    return deco

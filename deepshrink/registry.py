@@ -21,8 +21,9 @@ T = TypeVar("T")
 # `import deepshrink` stays cheap and a broken method module cannot break unrelated commands.
 _PLUGIN_PACKAGES = {
     "model": ["deepshrink.models"],
-    "method": ["deepshrink.quant", "deepshrink.layerwise", "deepshrink.prune"],
-    "packable module": ["deepshrink.nn", "deepshrink.quant", "deepshrink.prune", "deepshrink.layerwise"],
+    "method": ["deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.layerwise", "deepshrink.prune"],
+    "packable module": ["deepshrink.nn", "deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.prune",
+                        "deepshrink.layerwise"],
 }
 
 
@@ -39,7 +40,11 @@ class Registry(Generic[T]):
             return
         self._loaded = True
         for package in _PLUGIN_PACKAGES.get(self.kind, []):
-            importlib.import_module(package)
+            try:
+                importlib.import_module(package)
+            except ModuleNotFoundError as exc:
+                if exc.name != package:  # a real missing dependency inside the package: surface it
+                    raise
 
     def register(self, name: str, entry: T) -> T:
         key = name.lower()

@@ -1,0 +1,49 @@
+"""`deepshrink compress`: run a recipe on a model and data set, leave a run folder with model.dsz."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compress", help="compress a model with a recipe (QAT, layer-wise, pruning)",
+                       description="Compress --model (optionally loaded from --base) on --data with a recipe; "
+                                   "writes RUN/model.dsz, RUN/metrics.json, RUN/recipe.yaml and the training run.")
+    p.add_argument("--recipe", help="recipe YAML file or built-in recipe name (see `deepshrink recipes`)")
+    p.add_argument("--method", help="method name shorthand (its default parameters), instead of --recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set weight_bits=4 --set train.epochs=2")
+    p.add_argument("--model", required=True, help="registered model name (see `deepshrink info --help`)")
+    p.add_argument("--model-args", action="append", default=[], metavar="K=V",
+                   help="model constructor arguments, e.g. shortcut=B")
+    p.add_argument("--base", help="checkpoint to start from (plain state_dict or deepshrink checkpoint)")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--train-subset", type=float, default=None,
+                   help="train on a stratified subset: a ratio in (0, 1] or an image count")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON line at the end")
+    from ..data import add_data_args
+
+    add_data_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..config import load_recipe
+    from ..errors import UserError
+    from ..pipeline import run_compress
+
+    if bool(args.recipe) == bool(args.method):
+        raise UserError("give exactly one of --recipe FILE|NAME or --method NAME")
+    recipe = load_recipe(args.recipe, args.overrides, method=args.method) if args.recipe else \
+        load_recipe(None, args.overrides, method=args.method)
+    metrics = run_compress(recipe, model=args.model, model_args=args.model_args, base=args.base,
+                           data=args.data, data_root=args.data_root, download=args.download, out_dir=args.out,
+                           device=args.device, train_subset=args.train_subset)
+    summary = (f"{metrics['method']}: top-1 {metrics['top1']:.2f}% (base {metrics.get('base_top1', float('nan')):.2f}%), "
+               f"{metrics['file_bytes']:,} bytes, {metrics['ratio']:.1f}x smaller than fp32, "
+               f"compressed in {metrics['compress_seconds']:.1f} s -> {metrics['packed']}")
+    print(summary, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(metrics))
+    return 0

@@ -1,0 +1,156 @@
+"""The end-to-end path every front end shares: build model and data, compress, pack, re-measure.
+
+`deepshrink compress` and every `deepshrink bench` row call `run_compress`, so what a benchmark reports
+is what a user gets. Figures come from the packed file, reloaded, not from the in-memory model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from . import __version__
+from .config import CalibConfig, Recipe, load_recipe
+from .errors import UserError
+from .registry import create_model
+
+
+def parse_kv(items) -> dict:
+    """`["shortcut=B", "num_classes=10"]` or `"shortcut=B,num_classes=10"` -> {"shortcut": "B", ...}."""
+    if isinstance(items, dict):
+        return dict(items)
+    if isinstance(items, str):
+        items = [items]
+    out = {}
+    for item in items or []:
+        for part in str(item).split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise UserError(f"expected key=value, got {part!r} (e.g. --model-args shortcut=B)")
+            key, value = part.split("=", 1)
+            out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build_model(name: str, model_args=None, base=None, num_classes=None, in_channels=None) -> nn.Module:
+    """A registered model, sized for the data, optionally loaded from a checkpoint (`base`)."""
+    kwargs = parse_kv(model_args)
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    if in_channels is not None:
+        kwargs.setdefault("in_channels", in_channels)
+    model = create_model(name, **kwargs)
+    if base:
+        from .engine.checkpoint import load_weights
+
+        load_weights(model, base)
+    return model
+
+
+@dataclass
+class DataBundle:
+    train: object
+    val: object
+    calib: object
+    dataset: object  # the training split, for num_classes / in_channels / image_size
+
+
+def build_data(name: str, root=None, download=False, batch_size=128, eval_batch_size=500,
+               calib: CalibConfig | None = None, seed=0, train_subset=None, augment=True) -> DataBundle:
+    """Train / test loaders and the stratified calibration subset (1% of the training set by default)."""
+    from .data import get_dataset, make_loader, subset
+
+    train_set = get_dataset(name, "train", root=root, download=download)
+    test_set = get_dataset(name, "test", root=root, download=download)
+    calib = calib or CalibConfig()
+    calib_set = subset(train_set, ratio=None if calib.per_class else calib.ratio, per_class=calib.per_class,
+                       seed=calib.seed)
+    if train_subset:
+        train_set = subset(train_set, ratio=train_subset if train_subset <= 1 else None,
+                           per_class=None if train_subset <= 1 else int(train_subset) // train_set.num_classes,
+                           seed=seed)
+    return DataBundle(
+        train=make_loader(train_set, batch_size, train=True, seed=seed, augment=augment),
+        val=make_loader(test_set, eval_batch_size, train=False),
+        calib=make_loader(calib_set, calib.batch_size, train=False),
+        dataset=train_set,
+    )
+
+
+def fp32_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters at fp32: the reference every ratio is against."""
+    return 4 * sum(p.numel() for p in model.parameters())
+
+
+def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, base=None, data_root=None,
+                 download=False, overrides=None, device=None, evaluate_base=True, train_subset=None,
+                 data_bundle: DataBundle | None = None) -> dict:
+    """Compress a registered model on a named data set, pack it to `out_dir/model.dsz`, measure from the file.
+
+    Returns (and writes to `out_dir/metrics.json`) top-1/top-5 from the reloaded file, the base
+    model's top-1, packed bytes, ratio against fp32, MACs, BOPs and compression time.
+
+    Example::
+
+        run_compress("bwn", model="lenet5", data="fashion-mnist", out_dir="runs/bwn",
+                     overrides=["train.epochs=1"])
+    """
+    from . import api
+    from .analysis import profile_totals
+
+    recipe = load_recipe(recipe, overrides) if not isinstance(recipe, str) or recipe.endswith(".yaml") \
+        or Path(recipe).exists() else _named_recipe(recipe, overrides)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bundle = data_bundle or build_data(data, data_root, download, recipe.train.batch_size,
+                                       recipe.train.eval_batch_size, recipe.calib, recipe.train.seed,
+                                       train_subset)
+    ds = bundle.dataset
+    net = build_model(model, model_args, base, num_classes=ds.num_classes, in_channels=ds.in_channels)
+    input_size = (ds.in_channels, *_hw(ds.image_size))
+    metrics = {"method": recipe.method, "model": model, "data": data, "seed": recipe.train.seed,
+               "epochs": recipe.train.epochs, "version": __version__}
+    if evaluate_base:
+        metrics["base_top1"] = api.evaluate(net, bundle.val, device=device)["top1"]
+    (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    result = api.compress(net, recipe, train_data=bundle.train, val_data=bundle.val, calib_data=bundle.calib,
+                          out_dir=out_dir / "train", device=device, inplace=True)
+    packed = out_dir / "model.dsz"
+    api.pack(result.model, packed)
+    reloaded = api.load(packed)
+    from_file = api.evaluate(reloaded, bundle.val, device=device)
+    totals = profile_totals(reloaded, input_size)
+    metrics.update(
+        top1=from_file["top1"], top5=from_file["top5"], top1_in_memory=result.metrics.get("top1"),
+        compress_seconds=round(result.metrics["compress_seconds"], 2),
+        file_bytes=os.path.getsize(packed), fp32_bytes=fp32_bytes(net),
+        macs=totals.get("macs"), bops=totals.get("bops"), packed=str(packed),
+    )
+    metrics["ratio"] = round(metrics["fp32_bytes"] / metrics["file_bytes"], 3)
+    if "base_top1" in metrics:
+        metrics["drop"] = round(metrics["base_top1"] - metrics["top1"], 3)
+    _write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _named_recipe(name: str, overrides) -> Recipe:
+    from .config import list_recipes
+
+    return load_recipe(name if name in list_recipes() else None, overrides,
+                       method=None if name in list_recipes() else name)
+
+
+def _hw(size):
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+

@@ -1,0 +1,351 @@
+"""Pure tensor quantizers and their straight-through (STE) autograd functions.
+
+Each function takes float tensors and returns float tensors (the de-quantized value used in the
+forward pass); the `*_codes` functions give the integer codes plus decoding floats that `convert`
+stores in an `EncodedWeight`. Every gradient rule cites the paper and equation it implements.
+No module state lives here: quantized layers (deepshrink.quant.layers) own their parameters.
+
+Example::
+
+    w_q = bwn_quantize(conv.weight)                       # alpha * sign(W), clipped STE
+    codes, alpha = binary_codes(conv.weight), bwn_scale(conv.weight)
+    a_q = dorefa_activation(x, bits=2)                    # clip to [0, 1], 2-bit grid
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _reduce_dims(x: torch.Tensor, per_channel: bool) -> tuple[int, ...]:
+    """Dims averaged over: all but the output-channel dim (per filter) or all (per layer)."""
+    return tuple(range(1, x.dim())) if per_channel and x.dim() > 1 else tuple(range(x.dim()))
+
+
+def _keep_shape(stat: torch.Tensor, x: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """Reshape a per-filter (out,) / per-layer () statistic to broadcast against `x`."""
+    if per_channel and x.dim() > 1:
+        return stat.reshape(x.shape[0], *([1] * (x.dim() - 1)))  # (out, 1, 1, 1)
+    return stat.reshape(())
+
+
+# ----------------------------------------------------------------------------- rounding / sign STE
+class _RoundSTE(torch.autograd.Function):
+    """round(x) forward, identity backward (DoReFa-Net, Zhou et al. 2016, Eq. 5's STE)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) with the straight-through gradient d/dx = 1."""
+    return _RoundSTE.apply(x)
+
+
+class _Straight(torch.autograd.Function):
+    """Forward returns `target` exactly; backward passes the gradient to `x` unchanged (identity STE)."""
+
+    @staticmethod
+    def forward(ctx, x, target):
+        return target.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def straight_through(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Value `target` (computed without gradient), gradient d/dx = identity."""
+    return _Straight.apply(x, target.detach())
+
+
+def binary_sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) in {-1, +1} (zero maps to +1, so every value has a binary code)."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign(x) forward; backward g * 1{|x| <= 1} (XNOR-Net, Rastegari et al. 2016, Sec. 3.2:
+    the straight-through estimator of Hubara et al., "cancelling the gradient when r is too large")."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return binary_sign(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def sign_ste(x: torch.Tensor) -> torch.Tensor:
+    """Binary sign with the clipped straight-through gradient 1{|x| <= 1}."""
+    return _SignSTE.apply(x)
+
+
+# ----------------------------------------------------------------------------- BWN / XNOR-Net
+def bwn_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """BWN's optimal scale (Rastegari et al. 2016, Eq. 4): alpha* = ||W||_l1 / n = mean |W|.
+
+    Per output filter (shape (out,)) by default, per layer (shape ()) with `per_channel=False`.
+    """
+    return w.abs().mean(dim=_reduce_dims(w, per_channel))
+
+
+def bwn_quantize(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """W ~ alpha * sign(W) (Rastegari et al. 2016, Eq. 4); sign uses the clipped STE 1{|W| <= 1}.
+
+    alpha is differentiated exactly (it is a function of W), giving the paper's 1/n term.
+    """
+    alpha = _keep_shape(bwn_scale(w, per_channel), w, per_channel)
+    return alpha * sign_ste(w)
+
+
+def binary_codes(x: torch.Tensor) -> torch.Tensor:
+    """Codes in {0, 1} of binary_sign(x): code 1 means +1 (EncodedWeight 'binary': W = s * (2c - 1))."""
+    return (x >= 0).to(torch.uint8)
+
+
+def xnor_scaling_map(abs_input_mean: torch.Tensor, kernel_size, stride=1, padding=0,
+                     dilation=1) -> torch.Tensor:
+    """XNOR-Net's K = A * k (Rastegari et al. 2016, Sec. 3.2, Fig. 2): A = mean_c |I| of shape
+    (N, 1, H, W), k a (kh x kw) box filter of value 1/(kh*kw), with the conv's stride/padding.
+
+    Returns K of shape (N, 1, H', W'), broadcast over the binary conv's output channels.
+    """
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    box = abs_input_mean.new_full((1, 1, kh, kw), 1.0 / (kh * kw))
+    return torch.nn.functional.conv2d(abs_input_mean, box, None, stride, padding, dilation)
+
+
+# ----------------------------------------------------------------------------- TWN
+def twn_threshold(w: torch.Tensor, factor: float = 0.7, per_channel: bool = False) -> torch.Tensor:
+    """TWN's threshold (Li & Liu 2016, Sec. 3.2): Delta* ~= 0.7 * E(|W|) = 0.7/n * sum |W_i|."""
+    return factor * w.abs().mean(dim=_reduce_dims(w, per_channel))
+
+
+def twn_scale(w: torch.Tensor, delta: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """TWN's scale (Li & Liu 2016, Sec. 3.2): alpha* = 1/|I_Delta| * sum_{i in I_Delta} |W_i|,
+    I_Delta = {i : |W_i| > Delta}. (Dividing by the count of |W_i| <= Delta is a known seed bug.)"""
+    dims = _reduce_dims(w, per_channel)
+    mask = (w.abs() > _keep_shape(delta, w, per_channel)).to(w.dtype)
+    return (w.abs() * mask).sum(dim=dims) / mask.sum(dim=dims).clamp(min=1)
+
+
+def ternary_codes(w: torch.Tensor, delta: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """Codes in {-1, 0, 1}: sign(W_i) where |W_i| > Delta, else 0 (TWN Eq. 3 / TTQ Eq. 6)."""
+    d = _keep_shape(delta, w, per_channel)
+    return ((w > d).to(torch.int8) - (w < -d).to(torch.int8))
+
+
+def twn_quantize(w: torch.Tensor, factor: float = 0.7, per_channel: bool = False) -> torch.Tensor:
+    """alpha * ternary(W) forward; identity straight-through gradient to the latent W (TWN Sec. 3.3:
+    the ternary weights are used in forward/backward, the full-precision ones are updated)."""
+    with torch.no_grad():
+        delta = twn_threshold(w, factor, per_channel)
+        alpha = _keep_shape(twn_scale(w, delta, per_channel), w, per_channel)
+        w_t = alpha * ternary_codes(w, delta, per_channel).to(w.dtype)
+    return straight_through(w, w_t)
+
+
+# ----------------------------------------------------------------------------- TTQ
+class _TTQ(torch.autograd.Function):
+    """Trained Ternary Quantization (Zhu et al. 2017).
+
+    forward (Eq. 6): w_t = W_p if w > Delta; 0 if |w| <= Delta; -W_n if w < -Delta.
+    backward (Eq. 7): dL/dW_p = sum_{i in I_p} dL/dw_t(i); for W_n the same sum over I_n, negated
+      because W_n is stored positive and enters as -W_n (the paper states Eq. 7 for the signed level).
+    backward (Eq. 8): dL/dw = W_p * dL/dw_t on I_p, 1 * dL/dw_t on I_z, W_n * dL/dw_t on I_n.
+    """
+
+    @staticmethod
+    def forward(ctx, w, w_p, w_n, delta):
+        pos, neg = w > delta, w < -delta
+        ctx.save_for_backward(pos, neg, w_p, w_n)
+        return w_p * pos.to(w.dtype) - w_n * neg.to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pos, neg, w_p, w_n = ctx.saved_tensors
+        zero = ~(pos | neg)
+        grad_w = grad * (w_p * pos + zero.to(grad.dtype) + w_n * neg)
+        grad_p = (grad * pos).sum().reshape(w_p.shape)
+        grad_n = -(grad * neg).sum().reshape(w_n.shape)
+        return grad_w, grad_p, grad_n, None
+
+
+def ttq_threshold(w: torch.Tensor, t: float = 0.05) -> torch.Tensor:
+    """TTQ's layer threshold (Zhu et al. 2017, Eq. 9): Delta = t * max |w|, t = 0.05."""
+    return t * w.detach().abs().max()
+
+
+def ttq_quantize(w: torch.Tensor, w_p: torch.Tensor, w_n: torch.Tensor, t: float = 0.05) -> torch.Tensor:
+    """Ternary weight with learned positive/negative scales W_p, W_n (> 0, shape (1,)); see `_TTQ`."""
+    return _TTQ.apply(w, w_p, w_n, ttq_threshold(w, t))
+
+
+def ttq_init_scales(w: torch.Tensor, t: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial W_p, W_n from the float weights: mean |w| over I_p and over I_n (shape (1,) each)."""
+    delta = ttq_threshold(w, t)
+    w = w.detach()
+    pos, neg = w > delta, w < -delta
+    w_p = w[pos].abs().mean() if pos.any() else w.abs().mean()
+    w_n = w[neg].abs().mean() if neg.any() else w.abs().mean()
+    return w_p.reshape(1).clone(), w_n.reshape(1).clone()
+
+
+# ----------------------------------------------------------------------------- DoReFa-Net
+def quantize_k(r: torch.Tensor, bits: int) -> torch.Tensor:
+    """DoReFa's quantize_k (Zhou et al. 2016, Eq. 5): r in [0, 1] -> round((2^k - 1) r) / (2^k - 1),
+    straight-through gradient."""
+    n = 2**bits - 1
+    return round_ste(r * n) / n
+
+
+def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """DoReFa k-bit weights.
+
+    k = 1 (Eq. 7-8): r_o = sign(r_i) * E(|r_i|) (layer-wise mean; sign with identity STE).
+    k > 1 (Eq. 9):   r_o = 2 quantize_k( tanh(r_i) / (2 max|tanh(r_i)|) + 1/2 ) - 1.
+    """
+    if bits >= 32:
+        return w
+    if bits == 1:
+        scale = w.abs().mean()
+        return scale * straight_through(w, binary_sign(w))
+    t = torch.tanh(w)
+    return 2 * quantize_k(t / (2 * t.abs().max()) + 0.5, bits) - 1
+
+
+def dorefa_weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes of `dorefa_weight` for k > 1 and their step: c in 0..2^k-1, w_q = (c - (2^k-1)/2) * step,
+    step = 2 / (2^k - 1). (k = 1 uses `binary_codes` with scale E|W|.)"""
+    n = 2**bits - 1
+    t = torch.tanh(w)
+    codes = torch.round((t / (2 * t.abs().max()) + 0.5) * n)
+    return codes.to(torch.int32), torch.tensor(2.0 / n)
+
+
+def dorefa_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """DoReFa k-bit activations (Zhou et al. 2016, Sec. 2.6): quantize_k(clip(x, 0, 1)); the clip's
+    gradient is 1 on [0, 1] and 0 outside, the rounding's is straight-through."""
+    if bits >= 32:
+        return x
+    return quantize_k(torch.clamp(x, 0.0, 1.0), bits)
+
+
+def dorefa_activation_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes 0..2^k-1 of `dorefa_activation` (value = code / (2^k - 1))."""
+    return torch.round(torch.clamp(x, 0.0, 1.0) * (2**bits - 1)).to(torch.int32)
+
+
+def dorefa_quantize_gradient(dr: torch.Tensor, bits: int, generator: torch.Generator | None = None
+                             ) -> torch.Tensor:
+    """DoReFa's k-bit gradient quantizer (Zhou et al. 2016, Eq. 12):
+
+        g_k(dr) = 2 max0(|dr|) [ quantize_k( dr / (2 max0(|dr|)) + 1/2 + N(k) ) - 1/2 ],
+        N(k) = sigma / (2^k - 1),  sigma ~ Uniform(-0.5, 0.5),
+
+    max0 over every axis but the first (mini-batch) one. The noise makes the rounding stochastic,
+    so E[g_k(dr)] = dr; outputs lie on the grid 2 max0 (c / (2^k - 1) - 1/2), c in 0..2^k-1.
+    """
+    n = 2**bits - 1
+    batch = dr.shape[0] if dr.dim() > 1 else 1
+    flat = dr.reshape(batch, -1)  # (N, features)
+    max0 = flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)  # (N, 1)
+    noise = torch.rand(flat.shape, generator=generator, device=dr.device, dtype=dr.dtype) - 0.5
+    unit = flat / (2 * max0) + 0.5  # in [0, 1]
+    q = torch.clamp(torch.round(unit * n + noise), 0, n) / n
+    return (2 * max0 * (q - 0.5)).reshape(dr.shape)
+
+
+class _GradQuant(torch.autograd.Function):
+    """Identity forward; backward applies `dorefa_quantize_gradient` (DoReFa Sec. 2.5)."""
+
+    @staticmethod
+    def forward(ctx, x, bits):
+        ctx.bits = bits
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return dorefa_quantize_gradient(grad, ctx.bits), None
+
+
+def quantize_gradient(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pass `x` through unchanged; quantize the gradient flowing back through it to `bits` bits."""
+    return x if bits >= 32 else _GradQuant.apply(x, bits)
+
+
+# ----------------------------------------------------------------------------- LSQ
+def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
+    """(Q_N, Q_P) of LSQ (Esser et al. 2020, Sec. 2): signed 2^(b-1), 2^(b-1) - 1; unsigned 0, 2^b - 1."""
+    return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def lsq_init_step(v: torch.Tensor, q_p: int) -> torch.Tensor:
+    """LSQ's step initialisation (Esser et al. 2020, Sec. 2.1): s = 2 <|v|> / sqrt(Q_P)."""
+    return 2 * v.detach().abs().mean() / math.sqrt(q_p)
+
+
+def lsq_grad_scale(numel: int, q_p: int) -> float:
+    """LSQ's step-gradient scale (Esser et al. 2020, Sec. 2.2): g = 1 / sqrt(N * Q_P)."""
+    return 1.0 / math.sqrt(numel * q_p)
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Value x, gradient multiplied by `scale` (LSQ's `grad_scale`, Esser et al. 2020, Fig. 2)."""
+    return (x - x * scale).detach() + x * scale
+
+
+def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, grad_scale: float) -> torch.Tensor:
+    """LSQ (Esser et al. 2020, Eq. 1-2): v_hat = round(clip(v / s, -Q_N, Q_P)) * s.
+
+    The step's gradient is Eq. 3 (-v/s + round(v/s) inside the range, -Q_N / Q_P at the ends)
+    times `grad_scale`; v's gradient is 1 inside the range, 0 outside (STE through round).
+    """
+    s = scale_grad(step, grad_scale)
+    return round_ste(torch.clamp(v / s, -q_n, q_p)) * s
+
+
+def lsq_codes(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
+    """Codes 0..Q_N+Q_P of `lsq_quantize` (value = (code - Q_N) * s)."""
+    return (torch.round(torch.clamp(v / step, -q_n, q_p)) + q_n).to(torch.int32)
+
+
+# ----------------------------------------------------------------------------- PACT
+class _PACT(torch.autograd.Function):
+    """PACT (Choi et al. 2018): y = clip(x, 0, alpha) (Eq. 1), y_q = round(y (2^k-1)/alpha) alpha/(2^k-1)
+    (Eq. 2). Backward: dy_q/dx = 1 on [0, alpha) else 0 (STE); dy_q/dalpha = 1{x >= alpha} (Eq. 3)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, bits):
+        ctx.save_for_backward(x, alpha)
+        n = 2**bits - 1
+        y = torch.minimum(torch.clamp(x, min=0.0), alpha)
+        return torch.round(y * n / alpha) * alpha / n
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha = ctx.saved_tensors
+        grad_x = grad * ((x >= 0) & (x < alpha)).to(grad.dtype)
+        grad_alpha = (grad * (x >= alpha).to(grad.dtype)).sum().reshape(alpha.shape)
+        return grad_x, grad_alpha, None
+
+
+def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """k-bit PACT activation with learned clipping level `alpha` (a positive tensor of shape (1,))."""
+    return _PACT.apply(x, alpha, bits)
+
+
+def pact_codes(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes 0..2^k-1 of `pact_quantize` (value = code * alpha / (2^k - 1))."""
+    n = 2**bits - 1
+    return torch.round(torch.minimum(torch.clamp(x, min=0.0), alpha) * n / alpha).to(torch.int32)

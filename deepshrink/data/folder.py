@@ -1,0 +1,119 @@
+"""Image folders: `<root>/<split>/<class>/<image>.{jpg,png,...}`, the ImageNet / torchvision layout.
+
+Classes are the sub-folder names in sorted order (label i = i-th name). Small images (sides up to
+128 pixels, e.g. the CIFAR-10 JPEG copy) are decoded once into a uint8 tensor that is cached on disk
+as safetensors, keyed by a hash of the folder's file index (names, sizes, modification times): the
+cache is rebuilt as soon as a file is added, removed or changed. Large images (ImageNet) stay on
+disk and are decoded per item.
+
+Example::
+
+    ds = read_image_folder("~/.cache/deepshrink/cifar10-jpeg", "test", name="cifar10")
+    len(ds), ds.images.shape   # 10000, (10000, 3, 32, 32)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from .base import STATS, DatasetMeta, LazyImageDataset, TensorImageDataset
+from .decode import IMAGE_SUFFIXES, decode_all, image_mode_channels, image_size_of
+from .roots import cache_dir
+
+EAGER_MAX_SIDE = 128  # images up to this side are decoded once and kept in memory
+
+
+def split_folder(root: str | Path, split: str) -> Path | None:
+    """`root/<split>`, with ImageNet's `val` standing in for `test`; None when absent."""
+    root = Path(root).expanduser()
+    for name in (split, "val") if split == "test" else (split,):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def scan_folder(folder: Path) -> tuple[list[str], list[str], list[int], str]:
+    """(classes, relative file paths, labels, index hash) of an image folder, in a stable order."""
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise UserError(f"{folder} has no class sub-folders; expected {folder}/<class>/<image>.jpg")
+    files, labels = [], []
+    digest = hashlib.sha256()
+    for label, cls in enumerate(classes):
+        entries = sorted((e for e in os.scandir(folder / cls)
+                          if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)), key=lambda e: e.name)
+        for entry in entries:
+            stat = entry.stat()
+            rel = f"{cls}/{entry.name}"
+            files.append(rel)
+            labels.append(label)
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    if not files:
+        raise UserError(f"{folder} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
+    return classes, files, labels, digest.hexdigest()
+
+
+def read_image_folder(root: str | Path, split: str, name: str = "imagefolder", *, image_size: int | None = None,
+                      decode: str = "auto", use_cache: bool = True) -> TensorImageDataset | LazyImageDataset:
+    """The `split` of the image folder at `root` as a data set.
+
+    `decode`: "eager" (decode all into memory, resizing to the first image's size or `image_size`),
+    "lazy" (decode per item), or "auto" (eager when images are at most 128 pixels a side).
+    `name` picks the normalisation statistics ("cifar10" uses CIFAR-10's; others ImageNet's).
+    """
+    folder = split_folder(root, split)
+    if folder is None:
+        raise UserError(f"{Path(root).expanduser()} has no '{split}' folder; expected "
+                        f"{root}/{split}/<class>/<image>.jpg (ImageNet layout; 'val' also works for test)")
+    classes, files, labels, key = scan_folder(folder)
+    first = folder / files[0]
+    channels = 1 if name in ("mnist", "fashion-mnist") else image_mode_channels(first)
+    mean, std = STATS.get(name, STATS["imagenet"] if channels == 3 else ((0.5,), (0.5,)))
+    height, width = image_size_of(first)
+    eager = decode == "eager" or (decode == "auto" and max(height, width) <= EAGER_MAX_SIDE)
+    size = (image_size, image_size) if image_size else (height, width)
+    augment = "cifar" if eager and max(size) <= EAGER_MAX_SIDE else "imagenet"
+    meta = DatasetMeta(name, split, tuple(classes), mean, std, augment=augment)
+    targets = torch.tensor(labels, dtype=torch.int64)
+    if not eager:
+        return LazyImageDataset(_FolderReader(folder, files), targets, meta, image_size or 224)
+    images = _cached_decode(folder, files, key, channels, size, use_cache)
+    return TensorImageDataset(images, targets, meta)
+
+
+class _FolderReader:
+    """Item i -> its file path (picklable, for loader worker processes)."""
+
+    def __init__(self, folder: Path, files: list[str]):
+        self.folder, self.files = folder, files
+
+    def __call__(self, index: int) -> Path:
+        return self.folder / self.files[index]
+
+
+def _cached_decode(folder: Path, files: list[str], key: str, channels: int, size: tuple[int, int],
+                   use_cache: bool) -> torch.Tensor:
+    """Decode `files` once; later calls with the same file index read the safetensors cache."""
+    tag = hashlib.sha256(f"{key}|{channels}|{size}".encode()).hexdigest()[:24]
+    cache = cache_dir() / "folders" / f"{tag}.safetensors"
+    if use_cache and cache.is_file():
+        try:
+            images = load_file(cache)["images"]
+            if images.shape == (len(files), channels, *size):
+                return images
+        except Exception:  # a damaged cache is rebuilt, never trusted  # noqa: BLE001
+            pass
+    images = decode_all([str(folder / f) for f in files], channels, size)
+    if use_cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        save_file({"images": images}, tmp, metadata={"folder": str(folder), "n": str(len(files)),
+                                                     "index": json.dumps(key)})
+        os.replace(tmp, cache)  # atomic: a concurrent reader sees the old file or the whole new one
+    return images

@@ -53,6 +53,7 @@ class TrainConfig:
     augment: bool = True
     log_every: int = 50
     max_steps_per_epoch: int | None = None  # cap for smoke runs
+    tensorboard: bool = False  # also write TensorBoard events to RUN/tb (needs `tensorboard`)
 
     def __post_init__(self):
         if self.epochs < 0:

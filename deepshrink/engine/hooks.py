@@ -14,6 +14,10 @@ The Trainer calls, in this order, for every hook in its list:
 `param_groups(trainer, model)` lets a hook decide which parameters the optimizer gets (return a list
 of torch param-group dicts, or None to keep the default). Only the first hook returning non-None wins.
 `trainer` exposes .model, .optimizer, .scheduler, .config (TrainConfig), .epoch, .step, .device.
+
+A hook that keeps state of its own across epochs (a schedule position, masks held outside the model)
+returns it from `state_dict()` (tensors and primitives only); checkpoints store it and `--resume`
+hands it back through `load_state_dict(state)`, after on_train_start.
 """
 from __future__ import annotations
 
@@ -46,4 +50,10 @@ class Hook:
         pass
 
     def on_train_end(self, trainer):
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
         pass

@@ -1,0 +1,156 @@
+"""Checkpoints: written atomically, read with `torch.load(..., weights_only=True)` only.
+
+A training checkpoint is a dict of tensors and primitive containers (never pickled objects)::
+
+    {"format": "deepshrink-checkpoint", "version": 1, "model": state_dict, "optimizer": ...,
+     "scheduler": ..., "scaler": ... | None, "epoch": completed epochs, "step": global step,
+     "rng": {"torch": ByteTensor, "cuda": [ByteTensor...], "numpy": {...}, "python": {...}},
+     "loader_seed": int | None, "config": TrainConfig as a dict, "arch": {"name", "kwargs"} | None,
+     "metrics": last epoch's metrics, "best_top1": float | None}
+
+`load_weights(model, path)` accepts such a checkpoint or a plain `state_dict` file.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+FORMAT = "deepshrink-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(payload: dict, path) -> Path:
+    """Write `payload` to `path` via a temporary file in the same folder and `os.replace`.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """Load a `.pt` file safely (weights_only=True); UserError if missing or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path} is not a PyTorch checkpoint that can be loaded safely (weights_only): {first[:200]}; "
+            "give a file written by torch.save(state_dict) or by `deepshrink train`"
+        ) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds a {type(data).__name__}, not a state_dict or deepshrink checkpoint")
+    return data
+
+
+def is_training_checkpoint(data: dict) -> bool:
+    return data.get("format") == FORMAT
+
+
+def state_dict_of(data: dict, path="checkpoint") -> dict:
+    """The model weights inside a loaded file: our checkpoint, {"state_dict": ...}, or a plain state_dict."""
+    if is_training_checkpoint(data):
+        state = data["model"]
+    elif isinstance(data.get("state_dict"), dict):
+        state = data["state_dict"]
+    elif isinstance(data.get("model"), dict):
+        state = data["model"]
+    else:
+        state = data
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a model checkpoint: expected a mapping of parameter names to tensors")
+    if all(k.startswith("module.") for k in state):  # saved from a DDP-wrapped model
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _names(keys, limit=8) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_state_dict(model: nn.Module, state: dict, path="checkpoint") -> None:
+    """UserError naming missing, unexpected and mis-shaped keys when `state` is for another model."""
+    expected = model.state_dict()
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(expected) & set(state)) if state[k].shape != expected[k].shape]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_names(unexpected)}")
+    if shapes:
+        parts.append(f"mis-shaped: {'; '.join(shapes[:5])}" + (f" (+{len(shapes) - 5} more)" if len(shapes) > 5 else ""))
+    raise UserError(f"{path} does not match this model's architecture ({type(model).__name__}): "
+                    + " | ".join(parts) + "; check --model / --model-args")
+
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    """Load weights from a plain state_dict file or a deepshrink checkpoint into `model` (strict).
+
+    Example::
+
+        model = load_weights(create_model("resnet20", shortcut="B"), "resnet20-cifar10jpeg.pt")
+    """
+    data = read_checkpoint(path)
+    state = state_dict_of(data, path)
+    check_state_dict(model, state, path)
+    model.load_state_dict(state)
+    return model
+
+
+# ---------------------------------------------------------------- RNG states as tensors
+def capture_rng_state() -> dict:
+    """torch / CUDA / numpy / python RNG states as tensors and primitives (weights_only-loadable)."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of `capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))

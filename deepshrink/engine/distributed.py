@@ -1,0 +1,75 @@
+"""Multi-process data-parallel training (PyTorch DDP, Li et al. 2020, "PyTorch Distributed").
+
+`torchrun --nproc_per_node=2 -m deepshrink train ...` sets RANK / WORLD_SIZE / MASTER_ADDR /
+MASTER_PORT; `init_from_env` joins the process group (gloo on CPU, nccl on CUDA). Each rank reads its
+own shard of the training set (`make_loader(..., rank=, world_size=)`), gradients are averaged by
+DDP, so N processes with per-process batch b follow the same trajectory as one process with batch
+N*b (for models without batch-norm; BN statistics stay per process).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE set by torchrun (1 when not launched by it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_from_env(device=None) -> bool:
+    """Join the process group described by torchrun's environment; False when not distributed.
+
+    The backend is nccl for a CUDA device, gloo otherwise. Calling it twice is harmless.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if env_world_size() <= 1 or not dist.is_available():
+        return False
+    cuda = device is not None and torch.device(device).type == "cuda"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return True
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def mean_across_ranks(value: float, device) -> float:
+    """The average of a scalar over all ranks (the value itself when not distributed)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor) / dist.get_world_size()
+
+
+def sum_across_ranks(value: float, device) -> float:
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor)
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -71,7 +71,9 @@ def get_dataset(name: str, split: str = "train", root: str | Path | None = None,
         raise UserError(f"unknown split {split!r} of {key}; choose 'train' or 'test'")
     spec = DATASETS[key]
     if not spec.needs_root:
-        return spec.read(None, split, **options)
+        dataset = spec.read(None, split, **options)
+        dataset.root = None
+        return dataset
     try:
         found = find_root(key, split, spec.probe, root, spec.aliases, spec.expected,
                           download_hint=spec.downloadable and not download)
@@ -83,7 +85,9 @@ def get_dataset(name: str, split: str = "train", root: str | Path | None = None,
         target = Path(root).expanduser() if root is not None else cache_dir() / key
         download_dataset(key, target, split)
         found = find_root(key, split, spec.probe, target, (), spec.expected, download_hint=False)
-    return spec.read(found, split, **options)
+    dataset = spec.read(found, split, **options)
+    dataset.root = found  # where it was read from (shown by `deepshrink data info`)
+    return dataset
 
 
 # ---------------------------------------------------------------- the built-in data sets

@@ -83,7 +83,7 @@ def read_image_folder(root: str | Path, split: str, name: str = "imagefolder", *
     targets = torch.tensor(labels, dtype=torch.int64)
     if not eager:
         return LazyImageDataset(_FolderReader(folder, files), targets, meta, image_size or 224)
-    images = _cached_decode(folder, files, key, channels, size, use_cache)
+    images = cached_decode([str(folder / f) for f in files], key, channels, size, use_cache, str(folder))
     return TensorImageDataset(images, targets, meta)
 
 
@@ -97,23 +97,26 @@ class _FolderReader:
         return self.folder / self.files[index]
 
 
-def _cached_decode(folder: Path, files: list[str], key: str, channels: int, size: tuple[int, int],
-                   use_cache: bool) -> torch.Tensor:
-    """Decode `files` once; later calls with the same file index read the safetensors cache."""
+def cached_decode(sources: list, key: str, channels: int, size: tuple[int, int], use_cache: bool = True,
+                  origin: str = "") -> torch.Tensor:
+    """Decode `sources` (paths or bytes) once; later calls with the same `key` read the safetensors cache.
+
+    `key` must change whenever the sources do (a hash of names, sizes and modification times).
+    """
     tag = hashlib.sha256(f"{key}|{channels}|{size}".encode()).hexdigest()[:24]
     cache = cache_dir() / "folders" / f"{tag}.safetensors"
     if use_cache and cache.is_file():
         try:
             images = load_file(cache)["images"]
-            if images.shape == (len(files), channels, *size):
+            if images.shape == (len(sources), channels, *size):
                 return images
         except Exception:  # a damaged cache is rebuilt, never trusted  # noqa: BLE001
             pass
-    images = decode_all([str(folder / f) for f in files], channels, size)
+    images = decode_all(sources, channels, size)
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        save_file({"images": images}, tmp, metadata={"folder": str(folder), "n": str(len(files)),
+        save_file({"images": images}, tmp, metadata={"origin": origin, "n": str(len(sources)),
                                                      "index": json.dumps(key)})
         os.replace(tmp, cache)  # atomic: a concurrent reader sees the old file or the whole new one
     return images

@@ -70,6 +70,12 @@ def sum_across_ranks(value: float, device) -> float:
     return float(tensor)
 
 
+def cleanup() -> None:
+    """Leave the process group (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

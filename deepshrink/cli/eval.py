@@ -1,0 +1,75 @@
+"""`deepshrink eval`: top-1 / top-5 accuracy of a checkpoint or a packed `.dsz` file on a data set.
+
+    deepshrink eval --model resnet20 --model-args shortcut=B --checkpoint resnet20.pt --data cifar10 \
+        --data-root ~/.cache/deepshrink/cifar10-jpeg
+    deepshrink eval model.dsz --data cifar10 --data-root ...
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint or packed model on a data set",
+                       description="Evaluate FILE.dsz (rebuilt by deepshrink.load) or --model with --checkpoint "
+                                   "on the test split of --data.")
+    p.add_argument("file", nargs="?", help="a packed .dsz file (or a .pt checkpoint, with --model)")
+    p.add_argument("--model", help="registered model name (for a .pt checkpoint)")
+    p.add_argument("--model-args", action="append", default=[], metavar="K=V", help="e.g. shortcut=B")
+    p.add_argument("--checkpoint", help="plain state_dict or deepshrink checkpoint (.pt)")
+    p.add_argument("--split", default="test", choices=["test", "train"], help="split to evaluate (default: test)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes for large image folders")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON line at the end")
+    from ..data import add_data_args
+
+    add_data_args(p, required=True)
+    p.set_defaults(func=run)
+
+
+def load_model_for_eval(args, num_classes: int, in_channels: int):
+    """The model to evaluate, from a .dsz file or from --model + a .pt checkpoint."""
+    from ..errors import UserError
+    from ..pipeline import build_model
+
+    checkpoint = args.checkpoint
+    if args.file and (checkpoint or args.model or Path(args.file).suffix in (".pt", ".pth")):
+        if checkpoint:
+            raise UserError("give the checkpoint once: either FILE or --checkpoint")
+        checkpoint = args.file
+    if checkpoint:
+        if not args.model:
+            raise UserError(f"--model NAME is needed to rebuild the network for {checkpoint}")
+        return build_model(args.model, args.model_args, checkpoint, num_classes=num_classes,
+                           in_channels=in_channels), checkpoint
+    if not args.file:
+        raise UserError("nothing to evaluate: give FILE.dsz, or --model NAME --checkpoint FILE.pt")
+    if not Path(args.file).is_file():
+        raise UserError(f"{args.file} does not exist")
+    from ..api import load
+
+    return load(args.file), args.file
+
+
+def run(args) -> int:
+    from ..data import dataset_from_args, make_loader
+    from ..engine import evaluate
+
+    if args.batch_size < 1:
+        from ..errors import UserError
+
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    dataset = dataset_from_args(args, args.split)
+    model, source = load_model_for_eval(args, dataset.num_classes, dataset.in_channels)
+    loader = make_loader(dataset, args.batch_size, train=False, num_workers=args.workers)
+    metrics = evaluate(model, loader, device=args.device)
+    metrics.update(source=str(source), data=args.data, split=args.split)
+    summary = (f"{source} on {args.data} {args.split} ({metrics['n']} images): top-1 {metrics['top1']:.2f}% "
+               f"top-5 {metrics['top5']:.2f}% loss {metrics['loss']:.4f}")
+    print(summary, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(metrics))
+    return 0

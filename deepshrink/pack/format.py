@@ -1,0 +1,242 @@
+"""The `.dsz` file: a safetensors container (no pickle: loading a stranger's file cannot run code).
+
+Layout: the safetensors header's ``__metadata__`` holds ``{"format": "deepshrink.dsz", "version": "1",
+"meta_crc32": ...}``; the tensor ``__meta__`` holds the zlib-compressed metadata JSON (architecture,
+packable modules parents-first with their registry names and `pack_config`, every encoded weight's
+encoding, every other state-dict tensor's ref; see `payload` for refs); the remaining tensors are
+the payload blobs ("codes" = all bit-packed code streams, "float32", "int64", ...).
+
+Example::
+
+    report = save(model, "model.dsz", float_dtype="fp16", entropy=True)
+    model = load("model.dsz")
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import uuid
+import zlib
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from ..errors import PackFormatError, UserError
+from ..nn.compressed import set_module
+from ..nn.packable import Packable
+from ..registry import PACKABLE, create_model
+from .encodings import FLOAT_DTYPES, decode_weight, encode_weight
+from .payload import PayloadReader, PayloadWriter, _fail, crc
+
+FORMAT = "deepshrink.dsz"
+VERSION = 1
+META_TENSOR = "__meta__"
+_MAX_META_BYTES = 64 << 20
+
+
+def packable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every Packable module, parents before children (named_modules is pre-order)."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, Packable)]
+
+
+def _check_rebuildable(model: nn.Module, arch: dict, packable_paths: list[str]) -> None:
+    """Every module outside a packable one must be what the architecture builds, or load cannot rebuild it."""
+    reference = dict(create_model(arch["name"], **arch["kwargs"]).named_modules())
+    for name, module in model.named_modules():
+        inside = any(name == p or name.startswith(p + ".") or p == "" for p in packable_paths)
+        if not inside and type(reference.get(name)) is not type(module):
+            raise UserError(f"module {name!r} ({type(module).__name__}) is neither in architecture "
+                            f"{arch['name']!r} nor a registered packable module; register it with "
+                            "@register_packable so that deepshrink.load can rebuild it")
+
+
+def _collect(model: nn.Module) -> tuple[list[dict], dict]:
+    modules, encoded = [], {}
+    for path, module in packable_modules(model):
+        name = getattr(module, "packable_name", None)
+        if name is None or name not in PACKABLE or PACKABLE.get(name) is not type(module):
+            raise UserError(f"module {path!r} ({type(module).__name__}) is Packable but not registered under "
+                            "its own name; decorate its class with @register_packable(name)")
+        if not path:
+            raise UserError("the model itself is a packable module; pack a model that contains it instead")
+        modules.append({"path": path, "type": name, "config": module.pack_config()})
+        for key, weight in module.encoded_tensors().items():
+            encoded[f"{path}.{key}"] = weight
+    return modules, encoded
+
+
+def build_payload(model: nn.Module, float_dtype: str = "fp32", ternary_base3: bool = False,
+                  entropy: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and the blobs of `model` (what `save` writes)."""
+    if float_dtype not in FLOAT_DTYPES:
+        raise UserError(f"float_dtype must be one of {sorted(FLOAT_DTYPES)}, got {float_dtype!r}")
+    arch = getattr(model, "deepshrink_arch", None)
+    if not isinstance(arch, dict) or "name" not in arch:
+        raise UserError("the model records no architecture; build it with deepshrink.create_model(name, ...) "
+                        "so that deepshrink.load can rebuild it")
+    arch = {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
+    modules, encoded = _collect(model)
+    _check_rebuildable(model, arch, [m["path"] for m in modules])
+    writer = PayloadWriter(entropy=entropy, ternary_base3=ternary_base3)
+    dtype = FLOAT_DTYPES[float_dtype]
+    meta = {"format": FORMAT, "version": VERSION, "arch": arch, "modules": modules,
+            "options": {"float_dtype": float_dtype, "ternary_base3": ternary_base3, "entropy": entropy},
+            "encoded": {key: encode_weight(weight, writer, key, dtype) for key, weight in encoded.items()},
+            "tensors": {}}
+    for key, value in model.state_dict().items():
+        if key not in encoded:
+            value = value.to(dtype) if value.is_floating_point() else value
+            meta["tensors"][key] = writer.tensor(value)
+    return meta, writer.blobs()
+
+
+def to_bytes(meta: dict, blobs: dict[str, torch.Tensor]) -> bytes:
+    packed_meta = zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9)
+    tensors = dict(blobs)
+    tensors[META_TENSOR] = torch.frombuffer(bytearray(packed_meta), dtype=torch.uint8)
+    header = {"format": FORMAT, "version": str(VERSION), "meta_crc32": str(crc(packed_meta))}
+    return safetensors.torch.save(tensors, metadata=header)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save(model: nn.Module, path, float_dtype: str = "fp32", ternary_base3: bool = False,
+         entropy: bool = False) -> dict:
+    """Pack `model` (inference form, built by `create_model`) into `path`; returns the size report.
+
+    float_dtype: "fp32" | "fp16" | "bf16" for float tensors; ternary_base3: 1.6-bit ternary codes;
+    entropy: entropy-code each code stream (zstd or rANS, whichever is smaller) when it saves bytes.
+    """
+    from .report import build_report
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
+    meta, blobs = build_payload(model, float_dtype, ternary_base3, entropy)
+    data = to_bytes(meta, blobs)
+    atomic_write(path, data)
+    return build_report(meta, len(data), str(path))
+
+
+def read_container(path) -> tuple[dict, dict[str, torch.Tensor], int]:
+    """(metadata, blobs, file size) of a `.dsz` file, checking the container, version and checksums."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    data = path.read_bytes()
+    if len(data) < 8 or struct.unpack("<Q", data[:8])[0] > len(data) - 8:
+        raise PackFormatError(f"{path}: truncated: the safetensors header runs past the end of the file")
+    try:
+        header = json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])
+        info = header.get("__metadata__") or {}
+        blobs = safetensors.torch.load(data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a malformed file
+        raise PackFormatError(f"{path}: not a readable safetensors container (truncated or corrupt): {exc}") from None
+    if info.get("format") != FORMAT:
+        raise PackFormatError(f"{path}: not a deepshrink packed model (format {info.get('format')!r})")
+    if info.get("version") != str(VERSION):
+        raise PackFormatError(f"{path}: format version {info.get('version')!r} is not supported; "
+                              f"this deepshrink reads version {VERSION}")
+    packed_meta = blobs.pop(META_TENSOR, None)
+    if packed_meta is None or packed_meta.dtype != torch.uint8:
+        raise PackFormatError(f"{path}: the metadata tensor {META_TENSOR!r} is missing")
+    packed_meta = packed_meta.numpy().tobytes()
+    if str(crc(packed_meta)) != info.get("meta_crc32"):
+        raise PackFormatError(f"{path}: metadata checksum mismatch: the metadata is corrupted")
+    try:
+        decompressor = zlib.decompressobj()
+        meta = json.loads(decompressor.decompress(packed_meta, _MAX_META_BYTES))
+    except Exception as exc:  # noqa: BLE001
+        raise PackFormatError(f"{path}: metadata does not decode: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        raise PackFormatError(f"{path}: metadata version {meta.get('version') if isinstance(meta, dict) else None!r} "
+                              f"is not supported; this deepshrink reads version {VERSION}")
+    return meta, blobs, len(data)
+
+
+def _rebuild(meta: dict, reader: PayloadReader) -> tuple[nn.Module, dict[str, nn.Module]]:
+    arch = meta.get("arch")
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
+        _fail("architecture", f"expected {{'name': str, 'kwargs': dict}}, found {arch!r}")
+    try:
+        model = create_model(arch["name"], **arch["kwargs"])
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"architecture {arch['name']!r}", f"cannot be built: {exc}")
+    records = meta.get("modules")
+    if not isinstance(records, list):
+        _fail("modules", "must be a list")
+    modules = {}
+    for record in sorted(records, key=lambda r: str(r.get("path", "")).count(".") if isinstance(r, dict) else 0):
+        if not isinstance(record, dict) or not isinstance(record.get("path"), str) or not record["path"]:
+            _fail("modules", f"bad module record {record!r}")
+        path = record["path"]
+        try:
+            module = PACKABLE.get(record.get("type")).from_pack_config(record.get("config"))
+            set_module(model, path, module)
+        except Exception as exc:  # noqa: BLE001
+            _fail(f"module {path!r}", f"cannot rebuild {record.get('type')!r}: {exc}")
+        modules[path] = module
+    return model, modules
+
+
+def load(path) -> nn.Module:
+    """Rebuild the model stored in a `.dsz` file (eval mode). Raises PackFormatError on a bad file."""
+    meta, blobs, _ = read_container(path)
+    reader = PayloadReader(blobs)
+    try:
+        model, modules = _rebuild(meta, reader)
+        encoded = meta.get("encoded")
+        tensors = meta.get("tensors")
+        if not isinstance(encoded, dict) or not isinstance(tensors, dict):
+            _fail("metadata", "'encoded' and 'tensors' must be objects")
+        for key, enc_meta in encoded.items():
+            module_path, _, attr = key.rpartition(".")
+            module = modules.get(module_path)
+            if module is None:
+                _fail(key, f"no packable module {module_path!r} in the file holds it")
+            current = module.state_dict().get(attr)
+            weight = decode_weight(enc_meta, reader, key, None if current is None else tuple(current.shape))
+            try:
+                module.load_encoded(attr, weight)
+            except Exception as exc:  # noqa: BLE001
+                _fail(key, f"the module rejects it: {exc}")
+        state = model.state_dict()
+        expected = set(state) - set(encoded)
+        if expected != set(tensors):
+            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+            _fail("state", f"does not match the architecture: missing {missing[:5]}, unexpected {extra[:5]}")
+        for key, ref in tensors.items():
+            value = reader.tensor(ref, key)
+            if value.shape != state[key].shape:
+                _fail(key, f"shape {list(value.shape)} does not match the architecture's {list(state[key].shape)}")
+            state[key] = value
+        model.load_state_dict(state, strict=True)
+    except PackFormatError as exc:
+        raise PackFormatError(f"{path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - never let a bad file surface as anything else
+        raise PackFormatError(f"{path}: {type(exc).__name__}: {exc}") from None
+    return model.eval()

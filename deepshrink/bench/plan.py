@@ -1,0 +1,109 @@
+"""Turn a suite into the concrete rows to run: full-precision row first, recipes resolved, keys computed.
+
+A row's key is a hash of everything that changes its result: the model, data set and seed of the
+suite, the base checkpoint's content, the method and its fully resolved recipe (defaults filled in,
+`--set` overrides and the budget applied). Change any of them and the row runs again; change nothing
+and a finished row is never recomputed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from .suite import BASELINE, RowSpec, Suite, stable_hash
+
+
+@dataclass
+class PlannedRow:
+    """A row ready to run. `error` is set when its recipe could not be resolved (it is recorded as failed)."""
+
+    spec: RowSpec
+    label: str
+    key: str
+    recipe_source: object = None
+    overrides: list = field(default_factory=list)
+    recipe: dict | None = None  # the resolved recipe (Recipe.to_dict()); None for the full-precision row
+    error: str | None = None
+
+    @property
+    def method(self) -> str:
+        return self.spec.method
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.spec.method == BASELINE
+
+    def settings(self) -> dict:
+        """What the results file records about how this row was configured."""
+        return {"recipe_source": self.recipe_source, "overrides": self.overrides, "recipe": self.recipe}
+
+
+def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=None) -> list[PlannedRow]:
+    """The suite's rows in run order: the full-precision reference, then the listed rows, then (with
+    `all_methods`) a default row for every registered method the suite does not list.
+
+    `only` keeps the rows of those methods (the full-precision row is always kept: every drop is
+    measured against it); `epochs` replaces every row's fine-tune budget; `methods` is the list of
+    registered method names (default: the registry's).
+    """
+    if methods is None:
+        from ..registry import list_methods
+
+        methods = list_methods()
+    specs = [RowSpec(BASELINE, label="full precision")] + list(suite.rows)
+    if suite.all_methods:
+        listed = {s.method for s in specs}
+        specs += [RowSpec(m) for m in methods if m not in listed]
+    if only:
+        wanted = {m.strip().lower() for m in only if m.strip()}
+        unknown = wanted - {s.method for s in specs}
+        if unknown:
+            raise UserError(f"--only: no row of method(s) {sorted(unknown)} in suite {suite.name!r}; "
+                            f"its methods: {', '.join(sorted({s.method for s in specs}))}")
+        specs = [s for s in specs if s.method == BASELINE or s.method in wanted]
+    return [_plan(suite, spec, base_id, epochs, methods) for spec in specs]
+
+
+def _plan(suite: Suite, spec: RowSpec, base_id: str, epochs, methods) -> PlannedRow:
+    shared = {**suite.identity(), "base": base_id, "method": spec.method}
+    if spec.method == BASELINE:
+        return PlannedRow(spec, spec.label or "full precision", stable_hash(shared))
+    budget = {**suite.budget, **spec.budget}
+    if epochs is not None:
+        budget["epochs"] = epochs
+    overrides = RowSpec(spec.method, budget=budget, set=spec.set).overrides()
+    source = spec.recipe if spec.recipe is not None else default_recipe(spec.method)
+    label = spec.label or _auto_label(spec)
+    try:
+        if spec.method not in methods:
+            raise UserError(f"method {spec.method!r} is not registered; registered: {', '.join(methods)}")
+        from ..config import load_recipe
+
+        recipe = load_recipe(source, overrides)
+        if recipe.method != spec.method:
+            raise UserError(f"recipe {source!r} is for method {recipe.method!r}, the row says {spec.method!r}")
+        resolved = _jsonable(recipe.to_dict())
+        return PlannedRow(spec, label, stable_hash({**shared, "recipe": resolved}), source, overrides, resolved)
+    except Exception as exc:  # noqa: BLE001 - a bad row is recorded as failed; the suite goes on
+        key = stable_hash({**shared, "source": source, "overrides": overrides})
+        return PlannedRow(spec, label, key, source, overrides, error=f"{type(exc).__name__}: {exc}")
+
+
+def default_recipe(method: str):
+    """The method's built-in recipe when deepshrink ships one named after it, else its defaults."""
+    from ..config import list_recipes
+
+    return method if method in list_recipes() else {"method": method}
+
+
+def _auto_label(spec: RowSpec) -> str:
+    params = [o.split(".", 1)[1] if o.startswith("params.") else o for o in spec.set if not o.startswith("train.")]
+    return " ".join([spec.method] + params)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,151 @@
+"""The benchmark report: a table sorted by packed size (full precision first) and the Pareto plot.
+
+`write_report(DIR)` rebuilds `DIR/report.md` and `DIR/pareto.png` from `DIR/results.jsonl`;
+`render_text(records)` is the same table for a terminal (`deepshrink report DIR`). Every figure may be
+missing from a record: it is shown as unknown, never as zero.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .pareto import pareto_front, plot_pareto
+from .published import published_drop
+from .results import RESULTS_FILE, latest_by_key, read_results
+from .suite import BASELINE
+
+COLUMNS = ["method", "setting", "top-1 %", "Δ top-1", "published Δ", "size", "ratio", "MACs", "BOPs",
+           "time", "epochs"]
+
+
+def split_records(records: list[dict]) -> tuple[dict | None, list[dict], list[dict]]:
+    """(full-precision record or None, successful rows sorted by size, failed rows) from raw records."""
+    latest = list(latest_by_key(records).values())
+    ok = [r for r in latest if r.get("status", "ok") == "ok"]
+    failed = [r for r in latest if r.get("status", "ok") != "ok"]
+    baseline = next((r for r in reversed(ok) if r.get("method") == BASELINE), None)
+    others = [r for r in ok if r is not baseline]
+    others.sort(key=lambda r: (_num(r.get("bytes")) is None, _num(r.get("bytes")) or 0, r.get("label", "")))
+    return baseline, others, failed
+
+
+def table(records: list[dict]) -> tuple[list[list[str]], list[str], list[dict]]:
+    """Rows of display strings (FP first, then by size), the published-source footnotes, failed rows."""
+    baseline, others, failed = split_records(records)
+    fp_top1 = _num(baseline.get("top1")) if baseline else None
+    rows = [baseline] if baseline else []
+    rows += others
+    front = {id(rows[i]) for i in pareto_front([(_num(r.get("bytes")), _num(r.get("top1"))) for r in rows])}
+    notes: list[str] = []
+    lines = []
+    for r in rows:
+        top1 = _num(r.get("top1"))
+        delta = top1 - fp_top1 if top1 is not None and fp_top1 is not None and r is not baseline else None
+        pub = published_drop(r) if r is not baseline else None
+        pub_text = "—"
+        if pub and _num(pub.get("drop")) is not None:
+            source = str(pub.get("source", "published"))
+            if source not in notes:
+                notes.append(source)
+            pub_text = f"{-_num(pub['drop']):+.2f} [{notes.index(source) + 1}]"
+        label = str(r.get("label") or r.get("method") or "?") + (" ★" if id(r) in front else "")
+        lines.append([str(r.get("method", "?")), label, _fmt(top1, "{:.2f}"), _fmt(delta, "{:+.2f}"), pub_text,
+                      _bytes(r.get("bytes")), _fmt(_num(r.get("ratio")), "{:.1f}x"), _count(r.get("macs")),
+                      _count(r.get("bops")), _secs(r.get("compress_seconds", r.get("wall_seconds"))),
+                      _fmt(_num(r.get("epochs")), "{:g}")])
+    return lines, notes, failed
+
+
+def render_markdown(records: list[dict], title: str = "") -> str:
+    """The report as Markdown: header, table, published-source notes, failed rows, how to reproduce."""
+    lines, notes, failed = table(records)
+    meta = next((r for r in reversed(records) if r.get("command")), None) or \
+        next((r for r in reversed(records) if r.get("suite")), {})
+    out = [f"# {title or 'deepshrink benchmark: ' + str(meta.get('suite', '?'))}", ""]
+    if meta.get("command"):
+        out += [f"Produced by `{meta['command']}` (deepshrink {meta.get('version', '?')}, seed "
+                f"{meta.get('seed', '?')}); every row's settings are in `{RESULTS_FILE}`.", ""]
+    out += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
+    out += ["", "Δ top-1: points against the full-precision row, on this suite's data. ★: on the Pareto front "
+            "(no other row is both smaller and more accurate). size: bytes of the packed `.dsz` file; "
+            "ratio: against the fp32 weights; time: compression wall time on this machine."]
+    if notes:
+        out += ["", "Published Δ: reported by others on *their* data and network, for orientation only:"]
+        out += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+    if failed:
+        out += ["", f"## Failed rows ({len(failed)})", ""]
+        out += [f"- **{r.get('label', r.get('method', '?'))}** ({r.get('method', '?')}): "
+                f"`{_first_line(r.get('error'))}`" for r in failed]
+    out += ["", "![accuracy against packed size](pareto.png)", ""]
+    return "\n".join(out)
+
+
+def render_text(records: list[dict]) -> str:
+    """The same table with aligned columns, for a terminal."""
+    lines, notes, failed = table(records)
+    if not lines and not failed:
+        return "no results yet"
+    grid = [COLUMNS] + lines
+    widths = [max(len(row[i]) for row in grid) for i in range(len(COLUMNS))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in grid]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    text += ["", "Δ top-1 vs the full-precision row; ★ on the Pareto front; size = packed .dsz file."]
+    text += [f"published [{i}]: {note}" for i, note in enumerate(notes, 1)]
+    for r in failed:
+        text.append(f"FAILED {r.get('label', r.get('method', '?'))}: {_first_line(r.get('error'))}")
+    return "\n".join(text)
+
+
+def write_report(out_dir, title: str = "") -> tuple[Path, Path | None]:
+    """Rewrite `out_dir/report.md` and `out_dir/pareto.png` from `out_dir/results.jsonl`."""
+    out_dir = Path(out_dir)
+    records = read_results(out_dir / RESULTS_FILE)
+    baseline, others, _ = split_records(records)
+    report = out_dir / "report.md"
+    tmp = report.with_name(report.name + ".tmp")
+    tmp.write_text(render_markdown(records, title))
+    tmp.replace(report)
+    suite = next((r["suite"] for r in reversed(records) if r.get("suite")), out_dir.name)
+    plot = plot_pareto(([baseline] if baseline else []) + others, out_dir / "pareto.png",
+                       title=f"deepshrink bench {suite}: top-1 against packed size")
+    return report, plot
+
+
+def _num(value):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _fmt(value, pattern: str) -> str:
+    return "—" if value is None else pattern.format(value)
+
+
+def _bytes(value) -> str:
+    n = _num(value)
+    if n is None:
+        return "—"
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _count(value) -> str:
+    n = _num(value)
+    if n is None:
+        return "—"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _secs(value) -> str:
+    n = _num(value)
+    return "—" if n is None else f"{n:.1f} s" if n < 100 else f"{n / 60:.1f} min"
+
+
+def _first_line(text) -> str:
+    lines = str(text or "unknown error").strip().splitlines() or ["unknown error"]
+    return lines[0][:300].replace("`", "'")

@@ -1,0 +1,198 @@
+"""Run a suite row after row: resume from `results.jsonl`, record failures, show progress, refresh the report.
+
+    summary = run_suite(load_suite("quick"), "runs/demo")
+
+Each row goes through a *row runner* `(RowTask) -> dict of figures`; the default one
+(`deepshrink.bench.rows.run_row`) calls `deepshrink.pipeline.run_compress`, the same code as
+`deepshrink compress`. Tests pass a stub.
+"""
+from __future__ import annotations
+
+import fcntl
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..errors import UserError
+from .plan import PlannedRow, plan_rows
+from .results import FIGURES, RESULTS_FILE, append_result, finished_keys, read_results
+from .suite import Suite, file_digest, stable_hash
+
+
+@dataclass
+class RowTask:
+    """Everything a row runner needs: the suite, the planned row, the base checkpoint, a folder of its own."""
+
+    suite: Suite
+    row: PlannedRow
+    base: Path
+    out_dir: Path
+    seed: int
+
+
+def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
+              row_runner: Callable[[RowTask], dict] | None = None,
+              base_trainer: Callable[[Suite, Path], None] | None = None,
+              log: Callable[[str], None] = print, command: str | None = None, methods=None) -> dict:
+    """Run every row of `suite` not already finished in `out_dir/results.jsonl`; returns a summary.
+
+    A failing row is recorded with `status: failed` and its error, and the suite goes on. After every
+    row `report.md` and `pareto.png` are rewritten. Returns {"ran", "skipped", "failed", "total",
+    "report", "plot"}.
+    """
+    from .rows import run_row, train_base
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out_dir):
+        base_path, base_id = resolve_base(suite, out_dir, base, base_trainer or train_base, log)
+        rows = plan_rows(suite, base_id, only=only, epochs=epochs, methods=methods)
+        results_path = out_dir / RESULTS_FILE
+        done = finished_keys(read_results(results_path))
+        todo = [r for r in rows if r.key not in done]
+        log(f"[bench] suite {suite.name!r}: {len(rows)} rows, {len(rows) - len(todo)} already in "
+            f"{results_path}, {len(todo)} to run")
+        progress = _Progress(total=len(rows), already=len(rows) - len(todo), log=log)
+        failed = 0
+        for row in todo:
+            progress.start(row)
+            record = _run_one(suite, row, base_path, out_dir, row_runner or run_row, command)
+            append_result(results_path, record)
+            failed += record["status"] != "ok"
+            progress.finish(row, record)
+            _refresh_report(out_dir, log)
+        if not todo:
+            _refresh_report(out_dir, log)
+    return {"ran": len(todo), "skipped": len(rows) - len(todo), "failed": failed, "total": len(rows),
+            "report": out_dir / "report.md", "plot": out_dir / "pareto.png"}
+
+
+def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[Path, str]:
+    """The base checkpoint (given, from the suite, or trained once and cached in `out_dir/base/`) and its id."""
+    given = base or suite.base.get("checkpoint")
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise UserError(f"base checkpoint {path} does not exist; give --base with a state_dict file")
+        return path, "sha256:" + file_digest(path)
+    if not suite.base.get("train"):
+        raise UserError(f"suite {suite.name!r} has no base checkpoint and no `base.train:`; "
+                        "give --base CHECKPOINT (a state_dict of the suite's model)")
+    base_id = "trained:" + stable_hash({**suite.identity(), "train": suite.base["train"]})
+    path = out_dir / "base" / f"{suite.model['name']}-{suite.data['name']}-{base_id.split(':')[1]}.pt"
+    if not path.exists():
+        log(f"[bench] training the full-precision base {suite.model['name']} on {suite.data['name']} "
+            f"({suite.base['train']}) -> {path}")
+        start = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        base_trainer(suite, path)
+        log(f"[bench] base trained in {_duration(time.perf_counter() - start)}")
+    return path, base_id
+
+
+def _run_one(suite: Suite, row: PlannedRow, base: Path, out_dir: Path, row_runner, command) -> dict:
+    record = {"key": row.key, "suite": suite.name, "label": row.label, "method": row.method,
+              "settings": row.settings(), "seed": suite.seed, "version": __version__,
+              "base": str(base), "command": command}
+    published = row.spec.published
+    if published is not None:
+        record["published"] = published
+    start = time.perf_counter()
+    try:
+        if row.error:
+            raise UserError(row.error)
+        import torch
+
+        torch.manual_seed(suite.seed)
+        figures = row_runner(RowTask(suite, row, base, out_dir / "rows" / f"{_slug(row.label)}-{row.key}",
+                                     suite.seed)) or {}
+        record.update({k: v for k, v in figures.items() if k not in record})
+        record["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - recorded, and the suite goes on
+        record["status"] = "failed"
+        record["error"] = row.error or f"{type(exc).__name__}: {exc}"
+        record["traceback"] = "".join(traceback.format_exc(limit=6))[-3000:]
+    record["wall_seconds"] = round(time.perf_counter() - start, 2)
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return record
+
+
+def _refresh_report(out_dir: Path, log) -> None:
+    from .report import write_report
+
+    try:
+        write_report(out_dir)
+    except Exception as exc:  # noqa: BLE001 - a report glitch must not stop a long benchmark
+        log(f"[bench] warning: could not write the report: {type(exc).__name__}: {exc}")
+
+
+class _exclusive:
+    """Holds `out_dir/.bench.lock` so two benchmarks never append to the same results file at once."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / ".bench.lock"
+
+    def __enter__(self):
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise UserError(f"another `deepshrink bench` is writing to {self.path.parent}; "
+                            "wait for it or choose another --out") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+class _Progress:
+    """One line when a row starts and one when it ends: rows done / total, elapsed time, ETA."""
+
+    def __init__(self, total: int, already: int, log):
+        self.total, self.done, self.log = total, already, log
+        self.started = time.perf_counter()
+        self.ran = 0
+
+    def start(self, row: PlannedRow) -> None:
+        self.row_start = time.perf_counter()
+        self.log(f"[bench] row {self.done + 1}/{self.total}: {row.label} ({row.method}, key {row.key})")
+
+    def finish(self, row: PlannedRow, record: dict) -> None:
+        self.done += 1
+        self.ran += 1
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.ran * (self.total - self.done)
+        if record["status"] == "ok":
+            figures = [f"top-1 {record['top1']:.2f}%" if _is_number(record.get("top1")) else None,
+                       _size(record.get("bytes")), f"{record['ratio']:.1f}x" if _is_number(record.get("ratio")) else None]
+            outcome = ", ".join(f for f in figures if f)
+        else:
+            outcome = "FAILED: " + record["error"].splitlines()[0][:200]
+        self.log(f"[bench] row {self.done}/{self.total} done in {_duration(time.perf_counter() - self.row_start)}: "
+                 f"{outcome} | elapsed {_duration(elapsed)}, ETA {_duration(eta)}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _size(n) -> str | None:
+    if not _is_number(n):
+        return None
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower()).strip("-")[:40] or "row"

@@ -1,0 +1,183 @@
+"""Benchmark suites: one YAML file = one model, one data set, one base checkpoint, and the rows to run.
+
+A suite (see `deepshrink/bench/suites/quick.yaml`)::
+
+    name: quick
+    title: LeNet-5 on Fashion-MNIST, every method in its default setting
+    model: {name: lenet5, args: {num_classes: 10, in_channels: 1}}
+    data: {name: fashion-mnist, root: null}       # root null: the data set's default location
+    base:                                         # the full-precision model every row starts from
+      checkpoint: null                            # a state_dict file; `--base` overrides it
+      train: {epochs: 2, lr: 0.05}                # how to train it when there is none (TrainConfig)
+    seed: 0
+    budget: {epochs: 1}                           # default fine-tune budget of every row (train.*)
+    all_methods: true                             # add a default row for every method not listed
+    rows:
+      - method: dorefa
+        recipe: dorefa                            # built-in recipe name, a path, or an inline mapping
+        set: [params.weight_bits=2]               # `--set`-style overrides
+        budget: {epochs: 1}
+        label: DoReFa W2/A2
+
+Rows are resolved (recipe loaded, overrides applied) before running so that each has a stable
+identity: `Row.key`, a hash of every setting that changes its result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..config import TrainConfig
+from ..errors import UserError
+
+SUITE_DIR = Path(__file__).parent / "suites"
+BASELINE = "fp32"  # the method name of the full-precision reference row
+_SUITE_KEYS = {"name", "title", "description", "model", "data", "base", "seed", "budget", "all_methods", "rows"}
+_ROW_KEYS = {"method", "recipe", "set", "budget", "label", "published"}
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+@dataclass
+class RowSpec:
+    """One row as written in the suite: a method, its recipe, `--set` overrides and a training budget."""
+
+    method: str
+    recipe: object = None  # None: the method's built-in recipe if there is one, else its defaults
+    set: list = field(default_factory=list)
+    budget: dict = field(default_factory=dict)
+    label: str | None = None
+    published: dict | None = None  # {drop, source}: overrides the built-in published table
+
+    def overrides(self) -> list[str]:
+        """The `--set` list this row runs with: the budget as `train.*` overrides, then the row's own."""
+        return [f"train.{k}={json.dumps(v)}" for k, v in sorted(self.budget.items())] + list(self.set)
+
+
+@dataclass
+class Suite:
+    """A parsed, validated suite file."""
+
+    name: str
+    model: dict
+    data: dict
+    base: dict = field(default_factory=dict)
+    seed: int = 0
+    budget: dict = field(default_factory=dict)
+    all_methods: bool = False
+    rows: list = field(default_factory=list)  # list[RowSpec], the full-precision row excluded
+    title: str = ""
+    description: str = ""
+    path: Path | None = None
+
+    def identity(self) -> dict:
+        """The settings every row shares (model, data, seed); part of each row's key."""
+        return {"model": self.model, "data": {"name": self.data["name"]}, "seed": self.seed}
+
+
+def suite_names() -> list[str]:
+    """Names of the suites shipped with deepshrink."""
+    return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+
+
+def load_suite(source) -> Suite:
+    """Load and validate a suite from a shipped name (`quick`, `cifar10`), a YAML path, or a dict.
+
+    Every mistake raises `UserError` naming the field and what is allowed.
+
+    Example::
+
+        suite = load_suite("quick")
+        print([row.method for row in suite.rows])
+    """
+    path = None
+    if isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        if not path.exists():
+            shipped = SUITE_DIR / f"{source}.yaml"
+            if not shipped.exists():
+                raise UserError(f"suite {str(source)!r} is neither a file nor a shipped suite; "
+                                f"shipped: {', '.join(suite_names())}")
+            path = shipped
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"suite {path} is not valid YAML: {exc}") from None
+    where = f"suite {path}" if path else "suite"
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a YAML mapping with model:, data: and rows:")
+    unknown = set(data) - _SUITE_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SUITE_KEYS)}")
+    for key in ("model", "data"):
+        if not isinstance(data.get(key), dict) or not data[key].get("name"):
+            raise UserError(f"{where}: `{key}:` must be a mapping with a `name:` (e.g. {key}: {{name: ...}})")
+    rows = data.get("rows") or []
+    if not isinstance(rows, list) or not (rows or data.get("all_methods")):
+        raise UserError(f"{where}: `rows:` must be a non-empty list of {{method: ...}} (or set all_methods: true)")
+    budget = _check_budget(data.get("budget") or {}, f"{where}: budget")
+    base = data.get("base") or {}
+    if not isinstance(base, dict) or set(base) - {"checkpoint", "train"}:
+        raise UserError(f"{where}: `base:` takes `checkpoint:` (a state_dict file) and/or `train:` (TrainConfig)")
+    if base.get("train") is not None:
+        _check_budget(base["train"], f"{where}: base.train")
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"{where}: seed must be an integer, got {seed!r}")
+    return Suite(name=str(data.get("name") or (path.stem if path else "suite")),
+                 model={"name": data["model"]["name"], "args": dict(data["model"].get("args") or {})},
+                 data={"name": data["data"]["name"], "root": data["data"].get("root")},
+                 base=base, seed=seed, budget=budget, all_methods=bool(data.get("all_methods", False)),
+                 rows=[_parse_row(r, i, where) for i, r in enumerate(rows)],
+                 title=str(data.get("title") or ""), description=str(data.get("description") or ""),
+                 path=path)
+
+
+def _parse_row(raw, index: int, where: str) -> RowSpec:
+    here = f"{where}: rows[{index}]"
+    if isinstance(raw, str):
+        raw = {"method": raw}
+    if not isinstance(raw, dict) or not raw.get("method"):
+        raise UserError(f"{here} must be a mapping with a `method:` (see `deepshrink recipes`)")
+    unknown = set(raw) - _ROW_KEYS
+    if unknown:
+        raise UserError(f"{here}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ROW_KEYS)}")
+    overrides = raw.get("set") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise UserError(f"{here}: `set:` must be a list of key=value strings, e.g. [params.weight_bits=2]")
+    published = raw.get("published")
+    if published is not None and (not isinstance(published, dict) or "drop" not in published):
+        raise UserError(f"{here}: `published:` must be a mapping {{drop: POINTS, source: TEXT}}")
+    return RowSpec(method=str(raw["method"]).lower(), recipe=raw.get("recipe"), set=list(overrides),
+                   budget=_check_budget(raw.get("budget") or {}, f"{here}: budget"),
+                   label=raw.get("label"), published=published)
+
+
+def _check_budget(budget, where: str) -> dict:
+    if not isinstance(budget, dict):
+        raise UserError(f"{where} must be a mapping of training settings, e.g. {{epochs: 1}}")
+    unknown = set(budget) - _TRAIN_FIELDS
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TRAIN_FIELDS)}")
+    return dict(budget)
+
+
+def stable_hash(settings) -> str:
+    """A short hash of JSON-able settings that does not depend on key order (the row identity)."""
+    text = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def file_digest(path) -> str:
+    """sha256 of a file (a base checkpoint), so a changed base means new rows."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,82 @@
+"""`deepshrink bench`: run a benchmark suite (resumable), then print its table and the plot's path."""
+from __future__ import annotations
+
+import shlex
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="run every method of a suite on one model; report accuracy against size",
+                       description="Run the rows of a benchmark suite one after another. Each finished row is "
+                                   "appended to OUT/results.jsonl, so running the same command again resumes "
+                                   "where it stopped; OUT/report.md and OUT/pareto.png are rebuilt after "
+                                   "every row. Exit status 1 when a row failed (it is recorded with its error).")
+    p.add_argument("--suite", required=True, help="a shipped suite (quick, cifar10) or a suite YAML file")
+    p.add_argument("--out", required=True, help="results folder (created; reused to resume)")
+    p.add_argument("--base", help="full-precision checkpoint every row starts from (overrides the suite's)")
+    p.add_argument("--only", help="comma-separated methods to run (the full-precision row always runs)")
+    p.add_argument("--epochs", type=float, default=None, help="fine-tune epochs for every row (overrides the "
+                                                              "suite's budgets; changes the rows' identity)")
+    p.add_argument("--list", action="store_true", help="list the suite's rows and whether each is done, then exit")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..bench import load_suite, run_suite
+
+    suite = load_suite(args.suite)
+    only = args.only.split(",") if args.only else None
+    if args.list:
+        return list_rows(suite, args)
+    summary = run_suite(suite, args.out, base=args.base, only=only, epochs=args.epochs,
+                        command=_command(), log=_log)
+    print_table(args.out, summary)
+    return 1 if summary["failed"] else 0
+
+
+def list_rows(suite, args) -> int:
+    from pathlib import Path
+
+    from ..bench.plan import plan_rows
+    from ..bench.results import RESULTS_FILE, latest_by_key, read_results
+    from ..bench.runner import resolve_base
+
+    base, base_id = resolve_base(suite, Path(args.out), args.base, _no_training, _log)
+    latest = latest_by_key(read_results(Path(args.out) / RESULTS_FILE))
+    rows = plan_rows(suite, base_id, only=args.only.split(",") if args.only else None, epochs=args.epochs)
+    for i, row in enumerate(rows, 1):
+        status = latest.get(row.key, {}).get("status", "to run")
+        print(f"{i:3d}. [{status:7s}] {row.label:32s} {row.method:10s} key {row.key}"
+              + (f"  ({row.error})" if row.error else ""))
+    return 0
+
+
+def _no_training(suite, path):
+    from ..errors import UserError
+
+    raise UserError(f"the base of suite {suite.name!r} is not trained yet ({path}); run the suite once")
+
+
+def print_table(out_dir, summary: dict) -> None:
+    """The finished table, then where the report and plot are."""
+    from pathlib import Path
+
+    from ..bench.report import render_text
+    from ..bench.results import RESULTS_FILE, read_results
+
+    print()
+    print(render_text(read_results(Path(out_dir) / RESULTS_FILE)))
+    print()
+    print(f"{summary['ran']} rows run now, {summary['skipped']} reused from earlier runs, "
+          f"{summary['failed']} failed, {summary['total']} in the suite")
+    print(f"report: {summary['report']}")
+    if Path(summary["plot"]).exists():
+        print(f"plot:   {summary['plot']}")
+
+
+def _command() -> str:
+    return "deepshrink " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "deepshrink bench"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,133 @@
+"""run_suite: resume without recomputing, failures recorded while the suite goes on, base trained once."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deepshrink.bench import load_suite, read_results, run_suite
+from deepshrink.errors import UserError
+
+
+@pytest.fixture
+def base_file(tmp_path):
+    path = tmp_path / "base.pt"
+    path.write_bytes(b"pretend state_dict")
+    return path
+
+
+def _run(suite, out, runner, **kw):
+    return run_suite(load_suite(suite), out, row_runner=runner, log=lambda m: None, **kw)
+
+
+def test_resume_skips_finished_rows(tmp_path, toy_suite, stub_runner, base_file):
+    first = stub_runner()
+    summary = _run(toy_suite(), tmp_path / "out", first, base=base_file)
+    assert first.calls == ["full precision", "toya bits=1", "toya bits=4", "toyb"]
+    assert (summary["ran"], summary["skipped"], summary["failed"]) == (4, 0, 0)
+    second = stub_runner()
+    summary = _run(toy_suite(), tmp_path / "out", second, base=base_file)
+    assert second.calls == []  # nothing recomputed
+    assert (summary["ran"], summary["skipped"]) == (0, 4)
+    records = read_results(tmp_path / "out" / "results.jsonl")
+    assert len(records) == 4 and len({r["key"] for r in records}) == 4
+    row = next(r for r in records if r["label"] == "toya bits=4")
+    assert row["status"] == "ok" and row["bytes"] == 4000 and row["method"] == "toya"
+    assert row["settings"]["recipe"]["params"] == {"bits": 4}
+    assert row["settings"]["recipe"]["train"]["epochs"] == 1  # the recipe resolved with its defaults
+    assert row["seed"] == 0 and row["version"]
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, toy_suite, stub_runner, base_file):
+    with pytest.raises(KeyboardInterrupt):
+        _run(toy_suite(), tmp_path / "out", stub_runner(interrupt_at=3), base=base_file)
+    assert [r["label"] for r in read_results(tmp_path / "out" / "results.jsonl")] == ["full precision", "toya bits=1"]
+    again = stub_runner()
+    _run(toy_suite(), tmp_path / "out", again, base=base_file)
+    assert again.calls == ["toya bits=4", "toyb"]
+
+
+def test_failing_row_is_recorded_and_the_suite_goes_on(tmp_path, toy_suite, stub_runner, base_file):
+    runner = stub_runner(fail={"toya bits=1"})
+    summary = _run(toy_suite(), tmp_path / "out", runner, base=base_file)
+    assert runner.calls == ["full precision", "toya bits=1", "toya bits=4", "toyb"]
+    assert summary["failed"] == 1
+    records = {r["label"]: r for r in read_results(tmp_path / "out" / "results.jsonl")}
+    assert records["toya bits=1"]["status"] == "failed"
+    assert records["toya bits=1"]["error"] == "RuntimeError: solver diverged on toya bits=1"
+    assert records["toyb"]["status"] == "ok"
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Failed rows (1)" in report and "solver diverged on toya bits=1" in report
+    # a failed row is not finished: the next run retries it, and only it
+    retry = stub_runner()
+    _run(toy_suite(), tmp_path / "out", retry, base=base_file)
+    assert retry.calls == ["toya bits=1"]
+
+
+def test_bad_recipe_row_fails_alone(tmp_path, toy_suite, stub_runner, base_file):
+    rows = [{"method": "toya", "set": ["bits=99"]}, {"method": "nosuchmethod"}, {"method": "toyb"}]
+    runner = stub_runner()
+    summary = _run(toy_suite(rows=rows), tmp_path / "out", runner, base=base_file)
+    assert runner.calls == ["full precision", "toyb"]
+    assert summary["failed"] == 2
+    errors = {r["label"]: r.get("error", "") for r in read_results(tmp_path / "out" / "results.jsonl")}
+    assert "bits must be in 1..8, got 99" in errors["toya bits=99"]
+    assert "method 'nosuchmethod' is not registered" in errors["nosuchmethod"]
+
+
+def test_changed_settings_make_new_rows(tmp_path, toy_suite, stub_runner, base_file):
+    _run(toy_suite(), tmp_path / "out", stub_runner(), base=base_file)
+    runner = stub_runner()
+    _run(toy_suite(), tmp_path / "out", runner, base=base_file, epochs=3)
+    # --epochs changes every method row's budget; the full-precision row is unchanged
+    assert runner.calls == ["toya bits=1", "toya bits=4", "toyb"]
+    base_file.write_bytes(b"another base")
+    runner = stub_runner()
+    _run(toy_suite(), tmp_path / "out", runner, base=base_file, epochs=3)
+    assert len(runner.calls) == 4  # a different base checkpoint invalidates every row
+
+
+def test_only_runs_the_named_methods_and_the_reference(tmp_path, toy_suite, stub_runner, base_file):
+    runner = stub_runner()
+    _run(toy_suite(), tmp_path / "out", runner, base=base_file, only=["toyb"])
+    assert runner.calls == ["full precision", "toyb"]
+    with pytest.raises(UserError, match=r"--only: no row of method\(s\) \['bwx'\]"):
+        _run(toy_suite(), tmp_path / "out", runner, base=base_file, only=["bwx"])
+
+
+def test_base_is_trained_once_and_cached(tmp_path, toy_suite, stub_runner):
+    trained = []
+
+    def trainer(suite, path):
+        trained.append(path)
+        path.write_bytes(b"weights")
+
+    suite = toy_suite(base={"train": {"epochs": 2}})
+    for _ in range(2):
+        run_suite(load_suite(suite), tmp_path / "out", row_runner=stub_runner(), base_trainer=trainer,
+                  log=lambda m: None)
+    assert len(trained) == 1 and trained[0].parent == tmp_path / "out" / "base"
+    with pytest.raises(UserError, match="give --base"):
+        run_suite(load_suite(toy_suite()), tmp_path / "o2", row_runner=stub_runner(), log=lambda m: None)
+
+
+def test_progress_reports_rows_done_and_eta(tmp_path, toy_suite, stub_runner, base_file):
+    lines = []
+    run_suite(load_suite(toy_suite()), tmp_path / "out", row_runner=stub_runner(), base=base_file,
+              log=lines.append)
+    done = [line for line in lines if " done in " in line]
+    assert [line.split(" done")[0] for line in done] == [f"[bench] row {i}/4" for i in range(1, 5)]
+    assert all("ETA" in line for line in done)
+    assert "top-1 84.00%" in done[2]
+
+
+def test_truncated_last_line_is_ignored_on_resume(tmp_path, toy_suite, stub_runner, base_file):
+    _run(toy_suite(), tmp_path / "out", stub_runner(), base=base_file)
+    results = tmp_path / "out" / "results.jsonl"
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # the last write was cut short
+    runner = stub_runner()
+    with pytest.warns(UserWarning, match="not JSON"):
+        _run(toy_suite(), tmp_path / "out", runner, base=base_file)
+    assert runner.calls == ["toyb"]
+    assert json.loads(results.read_text().splitlines()[-1])["label"] == "toyb"

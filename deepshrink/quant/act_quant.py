@@ -1,0 +1,182 @@
+"""Input-activation quantizers: packable modules used unchanged in training and in inference form.
+
+The same module sits in front of a quantized layer during training (QConv2d/QLinear) and in front
+of the converted CompressedConv2d/Linear, so the packed model's activation quantizer is by
+construction the training-time eval-mode one. Learned parameters (PACT's alpha, LSQ's step) are
+parameters, statistics are buffers: both travel in the state_dict. `bits` is read by the complexity
+report; `pack_config()` gives the constructor arguments `deepshrink.load` rebuilds it from.
+
+Example::
+
+    act = PACTActivation(bits=4)
+    y = act(torch.relu(x))     # clip to [0, alpha], 4-bit grid; alpha learned
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn import Packable
+from ..registry import register_packable
+from . import primitives as P
+
+
+@register_packable("dorefa_activation")
+class DoReFaActivation(Packable, nn.Module):
+    """k-bit DoReFa activation: quantize_k(clip(x, 0, 1)) (Zhou et al. 2016, Sec. 2.6)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = int(bits)
+
+    def pack_config(self) -> dict:
+        return {"bits": self.bits}
+
+    def forward(self, x):
+        return P.dorefa_activation(x, self.bits)
+
+    def codes(self, x) -> torch.Tensor:
+        """Integer activation codes 0..2^k-1 (value = code / (2^k - 1))."""
+        return P.dorefa_activation_codes(x, self.bits)
+
+
+class _LazyInit(nn.Module):
+    """Data-driven initialisation from the first batch seen (a persistent `initialized` flag)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def _maybe_init(self, x: torch.Tensor) -> None:
+        if not bool(self.initialized):
+            with torch.no_grad():
+                self.init_from(x.detach())
+            self.initialized.fill_(True)
+
+    def init_from(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+@register_packable("pact_activation")
+class PACTActivation(Packable, _LazyInit):
+    """PACT (Choi et al. 2018, Eq. 1-3): y = clip(x, 0, alpha), k-bit uniform on [0, alpha], alpha learned.
+
+    `alpha_init=None` sets alpha from the first batch (its 99.9th percentile of max(x, 0)), which
+    suits fine-tuning; the paper starts from a large constant (e.g. 10). `alpha_decay` is the
+    coefficient of the L2 penalty alpha_decay / 2 * alpha^2 added by `PACTPenalty`.
+    """
+
+    def __init__(self, bits: int, alpha_init: float | None = None, alpha_decay: float = 0.0):
+        super().__init__()
+        self.bits = int(bits)
+        self.alpha_decay = alpha_decay
+        self.alpha = nn.Parameter(torch.full((1,), 10.0 if alpha_init is None else float(alpha_init)))
+        if alpha_init is not None:
+            self.initialized.fill_(True)
+
+    def init_from(self, x):
+        flat = x.clamp(min=0).reshape(-1)
+        k = max(1, int(0.999 * flat.numel()))
+        self.alpha.fill_(max(float(flat.kthvalue(k).values), 1e-3))
+
+    def pack_config(self) -> dict:
+        return {"bits": self.bits}
+
+    def forward(self, x):
+        self._maybe_init(x)
+        return P.pact_quantize(x, self.alpha, self.bits)
+
+    def codes(self, x) -> torch.Tensor:
+        return P.pact_codes(x, self.alpha, self.bits)
+
+
+@register_packable("lsq_activation")
+class LSQActivation(Packable, _LazyInit):
+    """LSQ activations (Esser et al. 2020, Eq. 1-3): learned step s, init 2<|x|>/sqrt(Q_P) from the
+    first batch, step-gradient scale 1/sqrt(N_F Q_P) with N_F the features per sample.
+
+    Unsigned (Q_N = 0, Q_P = 2^b - 1) unless `signed`, which `None` decides from the first batch
+    (any negative input -> signed).
+    """
+
+    def __init__(self, bits: int, signed: bool | None = None):
+        super().__init__()
+        self.bits = int(bits)
+        self.signed = signed
+        self.step = nn.Parameter(torch.ones(1))
+
+    @property
+    def q_range(self) -> tuple[int, int]:
+        return P.lsq_range(self.bits, bool(self.signed))
+
+    def init_from(self, x):
+        if self.signed is None:
+            self.signed = bool((x < 0).any())
+        self.step.fill_(float(P.lsq_init_step(x, self.q_range[1])))
+
+    def pack_config(self) -> dict:
+        return {"bits": self.bits, "signed": bool(self.signed)}
+
+    def forward(self, x):
+        self._maybe_init(x)
+        q_n, q_p = self.q_range
+        per_sample = x[0].numel() if x.dim() > 1 else x.numel()
+        return P.lsq_quantize(x, self.step, q_n, q_p, P.lsq_grad_scale(per_sample, q_p))
+
+    def codes(self, x) -> torch.Tensor:
+        q_n, q_p = self.q_range
+        return P.lsq_codes(x, self.step, q_n, q_p)
+
+
+@register_packable("xnor_activation")
+class XNORActivation(Packable, nn.Module):
+    """XNOR-Net's binary input (Rastegari et al. 2016, Sec. 3.2) with its scaling map.
+
+    forward: sign(BN(x)) with the STE 1{|.| <= 1}; `scale_output(x, y)` multiplies the binary
+    layer's output by K = A * k, A = mean_c |BN(x)|, k a box filter of the conv's kernel size
+    (same stride/padding/dilation); for a Linear layer K = mean over features of |BN(x)|.
+
+    Block order: the paper's block is BN -> binary activation -> binary conv -> pool. Applied to an
+    existing network (e.g. ResNet: conv -> BN -> ReLU), we put a BatchNorm (affine, `bn=True`) in
+    this module, so every binary conv reads BN -> sign -> conv, and keep the network's own BN/ReLU
+    and pooling where they are; without it, sign() of a post-ReLU input would be all +1.
+    """
+
+    bits = 1
+
+    def __init__(self, num_features: int, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), conv: bool = True, bn: bool = True):
+        super().__init__()
+        self.num_features, self.conv, self.has_bn = int(num_features), bool(conv), bool(bn)
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        bn_cls = nn.BatchNorm2d if conv else nn.BatchNorm1d
+        self.bn = bn_cls(num_features) if bn else nn.Identity()
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def pack_config(self) -> dict:
+        return dict(num_features=self.num_features, kernel_size=list(self.kernel_size),
+                    stride=list(self.stride), padding=list(self.padding), dilation=list(self.dilation),
+                    conv=self.conv, bn=self.has_bn)
+
+    def _normalized(self, x):
+        if self._cache is not None and self._cache[0] is x:
+            return self._cache[1]  # BN already applied to this input by forward (one stats update)
+        return self.bn(x)
+
+    def forward(self, x):
+        normalized = self.bn(x)
+        self._cache = (x, normalized)
+        return P.sign_ste(normalized)
+
+    def scale_output(self, x, y):
+        normalized = self._normalized(x)
+        self._cache = None
+        abs_mean = normalized.abs().mean(dim=1, keepdim=True)  # (N, 1, H, W) or (N, 1)
+        if not self.conv:
+            return y * abs_mean
+        k = P.xnor_scaling_map(abs_mean, self.kernel_size, self.stride, self.padding, self.dilation)
+        return y * k  # (N, C_out, H', W') * (N, 1, H', W')
+
+    def codes(self, x) -> torch.Tensor:
+        return P.binary_codes(self.bn(x))

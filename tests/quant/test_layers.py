@@ -1,0 +1,82 @@
+"""Quantized layers: XNOR's scaled binary conv, DoReFa gradient bits, PACT's penalty, packable quantizers."""
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepshrink.cli import main as cli_main
+from deepshrink.config import list_recipes, load_recipe
+from deepshrink.quant import (BinaryWeight, LSQActivation, PACTActivation, QConv2d, QLinear, WeightQuantizer,
+                              XNORActivation, quantize_layer)
+from deepshrink.quant.pact import PACTPenalty
+from deepshrink.registry import PACKABLE
+
+
+def test_xnor_conv_is_binary_conv_times_alpha_and_k():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False)
+    act = XNORActivation(4, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bn=False)
+    layer = quantize_layer(conv, BinaryWeight(), act).eval()
+    x = torch.randn(2, 4, 9, 9)
+    alpha = conv.weight.abs().mean(dim=(1, 2, 3)).reshape(1, 6, 1, 1)
+    binary = F.conv2d(torch.where(x >= 0, 1.0, -1.0), torch.where(conv.weight >= 0, 1.0, -1.0),
+                      stride=2, padding=1)  # the XNOR + popcount part
+    a = x.abs().mean(dim=1, keepdim=True)
+    k = F.avg_pool2d(F.pad(a, (1, 1, 1, 1)), 3, stride=2)  # box filter over |I|, zero padding counted
+    with torch.no_grad():
+        assert torch.allclose(layer(x), binary * alpha * k, atol=1e-5)
+        converted = layer.to_compressed()
+        assert torch.allclose(converted(x), layer(x), atol=1e-6)
+
+
+def test_gradient_bits_quantize_the_output_gradient_only():
+    torch.manual_seed(0)
+    layer = QLinear.from_float(nn.Linear(5, 7, bias=False), WeightQuantizer(), grad_bits=2)
+    x = torch.eye(5)  # weight.grad = G^T with G the (quantized) output gradient
+    y = layer(x)
+    assert torch.equal(y, x @ layer.weight.t())  # identity forward
+    g = torch.randn(5, 7)
+    y.backward(g)
+    quantized = layer.weight.grad.t()  # (5, 7)
+    max0 = g.abs().amax(dim=1, keepdim=True)
+    grid = (quantized / (2 * max0) + 0.5) * 3
+    assert torch.allclose(grid, grid.round(), atol=1e-5)
+    assert all(len(torch.unique(row)) <= 4 for row in quantized)
+    assert not torch.allclose(quantized, g)
+
+
+def test_pact_penalty_is_half_lambda_alpha_squared():
+    model = nn.Sequential(QConv2d(2, 2, 1, input_quant=PACTActivation(4, alpha_init=3.0, alpha_decay=0.1)),
+                          QConv2d(2, 2, 1, input_quant=PACTActivation(4, alpha_init=2.0, alpha_decay=0.1)))
+    trainer = type("T", (), {"model": model})()
+    loss = PACTPenalty().extra_loss(trainer, None, None, None)
+    assert torch.isclose(loss, torch.tensor(0.05 * (9.0 + 4.0)))
+    loss.backward()
+    assert torch.isclose(model[0].input_quant.alpha.grad, torch.tensor([0.3]))
+
+
+def test_lsq_activation_initialises_from_the_first_batch_and_round_trips():
+    act = LSQActivation(bits=3)
+    x = torch.rand(4, 8, 5, 5) * 2
+    act(x)
+    assert torch.isclose(act.step, 2 * x.abs().mean() / 7 ** 0.5).all() and act.signed is False
+    clone = PACKABLE.get("lsq_activation").from_pack_config(act.pack_config())
+    clone.load_state_dict(act.state_dict())
+    assert torch.equal(clone(x), act(x)) and bool(clone.initialized)
+
+
+def test_activation_quantizers_are_registered_packables():
+    for name in ("dorefa_activation", "pact_activation", "lsq_activation", "xnor_activation"):
+        assert PACKABLE.get(name).packable_name == name
+
+
+def test_every_builtin_qat_recipe_loads_and_is_listed(capsys):
+    names = [n for n in list_recipes() if n.split("-")[0] in {"bwn", "xnor", "twn", "ttq", "dorefa", "lsq", "pact"}]
+    assert len(names) >= 7
+    for name in names:
+        assert load_recipe(name).train.epochs == 8
+    assert cli_main(["recipes", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["dorefa-w4a4g8"]["method"] == "dorefa" and "8-bit gradients" in rows["dorefa-w4a4g8"]["description"]
+    assert all(rows[n]["description"] for n in names)

@@ -1,0 +1,124 @@
+"""One conformance test over every registered QAT method, plus recipe overrides and bad-recipe errors."""
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import deepshrink
+from deepshrink.config import load_recipe, select_layers
+from deepshrink.errors import UserError
+from deepshrink.methods import CompressContext
+from deepshrink.nn import CompressedConv2d, CompressedLinear
+from deepshrink.registry import METHODS
+
+QAT_METHODS = [name for name in deepshrink.list_methods() if METHODS.get(name).handler_cls.kind == "qat"]
+TINY_TRAIN = {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 8, "lr": 0.01, "log_every": 1000}
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def tiny_data(n_batches=2, batch=8):
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(batch, 3, 8, 8, generator=gen), torch.randint(0, 4, (batch,), generator=gen))
+            for _ in range(n_batches)]
+
+
+def run_handler(name, model, data, epochs=1):
+    recipe = load_recipe({"method": name, "train": {**TINY_TRAIN, "epochs": epochs}})
+    handler = METHODS.get(name).handler_cls(recipe, select_layers(model, recipe))
+    model = handler.compress(model, CompressContext(train_data=data, train=recipe.train))
+    return handler, model
+
+
+def test_every_qat_method_is_conformance_tested():
+    assert {"bwn", "xnor", "twn", "ttq", "dorefa", "lsq", "pact"} <= set(QAT_METHODS)
+
+
+@pytest.mark.parametrize("name", QAT_METHODS)
+def test_qat_method_conformance(name):
+    data = tiny_data()
+    x = data[0][0]
+    # applies through the public entry point and converts to codes within their range
+    result = deepshrink.compress(tiny_model(), name, train_data=data, overrides=[
+        f"train.{k}={v}" for k, v in TINY_TRAIN.items()])
+    compressed = [m for m in result.model.modules() if isinstance(m, (CompressedConv2d, CompressedLinear))]
+    assert len(compressed) == 3  # conv2, conv3, fc1; first conv and last fc stay float
+    for layer in compressed:
+        low, high = layer.encoded.code_range()
+        assert int(layer.encoded.codes.min()) >= low and int(layer.encoded.codes.max()) <= high
+        assert layer.weight_bits <= 16 and hasattr(layer, "act_bits")
+    assert torch.isfinite(result.model(x)).all()
+
+    handler, qmodel = run_handler(name, tiny_model(), data)
+    qlayers = [qmodel.get_submodule(n) for n in handler.layer_configs]
+    # forward without NaN; backward reaches every latent weight
+    qmodel.train()
+    out = qmodel(x)
+    assert torch.isfinite(out).all()
+    nn.functional.cross_entropy(out, data[0][1]).backward()
+    for layer in qlayers:
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    # state_dict round trip into a freshly prepared (untrained) model
+    qmodel.eval()
+    buffer = io.BytesIO()
+    torch.save(qmodel.state_dict(), buffer)
+    buffer.seek(0)
+    _, fresh = run_handler(name, tiny_model(), data, epochs=0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh.eval()
+    with torch.no_grad():
+        expected = qmodel(x)
+        assert torch.allclose(fresh(x), expected, atol=1e-6)
+        # convert reproduces the eval-mode quantized model
+        converted = handler.convert(copy.deepcopy(qmodel)).eval()
+        assert torch.allclose(converted(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,max_levels", [("bwn", 2), ("xnor", 2), ("twn", 3), ("ttq", 3)])
+def test_low_bit_weights_have_few_levels(name, max_levels):
+    handler, qmodel = run_handler(name, tiny_model(), tiny_data(), epochs=0)
+    converted = handler.convert(qmodel)
+    for layer in converted.modules():
+        if isinstance(layer, (CompressedConv2d, CompressedLinear)):
+            for row in layer.weight.reshape(layer.weight.shape[0], -1):  # per output filter
+                assert len(torch.unique(row)) <= max_levels
+
+
+def test_recipe_override_gives_layer3_four_bits():
+    model = deepshrink.create_model("resnet20", shortcut="B")
+    recipe = load_recipe({"method": "dorefa", "params": {"weight_bits": 2, "act_bits": 2},
+                          "layers": [{"pattern": "layer3.*", "params": {"weight_bits": 4}}]})
+    handler = METHODS.get("dorefa").handler_cls(recipe, select_layers(model, recipe))
+    handler.prepare(model)
+    assert type(model.conv1) is nn.Conv2d and type(model.fc) is nn.Linear  # kept full precision
+    bits = {name: m.weight_bits for name, m in model.named_modules() if hasattr(m, "weight_bits")}
+    assert bits and all(b == (4 if n.startswith("layer3.") else 2) for n, b in bits.items())
+    assert model.layer3[0].conv1.act_bits == 2
+
+
+@pytest.mark.parametrize("bad", [0, 33, -1, 1.5, "4"])
+def test_bad_bits_are_refused_with_the_allowed_range(bad):
+    with pytest.raises(UserError, match=r"weight_bits must be an integer in 1\.\.16 or 32"):
+        load_recipe({"method": "dorefa", "params": {"weight_bits": bad}})
+
+
+def test_bad_recipes_name_the_problem():
+    with pytest.raises(UserError, match="choose one of: .*bwn.*dorefa"):
+        load_recipe({"method": "dorefaa"})
+    with pytest.raises(UserError, match=r"unknown key\(s\) \['bitz'\]"):
+        load_recipe({"method": "lsq", "params": {"bitz": 2}})
+    with pytest.raises(UserError, match=r"lsq: weight_bits must be an integer in 2\.\.16"):
+        load_recipe("lsq-w2a2", overrides=["weight_bits=1"])
+    with pytest.raises(UserError, match=r"ttq: threshold must be a number in \(0.0, 1.0\)"):
+        load_recipe({"method": "ttq", "params": {"threshold": 1.5}})
+    with pytest.raises(UserError, match="pact: act_bits must be an integer in 1..16; got 32"):
+        load_recipe({"method": "pact", "params": {"act_bits": 32}})

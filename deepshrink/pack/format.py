@@ -178,6 +178,23 @@ def read_container(path) -> tuple[dict, dict[str, torch.Tensor], int]:
     return meta, blobs, len(data)
 
 
+def _get_module_or_none(model: nn.Module, path: str):
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _check_same_shapes(replaced: nn.Module | None, module: nn.Module, path: str) -> None:
+    """A packable module must keep the shapes of the architecture's module it replaces."""
+    if replaced is None:
+        return
+    before = {key: tuple(value.shape) for key, value in replaced.state_dict().items()}
+    for key, value in module.state_dict().items():
+        if key in before and before[key] != tuple(value.shape):
+            _fail(f"{path}.{key}", f"shape {list(value.shape)} does not match the architecture's {list(before[key])}")
+
+
 def _rebuild(meta: dict, reader: PayloadReader) -> tuple[nn.Module, dict[str, nn.Module]]:
     arch = meta.get("arch")
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
@@ -196,9 +213,11 @@ def _rebuild(meta: dict, reader: PayloadReader) -> tuple[nn.Module, dict[str, nn
         path = record["path"]
         try:
             module = PACKABLE.get(record.get("type")).from_pack_config(record.get("config"))
+            replaced = _get_module_or_none(model, path)
             set_module(model, path, module)
         except Exception as exc:  # noqa: BLE001
             _fail(f"module {path!r}", f"cannot rebuild {record.get('type')!r}: {exc}")
+        _check_same_shapes(replaced, module, path)
         modules[path] = module
     return model, modules
 

@@ -15,7 +15,7 @@ def _per_filter(weight):
 def _pq(weight, block_size, n_centroids, n_subspaces, layout, gen):
     blocks = pq_blocks(weight, block_size, layout)  # (out, n_blocks, d)
     out, n_blocks, _ = blocks.shape
-    codebook = torch.randn(n_subspaces, n_centroids, block_size, generator=gen).half().float()
+    codebook = (0.1 * torch.randn(n_subspaces, n_centroids, block_size, generator=gen)).half().float()
     codes = torch.randint(0, n_centroids, (out, n_blocks), generator=gen)
     return EncodedWeight("pq", weight.shape, codes=codes, params={"codebook": codebook}, layout=layout)
 
@@ -42,7 +42,7 @@ def encodings_for(weight: torch.Tensor, gen: torch.Generator) -> dict[str, Encod
                                       inner=EncodedWeight("float", shape, params={"values": weight.clone()})),
         "sparse_pow2": EncodedWeight("sparse", shape, mask=sparse_mask,
                                      inner=EncodedWeight("pow2", shape, codes=rand(3, -2).to(torch.int8) * sparse_mask,
-                                                         levels=5, params={"alpha": torch.rand(out, generator=gen)})),
+                                                         levels=5, params={"alpha": 0.05 * torch.rand(out, generator=gen)})),
         "sparse_ternary": EncodedWeight("sparse", shape, mask=mask,
                                         inner=EncodedWeight("ternary", shape, codes=ternary,
                                                             params={"pos_scale": torch.tensor([0.5]),
@@ -51,7 +51,9 @@ def encodings_for(weight: torch.Tensor, gen: torch.Generator) -> dict[str, Encod
     for bits in (2, 4, 8, 12):
         variants[f"uniform{bits}"] = EncodedWeight(
             "uniform", shape, codes=rand(2**bits).to(torch.uint8 if bits <= 8 else torch.int32), bits=bits,
-            params={"scale": torch.rand(out, generator=gen) * 0.01, "zero_point": torch.full((1,), (2**bits - 1) / 2)})
+            params={"scale": torch.rand(out, generator=gen) * 0.2 / 2**bits,
+                    # 8 bits: an integer zero point per filter; otherwise DoReFa's half-integer grid centre
+                    "zero_point": torch.full((out,), 128.0) if bits == 8 else torch.full((1,), (2**bits - 1) / 2)})
     return variants
 
 

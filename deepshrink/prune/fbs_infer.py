@@ -1,0 +1,200 @@
+"""FBS inference form: a residual block that computes only the channels its gates keep.
+
+For each sample, gate l picks its k_l = ceil(d C_l) channels (FBS Eq. 7); the conv then runs on the
+gathered weight W_l[kept_l][:, kept_{l-1}] with BN folded in and the gate value folded into the
+per-channel scale, so layer l costs k_l * k_{l-1} * kh * kw * H * W MACs instead of C_l * C_{l-1} * ...
+(FBS Sec. 3.4: "both the computation of suppressed output channels and the reading of suppressed input
+channels can be skipped"). The last conv's kept channels are added into the shortcut with `index_add`.
+
+Samples run one at a time (the gathered weights differ per sample); at batch 1, the case FBS speeds up,
+that is the whole batch. `dense_forward` computes the same result by masking a dense computation and is
+what the tests compare against.
+
+Example::
+
+    block = FBSBlock.from_block(basic_block)   # a BasicBlock whose convs are FBSGatedConv
+    y = block(x)                               # == block.dense_forward(x)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn import Packable
+from ..registry import register_packable
+from .fbs_gate import FBSGatedConv, channel_saliency_input, kept_channels, winner_take_all
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN folded into the conv: W' = W * gamma / sigma, b' = beta + (b - mu) * gamma / sigma."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    return conv.weight * scale[:, None, None, None], bn.bias + (bias - bn.running_mean) * scale
+
+
+@register_packable("fbs_block")
+class FBSBlock(Packable, nn.Module):
+    """A chain of FBS-gated convs (ReLU between them) plus a shortcut: y = relu(chain(x) + shortcut(x)).
+
+    Buffers per stage i: `weight{i}` (C_out, C_in, kh, kw) and `bias{i}` (C_out,) with BN folded in,
+    `phi{i}` (C_out, C_in) and `rho{i}` (C_out,) of the saliency predictor. The shortcut is one of
+    "identity", "projection" (1x1 conv + BN, folded into `shortcut_weight`/`shortcut_bias`) or
+    "zero_pad" (option A: subsample, then zero channels split evenly on both sides).
+    """
+
+    def __init__(self, stages: list[dict], shortcut: str = "identity", stride: int = 1,
+                 in_channels: int = 0, out_channels: int = 0, nonneg_input: bool = False):
+        super().__init__()
+        self.nonneg_input = bool(nonneg_input)  # input is a ReLU output: mean |x| = mean x
+        self._cache: list | None = None
+        self.stages = [dict(s) for s in stages]  # {in, out, kernel, stride, padding, keep_ratio}
+        self.shortcut = shortcut
+        self.stride = int(stride)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        for i, s in enumerate(self.stages):
+            kh = kw = int(s["kernel"])
+            self.register_buffer(f"weight{i}", torch.zeros(s["out"], s["in"], kh, kw))
+            self.register_buffer(f"bias{i}", torch.zeros(s["out"]))
+            self.register_buffer(f"phi{i}", torch.zeros(s["out"], s["in"]))
+            self.register_buffer(f"rho{i}", torch.zeros(s["out"]))
+        if shortcut == "projection":
+            self.register_buffer("shortcut_weight", torch.zeros(self.out_channels, self.in_channels, 1, 1))
+            self.register_buffer("shortcut_bias", torch.zeros(self.out_channels))
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_block(cls, block: nn.Module) -> "FBSBlock":
+        """Build from a ResNet Basic/Bottleneck block whose conv1..convN are `FBSGatedConv`s."""
+        gates = []
+        for i in range(1, 4):
+            gate = getattr(block, f"conv{i}", None)
+            if gate is None:
+                break
+            if not isinstance(gate, FBSGatedConv):
+                raise ValueError(f"conv{i} of the block is not FBS-gated")
+            gates.append(gate)
+        shortcut_module = getattr(block, "downsample", None)
+        shortcut, stride = "identity", 1
+        if isinstance(shortcut_module, nn.Sequential):
+            shortcut, stride = "projection", shortcut_module[0].stride[0]
+        elif shortcut_module is not None and hasattr(shortcut_module, "extra"):
+            shortcut, stride = "zero_pad", shortcut_module.stride
+        elif shortcut_module is not None:
+            raise ValueError(f"unsupported shortcut {type(shortcut_module).__name__}")
+        stages = [dict(**{"in": g.conv.in_channels}, out=g.conv.out_channels, kernel=g.conv.kernel_size[0],
+                       stride=g.conv.stride[0], padding=g.conv.padding[0], keep_ratio=g.keep_ratio)
+                  for g in gates]
+        # ResNet blocks read the ReLU output of the stem or of the previous block: x >= 0
+        block_fbs = cls(stages, shortcut, stride, gates[0].conv.in_channels, gates[-1].conv.out_channels,
+                        nonneg_input=True)
+        with torch.no_grad():
+            for i, g in enumerate(gates):
+                weight, bias = fold_bn(g.conv, g.bn)
+                getattr(block_fbs, f"weight{i}").copy_(weight)
+                getattr(block_fbs, f"bias{i}").copy_(bias)
+                getattr(block_fbs, f"phi{i}").copy_(g.predictor.weight)
+                getattr(block_fbs, f"rho{i}").copy_(g.predictor.bias)
+            if shortcut == "projection":
+                weight, bias = fold_bn(shortcut_module[0], shortcut_module[1])
+                block_fbs.shortcut_weight.copy_(weight)
+                block_fbs.shortcut_bias.copy_(bias)
+        return block_fbs.to(gates[0].conv.weight.device)
+
+    def pack_config(self) -> dict:
+        return dict(stages=self.stages, shortcut=self.shortcut, stride=self.stride,
+                    in_channels=self.in_channels, out_channels=self.out_channels, nonneg_input=self.nonneg_input)
+
+    # ------------------------------------------------------------------ forward
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut == "projection":
+            return F.conv2d(x, self.shortcut_weight, self.shortcut_bias, self.stride)
+        if self.shortcut == "zero_pad":
+            x = x[:, :, :: self.stride, :: self.stride]  # (N, C_in, H / s, W / s)
+            extra = self.out_channels - self.in_channels
+            return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+        return x
+
+    def _kept(self, i: int) -> int:
+        return kept_channels(self.stages[i]["out"], self.stages[i]["keep_ratio"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return self._forward_one(x)
+        return torch.cat([self._forward_one(x[n : n + 1]) for n in range(x.shape[0])])
+
+    def _plan(self) -> list[tuple]:
+        """Per stage: (weight, bias, phi^T contiguous, rho, stride, padding, k); cached between calls."""
+        if self._cache is None:
+            self._cache = [(getattr(self, f"weight{i}"), getattr(self, f"bias{i}"),
+                            getattr(self, f"phi{i}").t().contiguous(), getattr(self, f"rho{i}"),
+                            s["stride"], s["padding"], self._kept(i)) for i, s in enumerate(self.stages)]
+        return self._cache
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None  # .to() / .float() replace the buffers
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = None  # phi^T is derived from phi
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _forward_one(self, x: torch.Tensor) -> torch.Tensor:
+        """One sample (1, C, H, W): gather kept rows (outputs) and kept columns (inputs) per stage.
+
+        Written for batch-1 latency: every op here runs on a tiny tensor, so the count of ops matters
+        as much as the MACs (mean(|x|) as a sum with 1/HW folded into addmm's alpha, ReLU before topk
+        in place, the gate applied to the conv output in place).
+        """
+        h, kept_in = x, None
+        plan = self._plan()
+        last = len(plan) - 1
+        for i, (weight, bias, phi_t, rho, stride, padding, k) in enumerate(plan):
+            # (1, C_in): for i > 0, h is a ReLU output, so |h| = h
+            s = (h if i > 0 or self.nonneg_input else h.abs()).sum(dim=(2, 3))
+            if kept_in is not None:
+                phi_t = phi_t.index_select(0, kept_in)  # (k_in, C_out)
+                weight = weight.index_select(1, kept_in)  # (C_out, k_in, kh, kw)
+            g = torch.addmm(rho, s, phi_t, alpha=1.0 / (h.shape[2] * h.shape[3])).relu_()  # (1, C_out)
+            gate, kept = g[0].topk(k)  # (k,), (k,)
+            h = F.conv2d(h, weight.index_select(0, kept), bias.index_select(0, kept), stride, padding)
+            h.mul_(gate[:, None, None])  # (1, k, H', W')
+            if i < last:
+                h.relu_()
+            kept_in = kept
+        out = self._shortcut(x).index_add(1, kept_in, h)  # (1, C_out, H', W')
+        return out.relu_()
+
+    def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function computed densely with masked channels (the training-form semantics)."""
+        h = x
+        last = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            g = F.relu(F.linear(channel_saliency_input(h), getattr(self, f"phi{i}"), getattr(self, f"rho{i}")))
+            gate = winner_take_all(g, self._kept(i))  # (N, C_out)
+            h = F.conv2d(h, getattr(self, f"weight{i}"), getattr(self, f"bias{i}"), stage["stride"],
+                         stage["padding"]) * gate[:, :, None, None]
+            if i < last:
+                h = F.relu(h)
+        return F.relu(self._shortcut(x) + h)
+
+    # ------------------------------------------------------------------ accounting
+    def macs_per_sample(self, input_hw: tuple[int, int]) -> int:
+        """MACs one sample costs when skipping: predictors + gathered convs + shortcut projection."""
+        h, w = input_hw
+        total, k_in = 0, self.in_channels
+        for i, s in enumerate(self.stages):
+            h = (h + 2 * s["padding"] - s["kernel"]) // s["stride"] + 1
+            w = (w + 2 * s["padding"] - s["kernel"]) // s["stride"] + 1
+            k_out = self._kept(i)
+            total += s["out"] * k_in  # saliency predictor reads only the kept inputs
+            total += k_out * k_in * s["kernel"] ** 2 * h * w
+            k_in = k_out
+        if self.shortcut == "projection":
+            total += self.out_channels * self.in_channels * h * w
+        return total
+
+    def deepshrink_macs(self, inputs, output) -> int:
+        """MACs of this batch as executed (see `macs_per_sample`)."""
+        x = inputs[0]
+        return int(x.shape[0] * self.macs_per_sample(tuple(x.shape[2:])))

@@ -1,0 +1,178 @@
+"""FBS (Gao et al., ICLR 2019): winner-take-all counts, gate shapes, skipped-channel inference, MACs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import deepshrink
+from deepshrink.analysis.complexity import profile
+from deepshrink.config import load_recipe, select_layers
+from deepshrink.errors import UserError
+from deepshrink.prune.fbs import FBSConfig, FBSHook, apply_fbs, convert_fbs, scheduled_keep_ratio
+from deepshrink.prune.fbs_gate import FBSGatedConv, calibrate_predictors, kept_channels, winner_take_all
+from deepshrink.prune.fbs_infer import FBSBlock
+
+
+def _gated_resnet20(keep_ratio: float, shortcut: str = "B", seed: int = 0) -> nn.Module:
+    """ResNet-20 with random BN statistics and random (but tame) saliency predictors."""
+    torch.manual_seed(seed)
+    model = deepshrink.create_model("resnet20", shortcut=shortcut)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    layers = select_layers(model, load_recipe({"method": "fbs"}))
+    gates = apply_fbs(model, {name: keep_ratio for name in layers})
+    for gate in gates.values():
+        gate.predictor.weight.data.normal_(0, 0.05)
+        gate.predictor.bias.data.uniform_(0.2, 0.6)
+    return model.eval()
+
+
+@pytest.mark.parametrize("channels,ratio", [(16, 0.5), (10, 0.33), (64, 0.5), (7, 0.1), (32, 1.0)])
+def test_winner_take_all_keeps_exactly_ceil_d_c_even_with_ties(channels, ratio):
+    k = kept_channels(channels, ratio)
+    assert k == max(1, math.ceil(ratio * channels - 1e-9))
+    saliency = torch.rand(6, channels).round(decimals=1)  # many ties
+    saliency[0] = 0.5  # a row where every value ties
+    gate = winner_take_all(saliency, k)
+    assert gate.shape == saliency.shape
+    # exactly k selected per row: count through the indices topk returns, ties included
+    kept_mask = torch.zeros_like(saliency, dtype=torch.bool).scatter(1, saliency.topk(k, 1).indices, True)
+    assert kept_mask.sum(1).tolist() == [k] * 6
+    assert torch.equal(gate, saliency * kept_mask)  # kept values pass unchanged, others are zero
+    assert int((gate[0] != 0).sum()) == k  # the all-ties row still keeps k channels, not fewer
+
+
+def test_gated_conv_shapes_and_per_sample_channel_count():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(8, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
+    gated = FBSGatedConv(conv, bn, keep_ratio=0.5)
+    gated.predictor.weight.data.normal_()
+    x = torch.randn(5, 8, 6, 6)
+    y = gated(x)
+    assert y.shape == (5, 12, 6, 6)
+    assert gated.last_saliency.shape == (5, 12) and gated.last_gate.shape == (5, 12)
+    assert gated.predictor.weight.shape == (12, 8) and gated.predictor.bias.shape == (12,)
+    nonzero_channels = (y.abs().sum(dim=(2, 3)) > 0).sum(1)
+    assert (nonzero_channels <= 6).all()
+    assert torch.equal(gated.last_gate, winner_take_all(gated.last_saliency, 6))
+    # g(x) = ReLU(phi * mean|x| + rho), Eq. 6, against an independent computation
+    expected = torch.relu(x.abs().mean(dim=(2, 3)) @ gated.predictor.weight.T + gated.predictor.bias)
+    assert torch.allclose(gated.last_saliency, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+@pytest.mark.parametrize("keep_ratio", [0.5, 0.3])
+def test_skipped_channel_inference_equals_masked_dense(shortcut, keep_ratio):
+    model = _gated_resnet20(keep_ratio, shortcut)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        masked = model(x)  # training form: dense convs, channels multiplied by the gate
+        convert_fbs(model)
+        assert sum(isinstance(m, FBSBlock) for m in model.modules()) == 9
+        skipped = model(x)  # per-sample gathered weights
+        block = model.layer2[0]
+        block_in = torch.relu(torch.randn(2, 16, 32, 32))
+        per_block = block(block_in), block.dense_forward(block_in)
+    assert torch.allclose(skipped, masked, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(*per_block, atol=1e-5, rtol=1e-4)
+
+
+def test_macs_ratio_matches_kept_channels():
+    dense = deepshrink.create_model("resnet20", shortcut="B").eval()
+    model = _gated_resnet20(0.5)
+    convert_fbs(model)
+    x = torch.randn(2, 3, 32, 32)
+    dense_macs = profile(dense, inputs=x).totals["macs"]
+    fbs_macs = profile(model, inputs=x).totals["macs"]
+    # by hand: per block conv1 keeps k of C outputs reading all inputs, conv2 reads k and keeps k
+    expected = 3 * 16 * 9 * 32 * 32 + 64 * 10  # stem + fc
+    for c_in, c, hw in [(16, 16, 32), (16, 16, 32), (16, 16, 32), (16, 32, 16), (32, 32, 16), (32, 32, 16),
+                        (32, 64, 8), (64, 64, 8), (64, 64, 8)]:
+        k = c // 2
+        expected += k * c_in * 9 * hw * hw + k * k * 9 * hw * hw + c * c_in + c * k  # convs + predictors
+        if c_in != c:
+            expected += c * c_in * hw * hw  # projection shortcut stays dense
+    assert fbs_macs == expected
+    assert dense_macs / fbs_macs > 2.5
+
+
+def test_fbs_block_pack_config_round_trip_reproduces_outputs():
+    model = _gated_resnet20(0.5)
+    convert_fbs(model)
+    block = model.layer3[0]
+    rebuilt = FBSBlock.from_pack_config(block.pack_config())
+    rebuilt.load_state_dict(block.state_dict())
+    x = torch.relu(torch.randn(1, 32, 16, 16))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), block(x))
+
+
+def test_keep_ratio_schedule_and_l1_penalty():
+    assert scheduled_keep_ratio(1.0, 0.5, 0.0, 0.5) == 1.0
+    assert scheduled_keep_ratio(1.0, 0.5, 0.25, 0.5) == pytest.approx(0.75)
+    assert scheduled_keep_ratio(1.0, 0.5, 0.9, 0.5) == 0.5
+    conv, bn = nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8)
+    gate = FBSGatedConv(conv, bn, 0.5)
+    hook = FBSHook({gate: (1.0, 0.5)}, l1_penalty=0.1, schedule_fraction=0.5, total_steps=4)
+    seen = []
+    for _ in range(4):
+        hook.before_step(None, None, None)
+        seen.append(gate.keep_ratio)
+        gate(torch.randn(2, 4, 5, 5))
+    assert seen == pytest.approx([1.0, 0.75, 0.5, 0.5])
+    penalty = hook.extra_loss(None, None, None, None)
+    assert penalty.item() == pytest.approx(0.1 * gate.last_saliency.abs().sum(1).mean().item())
+    penalty.backward()
+    assert gate.predictor.weight.grad is not None and gate.predictor.weight.grad.abs().sum() > 0
+
+
+def test_calibrated_predictor_is_the_least_squares_fit_of_normalised_activity():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6).eval()
+    model = nn.Sequential(FBSGatedConv(conv, bn, 0.5))
+    data = [(torch.rand(64, 4, 5, 5) * torch.rand(64, 4, 1, 1), torch.zeros(64, dtype=torch.long))
+            for _ in range(4)]
+    assert calibrate_predictors(model, data, n_batches=3) == 192
+    gate = model[0]
+    assert gate._calibration is None and gate.predictor.weight.abs().sum() > 0
+    gate._calibration = []
+    with torch.no_grad():
+        for x, _ in data[:3]:
+            model(x)
+    gate.fit_predictor(ridge=0.0)
+    x = torch.cat([d[0] for d in data[:3]])  # (192, 4, 5, 5)
+    with torch.no_grad():
+        activity = torch.relu(bn(conv(x))).mean(dim=(2, 3))  # (192, 6)
+    target = activity / activity.mean(0, keepdim=True)
+    design = torch.cat([x.abs().mean(dim=(2, 3)), torch.ones(192, 1)], 1).double()
+    solution = torch.linalg.lstsq(design, target.double()).solution  # (5, 6)
+    assert torch.allclose(gate.predictor.weight.double(), solution[:-1].T, atol=0.05, rtol=0.02)
+    assert torch.allclose(gate.predictor.bias.double(), solution[-1], atol=0.05, rtol=0.02)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(UserError, match="keep_ratio"):
+        FBSConfig(keep_ratio=0.0)
+    with pytest.raises(UserError, match="keep_ratio_start"):
+        FBSConfig(keep_ratio=0.5, keep_ratio_start=0.4)
+    with pytest.raises(UserError, match="no selected conv"):
+        apply_fbs(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)), {"0": 0.5})
+
+
+def test_compress_trains_and_converts_through_the_registry():
+    torch.manual_seed(0)
+    model = deepshrink.create_model("resnet20", shortcut="A")
+    data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
+    result = deepshrink.compress(model, {"method": "fbs", "params": {"keep_ratio": 0.5, "calib_batches": 1},
+                                         "train": {"epochs": 1, "lr": 0.01}},
+                                 train_data=data, val_data=data)
+    blocks = [m for m in result.model.modules() if isinstance(m, FBSBlock)]
+    assert len(blocks) == 9 and all(s["keep_ratio"] == 0.5 for b in blocks for s in b.stages)
+    assert math.isfinite(result.metrics["top1"])

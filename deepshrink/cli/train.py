@@ -86,7 +86,7 @@ def _resume_path(args) -> Path | None:
 
 def run(args) -> int:
     from ..data import dataset_from_args, make_loader
-    from ..engine import Trainer, distributed
+    from ..engine import Trainer, distributed, seed_everything
     from ..engine.checkpoint import read_checkpoint
     from ..pipeline import build_model, parse_kv
 
@@ -98,6 +98,7 @@ def run(args) -> int:
     try:
         train_set = dataset_from_args(args, "train")
         test_set = dataset_from_args(args, "test")
+        seed_everything(config.seed)  # --seed also fixes the initial weights
         model = build_model(args.model, args.model_args, args.base, num_classes=train_set.num_classes,
                             in_channels=train_set.in_channels)
         train = make_loader(train_set, config.batch_size, train=True, seed=config.seed, augment=config.augment,

@@ -95,7 +95,8 @@ def export_onnx(src, out_path, input_shape: tuple[int, ...] | None = None, opset
                 verify: bool = True) -> dict:
     """Write the model in `src` (a `.dsz` path or a loaded model) as ONNX; optionally check it in onnxruntime.
 
-    Returns {"path", "qdq_layers", "max_abs_diff" (onnxruntime vs torch on a random batch, when verify)}.
+    Returns {"path", "qdq_layers", "opset"} and, when verify, "max_abs_diff" (onnxruntime vs torch on a
+    random batch of 2) and "max_abs_output" (the largest torch output, for a relative check).
     """
     from .format import load
 
@@ -120,4 +121,5 @@ def export_onnx(src, out_path, input_shape: tuple[int, ...] | None = None, opset
         with torch.no_grad():
             want = model(example).numpy()
         info["max_abs_diff"] = float(abs(got - want).max())
+        info["max_abs_output"] = float(abs(want).max())
     return info

@@ -155,3 +155,10 @@ def test_an_interrupted_write_leaves_no_partial_file(every_encoding_model, tmp_p
     with pytest.raises(KeyboardInterrupt):
         save(every_encoding_model[0], target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_deepshrink_pack_stays_callable_after_the_subpackage_is_imported(tmp_path):
+    import deepshrink.pack  # noqa: F401  (binds deepshrink.pack to the subpackage)
+
+    report = deepshrink.pack(deepshrink.create_model("lenet300"), tmp_path / "l.dsz")
+    assert report["totals"]["file_bytes"] == (tmp_path / "l.dsz").stat().st_size

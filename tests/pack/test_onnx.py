@@ -1,0 +1,37 @@
+"""ONNX export: uniform <= 8-bit weights as uint8 + DequantizeLinear; onnxruntime agrees with torch."""
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from onnx import numpy_helper
+
+from deepshrink.pack import save
+from deepshrink.pack.onnx_export import export_onnx
+
+
+def test_export_runs_in_onnxruntime_like_the_torch_model(every_encoding_model, images, tmp_path):
+    model, kinds = every_encoding_model
+    save(model, tmp_path / "m.dsz")
+    info = export_onnx(tmp_path / "m.dsz", tmp_path / "m.onnx")
+    assert info["qdq_layers"] == sum(kind in ("uniform2", "uniform4", "uniform8") for kind in kinds.values()) == 3
+    assert info["max_abs_diff"] <= 1e-4 * max(1.0, info["max_abs_output"])
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": images.numpy()})[0]  # another batch size than the export's
+    with torch.no_grad():
+        want = model(images).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_quantized_weights_are_stored_as_their_uint8_codes(every_encoding_model, tmp_path):
+    model, kinds = every_encoding_model
+    save(model, tmp_path / "m.dsz")
+    export_onnx(tmp_path / "m.dsz", tmp_path / "m.onnx", verify=False)
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    constants = {node.output[0]: numpy_helper.to_array(node.attribute[0].t)
+                 for node in graph.node if node.op_type == "Constant"}
+    constants.update({init.name: numpy_helper.to_array(init) for init in graph.initializer})
+    dequantized = [constants[node.input[0]] for node in graph.node if node.op_type == "DequantizeLinear"]
+    codes = {name: model.get_submodule(name).encoded.codes.numpy() for name, kind in kinds.items()
+             if kind in ("uniform2", "uniform4", "uniform8")}
+    assert all(array.dtype == np.uint8 for array in dequantized)
+    assert sorted(a.tobytes() for a in dequantized) == sorted(c.astype(np.uint8).tobytes() for c in codes.values())

@@ -265,7 +265,7 @@ class Trainer:
                     extra = extra + term
             loss = task_loss + extra
         if not torch.isfinite(loss):
-            raise UserError(f"training diverged: loss is {float(loss)} at step {self.step}; lower --lr")
+            raise UserError(f"training diverged: loss is {float(loss.detach())} at step {self.step}; lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

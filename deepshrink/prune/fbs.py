@@ -25,7 +25,6 @@ Recipe (deepshrink/recipes/fbs-d0.5.yaml)::
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -35,6 +34,7 @@ from ..errors import UserError
 from ..methods import Method
 from ..nn import get_module, set_module
 from ..registry import register_method
+from . import planned_steps
 from .fbs_gate import FBSGatedConv, calibrate_predictors, gated_convs
 from .fbs_infer import FBSBlock
 
@@ -164,7 +164,7 @@ class FBS(Method):
                           self.layer_configs[name].keep_ratio) for name, gate in gates.items()}
         if ctx.train.epochs > 0:
             hook = FBSHook(targets, self.config.l1_penalty, self.config.schedule_fraction,
-                           _total_steps(ctx))
+                           planned_steps(ctx))
             ctx.fit(model, [hook])
         for gate, (_, end) in targets.items():
             gate.keep_ratio = end
@@ -172,16 +172,6 @@ class FBS(Method):
 
     def convert(self, model: nn.Module) -> nn.Module:
         return convert_fbs(model.eval())
-
-
-def _total_steps(ctx) -> int:
-    try:
-        per_epoch = len(ctx.train_data)
-    except TypeError:
-        return 1
-    if ctx.train.max_steps_per_epoch:
-        per_epoch = min(per_epoch, ctx.train.max_steps_per_epoch)
-    return math.ceil(ctx.train.epochs * per_epoch)
 
 
 __all__ = ["FBS", "FBSBlock", "FBSConfig", "FBSGatedConv", "FBSHook", "apply_fbs", "convert_fbs",

@@ -101,7 +101,7 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
                      overrides=["train.epochs=1"])
     """
     from . import api
-    from .analysis import profile_totals
+    from .analysis import profile
 
     recipe = load_recipe(recipe, overrides) if not isinstance(recipe, str) or recipe.endswith(".yaml") \
         or Path(recipe).exists() else _named_recipe(recipe, overrides)
@@ -114,7 +114,7 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
     net = build_model(model, model_args, base, num_classes=ds.num_classes, in_channels=ds.in_channels)
     input_size = (ds.in_channels, *_hw(ds.image_size))
     metrics = {"method": recipe.method, "model": model, "data": data, "seed": recipe.train.seed,
-               "epochs": recipe.train.epochs, "version": __version__}
+               "epochs": recipe.train.epochs, "version": __version__, "fp32_bytes": fp32_bytes(net)}
     if evaluate_base:
         metrics["base_top1"] = api.evaluate(net, bundle.val, device=device)["top1"]
     (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -124,11 +124,11 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
     api.pack(result.model, packed)
     reloaded = api.load(packed)
     from_file = api.evaluate(reloaded, bundle.val, device=device)
-    totals = profile_totals(reloaded, input_size)
+    totals = profile(reloaded, input_size).totals
     metrics.update(
         top1=from_file["top1"], top5=from_file["top5"], top1_in_memory=result.metrics.get("top1"),
         compress_seconds=round(result.metrics["compress_seconds"], 2),
-        file_bytes=os.path.getsize(packed), fp32_bytes=fp32_bytes(net),
+        file_bytes=os.path.getsize(packed),
         macs=totals.get("macs"), bops=totals.get("bops"), packed=str(packed),
     )
     metrics["ratio"] = round(metrics["fp32_bytes"] / metrics["file_bytes"], 3)

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line at the end")
     from ..data import add_data_args
 
-    add_data_args(p)
+    add_data_args(p, required=True)
     p.set_defaults(func=run)
 
 

@@ -1,0 +1,37 @@
+"""`deepshrink compress` end to end on real (tiny) data: run folder, packed file, figures from the file."""
+import json
+
+import pytest
+
+from deepshrink.cli import main
+
+
+def test_compress_cli_writes_a_run_folder_whose_figures_come_from_the_packed_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["compress", "--method", "bwn", "--model", "lenet300", "--model-args", "input_size=8",
+                 "--data", "digits", "--out", str(out), "--set", "train.epochs=1", "--json"])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out / "model.dsz").stat().st_size == metrics["file_bytes"]
+    assert (out / "recipe.yaml").exists() and json.loads((out / "metrics.json").read_text()) == metrics
+    # LeNet-300-100 on 8x8 digits: 64*300 + 300*100 + 100*10 weights + biases
+    assert metrics["fp32_bytes"] == 4 * (64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
+    # only the 300->100 layer is binary (1 bit + a scale per filter); first and last layers stay fp32
+    payload = 4 * (64 * 300 + 300 + 100 + 100 * 10 + 10) + 300 * 100 // 8 + 4 * 100
+    assert payload <= metrics["file_bytes"] <= payload * 1.02 + 4096
+    assert metrics["top1"] == pytest.approx(metrics["top1_in_memory"], abs=1e-6)
+
+
+def test_compress_cli_refuses_both_recipe_and_method(tmp_path, capsys):
+    code = main(["compress", "--method", "bwn", "--recipe", "bwn", "--model", "lenet300", "--data", "digits",
+                 "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "exactly one of --recipe" in capsys.readouterr().err
+
+
+def test_compress_cli_unknown_method_lists_methods(tmp_path, capsys):
+    code = main(["compress", "--method", "nosuch", "--model", "lenet300", "--data", "digits",
+                 "--out", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nosuch'" in err and "bwn" in err

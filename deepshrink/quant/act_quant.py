@@ -170,13 +170,15 @@ class XNORActivation(Packable, nn.Module):
         return P.sign_ste(normalized)
 
     def scale_output(self, x, y):
-        normalized = self._normalized(x)
+        """y * K. K is a constant of the backward pass: the paper's training (Algorithm 1) sends
+        gradients to the inputs through sign's STE only."""
+        with torch.no_grad():
+            normalized = self._normalized(x)
+            abs_mean = normalized.abs().mean(dim=1, keepdim=True)  # (N, 1, H, W) or (N, 1)
+            k = abs_mean if not self.conv else P.xnor_scaling_map(
+                abs_mean, self.kernel_size, self.stride, self.padding, self.dilation)  # (N, 1, H', W')
         self._cache = None
-        abs_mean = normalized.abs().mean(dim=1, keepdim=True)  # (N, 1, H, W) or (N, 1)
-        if not self.conv:
-            return y * abs_mean
-        k = P.xnor_scaling_map(abs_mean, self.kernel_size, self.stride, self.padding, self.dilation)
-        return y * k  # (N, C_out, H', W') * (N, 1, H', W')
+        return y * k
 
     def codes(self, x) -> torch.Tensor:
         return P.binary_codes(self.bn(x))

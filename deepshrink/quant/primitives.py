@@ -233,12 +233,27 @@ def dorefa_weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch
     return codes.to(torch.int32), torch.tensor(2.0 / n)
 
 
+class _DoReFaAct(torch.autograd.Function):
+    """quantize_k(clip(x, 0, 1)) in one node: backward g * 1{0 <= x <= 1} (clip's gradient times STE)."""
+
+    @staticmethod
+    def forward(ctx, x, bits):
+        ctx.save_for_backward(x)
+        n = 2**bits - 1
+        return torch.clamp(x, 0.0, 1.0).mul_(n).round_().div_(n)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.where((x >= 0) & (x <= 1), grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+
+
 def dorefa_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
     """DoReFa k-bit activations (Zhou et al. 2016, Sec. 2.6): quantize_k(clip(x, 0, 1)); the clip's
-    gradient is 1 on [0, 1] and 0 outside, the rounding's is straight-through."""
+    gradient is 1 on [0, 1] and 0 outside, the rounding's is straight-through (Eq. 5)."""
     if bits >= 32:
         return x
-    return quantize_k(torch.clamp(x, 0.0, 1.0), bits)
+    return _DoReFaAct.apply(x, bits)
 
 
 def dorefa_activation_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -259,11 +274,11 @@ def dorefa_quantize_gradient(dr: torch.Tensor, bits: int, generator: torch.Gener
     n = 2**bits - 1
     batch = dr.shape[0] if dr.dim() > 1 else 1
     flat = dr.reshape(batch, -1)  # (N, features)
-    max0 = flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)  # (N, 1)
-    noise = torch.rand(flat.shape, generator=generator, device=dr.device, dtype=dr.dtype) - 0.5
-    unit = flat / (2 * max0) + 0.5  # in [0, 1]
-    q = torch.clamp(torch.round(unit * n + noise), 0, n) / n
-    return (2 * max0 * (q - 0.5)).reshape(dr.shape)
+    max0 = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)  # (N, 1)
+    noise = torch.rand(flat.shape, generator=generator, device=dr.device, dtype=dr.dtype).sub_(0.5)
+    # in place on `noise`: round(n * (dr / (2 max0) + 1/2) + sigma), clipped to the grid 0..n
+    q = noise.addcmul_(flat, (n / 2) / max0).add_(n / 2).round_().clamp_(0, n)
+    return q.sub_(n / 2).mul_(max0 * (2.0 / n)).reshape(dr.shape)
 
 
 class _GradQuant(torch.autograd.Function):
@@ -305,14 +320,35 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x - x * scale).detach() + x * scale
 
 
+class _LSQ(torch.autograd.Function):
+    """LSQ in one node (Esser et al. 2020): forward Eq. 1-2; backward Eq. 3 for the step (times the
+    gradient scale g), 1{-Q_N <= v/s <= Q_P} for v (STE through round)."""
+
+    @staticmethod
+    def forward(ctx, v, step, q_n, q_p, grad_scale):
+        ctx.save_for_backward(v, step)
+        ctx.q_n, ctx.q_p, ctx.grad_scale = q_n, q_p, grad_scale
+        return (v / step).clamp_(-q_n, q_p).round_().mul_(step)
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, step = ctx.saved_tensors
+        r = v / step
+        low, high = r <= -ctx.q_n, r >= ctx.q_p
+        inside = ~(low | high)
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        ds = torch.where(inside, torch.round(r) - r, torch.where(low, -float(ctx.q_n), float(ctx.q_p)))
+        grad_step = (grad * ds).sum() * ctx.grad_scale
+        return torch.where(inside, grad, zero), grad_step.reshape(step.shape), None, None, None
+
+
 def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, grad_scale: float) -> torch.Tensor:
     """LSQ (Esser et al. 2020, Eq. 1-2): v_hat = round(clip(v / s, -Q_N, Q_P)) * s.
 
     The step's gradient is Eq. 3 (-v/s + round(v/s) inside the range, -Q_N / Q_P at the ends)
-    times `grad_scale`; v's gradient is 1 inside the range, 0 outside (STE through round).
+    times `grad_scale` (Sec. 2.2); v's gradient is 1 inside the range, 0 outside (STE through round).
     """
-    s = scale_grad(step, grad_scale)
-    return round_ste(torch.clamp(v / s, -q_n, q_p)) * s
+    return _LSQ.apply(v, step, q_n, q_p, grad_scale)
 
 
 def lsq_codes(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int) -> torch.Tensor:
@@ -329,14 +365,16 @@ class _PACT(torch.autograd.Function):
     def forward(ctx, x, alpha, bits):
         ctx.save_for_backward(x, alpha)
         n = 2**bits - 1
-        y = torch.minimum(torch.clamp(x, min=0.0), alpha)
-        return torch.round(y * n / alpha) * alpha / n
+        step = alpha / n
+        return torch.minimum(torch.clamp(x, min=0.0), alpha).div_(step).round_().mul_(step)
 
     @staticmethod
     def backward(ctx, grad):
         x, alpha = ctx.saved_tensors
-        grad_x = grad * ((x >= 0) & (x < alpha)).to(grad.dtype)
-        grad_alpha = (grad * (x >= alpha).to(grad.dtype)).sum().reshape(alpha.shape)
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        above = x >= alpha
+        grad_x = torch.where((x >= 0) & ~above, grad, zero)
+        grad_alpha = torch.where(above, grad, zero).sum().reshape(alpha.shape)
         return grad_x, grad_alpha, None
 
 
@@ -348,4 +386,4 @@ def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tens
 def pact_codes(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """Codes 0..2^k-1 of `pact_quantize` (value = code * alpha / (2^k - 1))."""
     n = 2**bits - 1
-    return torch.round(torch.minimum(torch.clamp(x, min=0.0), alpha) * n / alpha).to(torch.int32)
+    return torch.minimum(torch.clamp(x, min=0.0), alpha).div_(alpha / n).round_().to(torch.int32)

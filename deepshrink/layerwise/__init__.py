@@ -1,1 +1,9 @@
-"""deepshrink.layerwise"""
+"""Layer-wise post-training compression with a small calibration set: L-OBS, L-DNQ, product quantization.
+
+Importing this package registers the methods: lobs, magnitude (L-OBS's baseline), ldnq, ldnq_rtn
+(its baseline), pq and kmeans (its baseline). They share one driver, `base.LayerwiseMethod`.
+"""
+from . import ldnq, lobs  # noqa: F401  (register ldnq, ldnq_rtn, lobs, magnitude)
+from .base import LayerSolution, LayerwiseConfig, LayerwiseMethod, encoded_bits, reestimate_bn
+
+__all__ = ["LayerSolution", "LayerwiseConfig", "LayerwiseMethod", "encoded_bits", "reestimate_bn"]

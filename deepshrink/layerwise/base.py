@@ -1,0 +1,222 @@
+"""The one driver of every layer-wise method: capture -> statistics -> solve -> write back -> next layer.
+
+A method derives from `LayerwiseMethod` and overrides `solve` (and, where it needs to, the
+`prepare` / `after_layer` / `finish` steps). The driver:
+
+1. materialises the calibration batches once (`ctx.calib_data`, e.g. 1% of the training set);
+2. visits the selected layers in execution order; for each, runs the calibration batches through the
+   network compressed so far (`inputs="compressed"`, default) or the original network
+   (`inputs="original"`, as in the L-OBS / L-DNQ papers), stopping the forward pass at the layer, and
+   accumulates H = X X^T / N (hessian.py);
+3. calls `solve(name, layer, weight, hessian, cfg)` with the weight as (G, R, D) float64 and, for a
+   layer with a bias, H's Schur complement: the bias is then moved to its optimum for the new weight;
+4. writes the decoded weight back, keeps the `EncodedWeight` for `convert`;
+5. re-estimates BatchNorm statistics on the calibration data (`reestimate_bn`, default on).
+
+Example::
+
+    result = deepshrink.compress(model, {"method": "lobs", "params": {"sparsity": 0.7}},
+                                 calib_data=calib_loader)
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..methods import CompressContext, Method
+from ..nn import EncodedWeight, compress_layer, set_module
+from . import hessian as hess
+from .capture import InputCapture, chunked_columns, execution_order, weight_matrix
+
+
+@dataclass
+class LayerwiseConfig:
+    """Options every layer-wise method shares.
+
+    damp: fraction of mean(diag H) added to H's diagonal before inverting (>= 0).
+    inputs: "compressed" feeds each layer the inputs of the network compressed so far;
+        "original" those of the original network.
+    reestimate_bn: recompute BatchNorm running statistics on the calibration data at the end.
+    max_samples: input columns (conv patches) used per calibration batch for H (None = all).
+    """
+
+    damp: float = 0.01
+    inputs: str = "compressed"
+    reestimate_bn: bool = True
+    max_samples: int | None = 8192
+
+    def __post_init__(self):
+        if not (self.damp >= 0 and math.isfinite(self.damp)):
+            raise UserError(f"damp must be a finite number >= 0, got {self.damp}")
+        if self.inputs not in ("compressed", "original"):
+            raise UserError(f"inputs must be 'compressed' or 'original', got {self.inputs!r}")
+        if self.max_samples is not None and int(self.max_samples) < 1:
+            raise UserError(f"max_samples must be >= 1 or null, got {self.max_samples}")
+
+
+@dataclass
+class LayerSolution:
+    """What `solve` returns: the new weight (G, R, D) and its encoding in the layer's shape."""
+
+    weight: torch.Tensor
+    encoded: EncodedWeight
+    info: dict = field(default_factory=dict)
+
+
+def encoded_bits(encoded: EncodedWeight) -> float:
+    """Storage of an encoding in bits: codes at their width, scales/codebooks as float32, masks 1 bit."""
+    if encoded.kind == "float":
+        return 32.0 * encoded.numel
+    if encoded.kind == "sparse":
+        nnz = int(encoded.mask.sum())
+        inner = encoded_bits(encoded.inner)
+        overhead = sum(32.0 * p.numel() for p in encoded.inner.params.values()) if encoded.inner.kind != "float" else 0
+        per_weight = (inner - overhead) / max(1, encoded.inner.numel)
+        return encoded.numel + nnz * per_weight + overhead
+    extra = sum(32.0 * p.numel() for p in encoded.params.values())
+    return encoded.bits * encoded.codes.numel() + extra
+
+
+def calibration_batches(data, device=None) -> list[torch.Tensor]:
+    """The calibration inputs as a list of float tensors (labels dropped), read once."""
+    if data is None:
+        raise UserError("layer-wise methods need calibration data (calib_data=..., e.g. 1% of the train set)")
+    batches = []
+    for item in data:
+        inputs = item[0] if isinstance(item, (tuple, list)) else item
+        batches.append(inputs.to(device) if device is not None else inputs)
+    if not batches:
+        raise UserError("the calibration data is empty")
+    return batches
+
+
+def reestimate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Recompute every BatchNorm's running mean/var as the plain average over `batches`."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    was_training = model.training
+    saved = [(m, m.momentum) for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    with torch.no_grad():
+        for inputs in batches:
+            model(inputs)
+    for m, momentum in saved:
+        m.momentum = momentum
+    model.train(was_training)
+
+
+class LayerwiseMethod(Method):
+    """Base of layer-wise methods: subclasses implement `solve` (see the module docstring)."""
+
+    kind = "layerwise"
+    needs_hessian = True
+    needs_reference = False  # keep an unmodified copy of the model (teacher) in self.reference
+
+    def solve(self, name: str, layer: nn.Module, weight: torch.Tensor, hessian: torch.Tensor | None,
+              cfg) -> LayerSolution:
+        """Compress one layer: `weight` (G, R, D) float64, `hessian` (G, D, D) float64 or None."""
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+        """Before the first layer (e.g. fold BN, compute global thresholds); returns the model."""
+        return model
+
+    def after_layer(self, model: nn.Module, name: str, batches: list[torch.Tensor]) -> None:
+        """After layer `name` is written back (e.g. fine-tuning); default: nothing."""
+
+    def finish(self, model: nn.Module, batches: list[torch.Tensor], ctx: CompressContext) -> None:
+        """After the last layer and BN re-estimation (e.g. global fine-tuning); default: nothing."""
+
+    # ------------------------------------------------------------------ the driver
+    def compress(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
+        batches = calibration_batches(ctx.calib_data, ctx.device)
+        model.eval()
+        self.encodings: dict[str, EncodedWeight] = {}
+        self.report: dict[str, dict] = {}
+        model = self.prepare(model, batches)
+        self.reference = copy.deepcopy(model).eval() if self.needs_reference or self.config.inputs == "original" else None
+        source = self.reference if self.config.inputs == "original" else model
+        for name in execution_order(model, list(self.layer_configs), batches[0]):
+            start = time.perf_counter()
+            layer = model.get_submodule(name)
+            if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+                raise UserError(f"layer {name!r} is a {type(layer).__name__}; layer-wise methods take Conv2d/Linear")
+            cfg = self.layer_configs[name]
+            hessian = self.layer_hessian(source, name, layer, batches) if self.needs_hessian else None
+            self._solve_and_write(name, layer, hessian, cfg)
+            self.after_layer(model, name, batches)
+            encoded = self.encodings[name]
+            self.report[name] = {"seconds": time.perf_counter() - start, "numel": encoded.numel,
+                                 "bits_per_weight": encoded_bits(encoded) / encoded.numel,
+                                 "kind": encoded.kind, **self.report.get(name, {})}
+        if self.config.reestimate_bn:
+            reestimate_bn(model, batches)
+        self.finish(model, batches, ctx)
+        model.deepshrink_report = self.summary()
+        return model
+
+    def layer_hessian(self, source: nn.Module, name: str, layer: nn.Module, batches) -> torch.Tensor:
+        """H = X X^T / N of `name`'s inputs in `source` over the calibration batches, (G, D', D')."""
+        hooked = source.get_submodule(name)
+        groups, _, dim = weight_matrix(layer).shape
+        acc = hess.HessianAccumulator(groups, dim, bias=layer.bias is not None,
+                                      max_samples=self.config.max_samples, seed=len(self.report))
+
+        def on_input(x):
+            for cols in chunked_columns(hooked, x):
+                acc.add(cols)
+
+        with InputCapture(hooked, on_input) as capture:
+            capture.run(source, batches)
+        return acc.hessian()
+
+    def _solve_and_write(self, name: str, layer: nn.Module, hessian, cfg) -> None:
+        weight = weight_matrix(layer).to(torch.float64)  # (G, R, D)
+        gain = None
+        if hessian is not None and layer.bias is not None:
+            hessian, gain = hess.schur_free(hessian, 1, self.config.damp)
+        solution = self.solve(name, layer, weight, hessian, cfg)
+        if tuple(solution.encoded.shape) != tuple(layer.weight.shape):
+            raise AssertionError(f"{name}: encoding shape {solution.encoded.shape} != {tuple(layer.weight.shape)}")
+        new_weight = solution.encoded.dequantize().to(layer.weight.device, layer.weight.dtype)
+        if gain is not None:
+            delta = weight_matrix(_Holder(new_weight, layer)) - weight
+            bias_shift = -(gain @ delta.transpose(1, 2)).reshape(-1)  # (G, 1, R) -> (out,)
+            layer.bias.data += bias_shift.to(layer.bias.dtype)
+        layer.weight.data.copy_(new_weight)
+        self.encodings[name] = solution.encoded
+        self.report[name] = dict(solution.info)
+
+    def summary(self) -> dict:
+        """Per-layer report plus totals: bits per weight over the compressed layers, seconds."""
+        total_bits = sum(r["bits_per_weight"] * r["numel"] for r in self.report.values())
+        total = sum(r["numel"] for r in self.report.values())
+        return {"method": self.method_name, "layers": self.report,
+                "bits_per_weight": total_bits / max(1, total),
+                "compression_ratio": 32.0 * total / max(1.0, total_bits),
+                "seconds": sum(r["seconds"] for r in self.report.values())}
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        """Each compressed layer becomes a CompressedConv2d/Linear holding its EncodedWeight."""
+        for name, encoded in getattr(self, "encodings", {}).items():
+            set_module(model, name, compress_layer(model.get_submodule(name), encoded))
+        return model
+
+
+class _Holder:
+    """A stand-in with `.weight` and `.groups` so `weight_matrix` can reshape a plain tensor."""
+
+    def __init__(self, weight: torch.Tensor, like: nn.Module):
+        self.weight = weight
+        self.groups = getattr(like, "groups", 1)

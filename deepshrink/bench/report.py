@@ -57,27 +57,32 @@ def table(records: list[dict]) -> tuple[list[list[str]], list[str], list[dict]]:
 
 
 def render_markdown(records: list[dict], title: str = "") -> str:
-    """The report as Markdown: header, table, published-source notes, failed rows, how to reproduce."""
-    lines, notes, failed = table(records)
+    """The report as Markdown: header, table, published-source notes, failed rows, the plot."""
     meta = next((r for r in reversed(records) if r.get("command")), None) or \
         next((r for r in reversed(records) if r.get("suite")), {})
     out = [f"# {title or 'deepshrink benchmark: ' + str(meta.get('suite', '?'))}", ""]
     if meta.get("command"):
         out += [f"Produced by `{meta['command']}` (deepshrink {meta.get('version', '?')}, seed "
                 f"{meta.get('seed', '?')}); every row's settings are in `{RESULTS_FILE}`.", ""]
-    out += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += [markdown_table(records), "", "![accuracy against packed size](pareto.png)", ""]
+    return "\n".join(out)
+
+
+def markdown_table(records: list[dict], heading_level: int = 2) -> str:
+    """The results table in Markdown with its legend, published-source notes and failed rows."""
+    lines, notes, failed = table(records)
+    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
     out += ["", "Δ top-1: points against the full-precision row, on this suite's data. ★: on the Pareto front "
             "(no other row is both smaller and more accurate). size: bytes of the packed `.dsz` file; "
             "ratio: against the fp32 weights; time: compression wall time on this machine."]
     if notes:
         out += ["", "Published Δ: reported by others on *their* data and network, for orientation only:"]
-        out += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+        out += [f"[{i}] {note}" + ("  " if i < len(notes) else "") for i, note in enumerate(notes, 1)]
     if failed:
-        out += ["", f"## Failed rows ({len(failed)})", ""]
+        out += ["", f"{'#' * heading_level} Failed rows ({len(failed)})", ""]
         out += [f"- **{r.get('label', r.get('method', '?'))}** ({r.get('method', '?')}): "
                 f"`{_first_line(r.get('error'))}`" for r in failed]
-    out += ["", "![accuracy against packed size](pareto.png)", ""]
     return "\n".join(out)
 
 

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 RESULTS_FILE = "results.jsonl"
+RUNS_FILE = "runs.jsonl"  # one record per `deepshrink bench` invocation: command, wall time, rows run
 FIGURES = ("top1", "top5", "bytes", "ratio", "macs", "bops", "compress_seconds", "epochs")
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import UserError
 from .plan import PlannedRow, plan_rows
-from .results import FIGURES, RESULTS_FILE, append_result, finished_keys, read_results
+from .results import RESULTS_FILE, RUNS_FILE, append_result, finished_keys, read_results
 from .suite import Suite, file_digest, stable_hash
 
 
@@ -49,6 +49,7 @@ def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(out_dir):
+        t0 = time.perf_counter()  # includes training the base, when the suite does
         base_path, base_id = resolve_base(suite, out_dir, base, base_trainer or train_base, log)
         rows = plan_rows(suite, base_id, only=only, epochs=epochs, methods=methods)
         results_path = out_dir / RESULTS_FILE
@@ -57,18 +58,25 @@ def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
         log(f"[bench] suite {suite.name!r}: {len(rows)} rows, {len(rows) - len(todo)} already in "
             f"{results_path}, {len(todo)} to run")
         progress = _Progress(total=len(rows), already=len(rows) - len(todo), log=log)
-        failed = 0
-        for row in todo:
-            progress.start(row)
-            record = _run_one(suite, row, base_path, out_dir, row_runner or run_row, command)
-            append_result(results_path, record)
-            failed += record["status"] != "ok"
-            progress.finish(row, record)
-            _refresh_report(out_dir, log)
-        if not todo:
-            _refresh_report(out_dir, log)
-    return {"ran": len(todo), "skipped": len(rows) - len(todo), "failed": failed, "total": len(rows),
-            "report": out_dir / "report.md", "plot": out_dir / "pareto.png"}
+        summary = {"ran": 0, "skipped": len(rows) - len(todo), "failed": 0, "total": len(rows)}
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        try:
+            for row in todo:
+                progress.start(row)
+                record = _run_one(suite, row, base_path, out_dir, row_runner or run_row, command)
+                append_result(results_path, record)
+                summary["ran"] += 1
+                summary["failed"] += record["status"] != "ok"
+                progress.finish(row, record)
+                _refresh_report(out_dir, log)
+            if not todo:
+                _refresh_report(out_dir, log)
+        finally:  # RUNS_FILE: one line per invocation, so the results say which command made them and how long
+            append_result(out_dir / RUNS_FILE, {
+                "command": command, "suite": suite.name, "started_at": started, "version": __version__,
+                "seconds": round(time.perf_counter() - t0, 1), **summary,
+                "complete": summary["ran"] == len(todo)})
+    return {**summary, "report": out_dir / "report.md", "plot": out_dir / "pareto.png"}
 
 
 def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[Path, str]:

@@ -131,3 +131,12 @@ def test_truncated_last_line_is_ignored_on_resume(tmp_path, toy_suite, stub_runn
         _run(toy_suite(), tmp_path / "out", runner, base=base_file)
     assert runner.calls == ["toyb"]
     assert json.loads(results.read_text().splitlines()[-1])["label"] == "toyb"
+
+
+def test_each_invocation_is_logged_with_its_command(tmp_path, toy_suite, stub_runner, base_file):
+    for _ in range(2):
+        run_suite(load_suite(toy_suite()), tmp_path / "out", row_runner=stub_runner(), base=base_file,
+                  log=lambda m: None, command="deepshrink bench --suite toy")
+    runs = read_results(tmp_path / "out" / "runs.jsonl")
+    assert [(r["ran"], r["skipped"], r["complete"]) for r in runs] == [(4, 0, True), (0, 4, True)]
+    assert all(r["command"] == "deepshrink bench --suite toy" and r["seconds"] >= 0 for r in runs)

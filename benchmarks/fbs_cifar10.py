@@ -79,14 +79,17 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(REPO.parent / "shared/models/resnet20-cifar10jpeg.pt"))
     parser.add_argument("--keep-ratio", type=float, default=0.5)
     parser.add_argument("--epochs", type=float, default=2)
-    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--lr", type=float, default=0.005)
     parser.add_argument("--rounds", type=int, default=1000, help="latency samples per model")
+    parser.add_argument("--test-limit", type=int, default=None, help="first N test images only (smoke runs)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/fbs_cifar10.json"))
     args = parser.parse_args()
 
     torch.manual_seed(0)
     train = get_dataset("cifar10", "train", root=args.data_root)
     test = get_dataset("cifar10", "test", root=args.data_root)
+    if args.test_limit:
+        test = test.select(torch.arange(args.test_limit))
     train_loader = make_loader(train, 128, train=True, seed=0)
     test_loader = make_loader(test, 500, train=False)
 

@@ -46,6 +46,8 @@ class FBSConfig:
     schedule_fraction: fraction of the steps over which d goes from keep_ratio_start to keep_ratio.
     l1_penalty: lambda of Eq. 9, on the per-sample L1 norm of every layer's saliencies.
     calib_batches: batches used to initialise the predictors by least squares (0: phi = 0, rho = 1).
+    predictor_lr_scale: the predictors' learning rate relative to train.lr (their gradient sums a whole
+        feature map per gate, so at the network's lr one step can swing every gate at once).
     """
 
     keep_ratio: float = 0.5
@@ -53,6 +55,7 @@ class FBSConfig:
     schedule_fraction: float = 0.5
     l1_penalty: float = 1e-5
     calib_batches: int = 8
+    predictor_lr_scale: float = 0.1
 
     def __post_init__(self):
         if not 0 < self.keep_ratio <= 1:
@@ -63,6 +66,8 @@ class FBSConfig:
             raise UserError(f"fbs: schedule_fraction must be in [0, 1], got {self.schedule_fraction}")
         if self.l1_penalty < 0:
             raise UserError(f"fbs: l1_penalty must be >= 0, got {self.l1_penalty}")
+        if not self.predictor_lr_scale > 0:
+            raise UserError(f"fbs: predictor_lr_scale must be > 0, got {self.predictor_lr_scale}")
         if self.calib_batches < 0:
             raise UserError(f"fbs: calib_batches must be >= 0, got {self.calib_batches}")
 
@@ -78,12 +83,26 @@ class FBSHook(Hook):
     """Keep-ratio schedule (before every step) and the saliency L1 penalty (FBS Eq. 9)."""
 
     def __init__(self, targets: dict[FBSGatedConv, tuple[float, float]], l1_penalty: float,
-                 schedule_fraction: float, total_steps: int):
+                 schedule_fraction: float, total_steps: int, predictor_lr_scale: float = 1.0):
         self.targets = targets  # gate -> (keep_ratio_start, keep_ratio)
+        self.predictor_lr_scale = predictor_lr_scale
         self.l1_penalty = l1_penalty
         self.schedule_fraction = schedule_fraction
         self.total_steps = max(1, total_steps)
         self.steps = 0
+
+    def param_groups(self, trainer, model):
+        """The default groups, with the saliency predictors (phi, rho) in their own, slower group."""
+        from ..engine.optim import default_param_groups
+
+        predictor = {id(p) for gate in self.targets for p in gate.predictor.parameters()}
+        groups = default_param_groups(model, trainer.config.weight_decay)
+        for group in groups:
+            group["params"] = [p for p in group["params"] if id(p) not in predictor]
+        groups.append({"params": [p for gate in self.targets for p in gate.predictor.parameters()],
+                       "lr": trainer.config.lr * self.predictor_lr_scale, "weight_decay": 0.0,
+                       "name": "fbs_predictors"})
+        return groups
 
     def before_step(self, trainer, inputs, targets):
         progress = self.steps / self.total_steps
@@ -164,7 +183,7 @@ class FBS(Method):
                           self.layer_configs[name].keep_ratio) for name, gate in gates.items()}
         if ctx.train.epochs > 0:
             hook = FBSHook(targets, self.config.l1_penalty, self.config.schedule_fraction,
-                           planned_steps(ctx))
+                           planned_steps(ctx), self.config.predictor_lr_scale)
             ctx.fit(model, [hook])
         for gate, (_, end) in targets.items():
             gate.keep_ratio = end

@@ -89,20 +89,26 @@ class FBSGatedConv(nn.Module):
         self.last_saliency, self.last_gate = g, gate
         return y * gate[:, :, None, None]
 
-    def fit_predictor(self, ridge: float = 1e-3) -> None:
+    def fit_predictor(self, ridge: float = 0.1, spread: float = 0.01) -> None:
         """Least-squares init of (phi, rho) from the collected calibration batches.
 
-        Target: each channel's mean post-ReLU activity divided by its data-set mean, so g ~ 1 on
-        average (the dense network is roughly preserved) while its per-sample ranking already follows
-        which channels fire. Not in the paper (which trains phi, rho from scratch); it lets a short
-        fine-tuning budget start from sensible gates.
+        Target: g = 1 - spread + spread * a_c(x) / mean(a), where a_c(x) is channel c's mean post-ReLU
+        activity on sample x and mean(a) its average over samples and channels. The kept channels
+        are then the ones that fire most on this sample, while gates stay near 1 so that the dense
+        network's function is roughly preserved (a gate far from 1 rescales every later layer's input
+        and the errors compound through the residual chain). `ridge` is relative to the mean diagonal of
+        the Gram matrix. Not in the paper, which trains phi, rho
+        from scratch; it lets a short fine-tuning budget start from sensible gates.
         """
         s = torch.cat([a for a, _ in self._calibration])  # (N, C_in)
         activity = torch.cat([b for _, b in self._calibration])  # (N, C_out)
         self._calibration = None
-        target = activity / activity.mean(0, keepdim=True).clamp_min(1e-8)  # (N, C_out)
+        target = 1 - spread + spread * activity / activity.mean().clamp_min(1e-8)  # (N, C_out)
         design = torch.cat([s, torch.ones(len(s), 1, device=s.device)], dim=1)  # (N, C_in + 1)
-        gram = design.T @ design + ridge * len(s) * torch.eye(design.shape[1], device=s.device)
+        gram = design.T @ design  # (C_in + 1, C_in + 1)
+        # ridge relative to the features' scale: the channel means are strongly correlated, and an
+        # unregularised fit extrapolates wildly once earlier gates shift the input distribution
+        gram = gram + ridge * gram.diagonal().mean() * torch.eye(design.shape[1], device=s.device)
         solution = torch.linalg.solve(gram, design.T @ target)  # (C_in + 1, C_out)
         with torch.no_grad():
             self.predictor.weight.copy_(solution[:-1].T)

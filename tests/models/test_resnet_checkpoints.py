@@ -47,12 +47,12 @@ def torchvision_resnet_state_shapes(bottleneck: bool, blocks: list[int], classes
 def test_state_dict_matches_torchvision(name, bottleneck, blocks, n_keys):
     expected = torchvision_resnet_state_shapes(bottleneck, blocks)
     assert len(expected) == n_keys
-    state = deepshrink.create_model(name).state_dict()
+    model = deepshrink.create_model(name)
+    state = model.state_dict()
     assert list(state) == list(expected)  # same keys in the same order
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
     # A torchvision-layout state_dict (here: the expected shapes filled with values) loads strictly.
     fake = {k: torch.full(s, 0.5) if s else torch.tensor(0) for k, s in expected.items()}
-    model = deepshrink.create_model(name)
     model.load_state_dict(fake, strict=True)
     assert torch.all(model.fc.weight == 0.5)
 

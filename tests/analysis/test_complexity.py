@@ -1,0 +1,160 @@
+"""profile(): MACs against hand counts and published figures, BOPs and bytes at each layer's precision."""
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import deepshrink
+from deepshrink.analysis import profile
+from deepshrink.nn import CompressedConv2d, CompressedLinear, EncodedWeight
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_model(name: str) -> nn.Module:
+    """Registered models with default arguments, built once per session (profile leaves them unchanged)."""
+    return deepshrink.create_model(name)
+
+
+def test_conv_and_linear_macs_match_hand_count():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Flatten(), nn.Linear(8 * 5 * 5, 6))
+    report = profile(model, input_size=(4, 9, 9))
+    macs = {row.name: row.macs for row in report.layers}
+    assert macs["0"] == 8 * 5 * 5 * 4 * 3 * 3  # out channels x out positions x (C_in x k x k)
+    assert macs["2"] == 8 * 5 * 5 * (8 // 4) * 3 * 3  # grouped: C_in / groups per output
+    assert macs["4"] == 6 * 200
+    assert report.totals["params"] == sum(p.numel() for p in model.parameters())
+    assert report.totals["bytes"] == 4 * report.totals["params"]
+
+
+def test_a_module_called_twice_counts_twice():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 5)
+
+        def forward(self, x):
+            return self.fc(self.fc(x))
+
+    assert profile(Twice(), input_size=(5,)).totals["macs"] == 2 * 25
+
+
+@pytest.mark.parametrize("name,size,macs,rel", [
+    ("resnet18", 224, 1.82e9, 0.005),  # He et al. 2016 Table 1: 1.8 GFLOPs (multiply-adds)
+    ("resnet50", 224, 4.1e9, 0.01),
+    ("resnet20", 32, 41e6, 0.02),  # 40.55 M with option A
+])
+def test_published_mac_figures(name, size, macs, rel):
+    report = profile(zoo_model(name), input_size=(3, size, size))
+    assert report.totals["macs"] == pytest.approx(macs, rel=rel)
+
+
+def test_resnet20_option_a_totals():
+    totals = profile(zoo_model("resnet20")).totals
+    assert totals["params"] == pytest.approx(0.27e6, rel=0.01)
+    assert totals["macs"] == 40_551_040
+    assert totals["bops"] == totals["macs"] * 32 * 32
+
+
+@pytest.mark.parametrize("name", deepshrink.list_models())
+def test_profile_counts_every_parameter_of_every_model(name):
+    model = zoo_model(name)
+    channels, height, width = model.default_input_size
+    size = (channels, min(height, 64), min(width, 64)) if name not in ("lenet300", "vgg_small") else None
+    report = profile(model, input_size=size)
+    assert report.totals["params"] == sum(p.numel() for p in model.parameters())
+    assert report.totals["macs"] > 0
+
+
+def test_bops_use_weight_and_activation_bits():
+    def layer(weight_bits=None, act_bits=None):
+        conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        if weight_bits is not None:
+            conv.weight_bits, conv.act_bits = weight_bits, act_bits
+        return nn.Sequential(conv)
+
+    binary = profile(layer(1, 1), input_size=(3, 8, 8)).layers[0]
+    full = profile(layer(), input_size=(3, 8, 8)).layers[0]
+    assert binary.macs == full.macs == 4 * 64 * 27
+    assert binary.bops == binary.macs
+    assert full.bops == full.macs * 32 * 32
+    assert binary.bytes == math.ceil(4 * 27 / 8)  # QAT weight_bits=1: one bit per weight
+    assert full.bytes == 4 * 27 * 4
+
+
+class _ActQuant(nn.Module):
+    bits = 4
+
+    def forward(self, x):
+        return x
+
+
+def _compressed_linear(encoded, input_quant=None):
+    return nn.Sequential(CompressedLinear.from_linear(nn.Linear(16, 8), encoded, input_quant))
+
+
+def test_encoded_weights_set_bits_and_bytes():
+    shape = (8, 16)
+    scale = torch.ones(8)  # per-output-channel scale: 8 float32
+    codes = torch.randint(0, 2, shape)
+    binary = _compressed_linear(EncodedWeight("binary", shape, codes, {"scale": scale}), _ActQuant())
+    row = profile(binary, input_size=(16,)).layers[0]
+    assert (row.weight_bits, row.act_bits) == (1, 4)
+    assert row.params == 8 * 16 + 8
+    assert row.bops == 8 * 16 * 1 * 4
+    assert row.bytes == 8 * 16 // 8 + 8 * 4 + 8 * 4  # codes + scales + float bias
+
+    ternary = EncodedWeight("ternary", shape, torch.randint(-1, 2, shape),
+                            {"pos_scale": torch.ones(1), "neg_scale": torch.ones(1)})
+    assert profile(_compressed_linear(ternary), input_size=(16,)).layers[0].weight_bits == 2
+
+    uniform = EncodedWeight("uniform", shape, torch.randint(0, 8, shape),
+                            {"scale": torch.ones(1), "zero_point": torch.zeros(1)}, bits=3)
+    row = profile(_compressed_linear(uniform), input_size=(16,)).layers[0]
+    assert row.weight_bits == 3
+    assert row.bytes == 8 * 16 * 3 // 8 + 4 + 4 + 8 * 4
+
+
+def test_pq_bits_per_weight_and_codebook_bytes():
+    # 3x3 conv, row layout, d = 9 (one kernel per block), K = 16 centroids, one codebook.
+    conv = nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    codebook = torch.randn(1, 16, 9)  # (S, K, d)
+    encoded = EncodedWeight("pq", (8, 4, 3, 3), torch.randint(0, 16, (8, 4)), {"codebook": codebook},
+                            layout="row")
+    row = profile(nn.Sequential(CompressedConv2d.from_conv(conv, encoded)), input_size=(4, 6, 6)).layers[0]
+    assert row.weight_bits == pytest.approx(4 / 9)  # ceil(log2 16) bits per block of 9 weights
+    assert row.bytes == 8 * 4 * 4 // 8 + 16 * 9 * 4  # 32 codes of 4 bits + float32 codebook
+
+
+def test_sparse_counts_kept_weights_and_mask():
+    shape = (8, 16)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[:, :4] = True  # 32 of 128 kept
+    inner = EncodedWeight("uniform", shape, torch.randint(0, 256, shape),
+                          {"scale": torch.ones(1), "zero_point": torch.zeros(1)}, bits=8)
+    sparse = EncodedWeight("sparse", shape, mask=mask, inner=inner)
+    row = profile(_compressed_linear(sparse), input_size=(16,)).layers[0]
+    assert row.weight_bits == 8
+    assert row.bytes == 128 // 8 + 32 * 8 // 8 + 4 + 4 + 8 * 4  # mask bits + kept codes + scale/zp + bias
+
+
+def test_deepshrink_macs_is_honoured_and_children_not_double_counted():
+    class HalfGated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+        def deepshrink_macs(self, inputs, output):  # for the whole batch: half the output channels
+            return inputs[0].shape[0] * 2 * 2 * output.shape[2] * output.shape[3]
+
+    model = nn.Sequential(HalfGated())
+    report = profile(model, inputs=torch.randn(5, 2, 3, 3))
+    assert report.totals["macs"] == 2 * 2 * 9  # per sample, the conv's dense 4*2*9 is not added
+    assert {row.name for row in report.layers} == {"0", "0.conv"}

@@ -40,7 +40,7 @@ def run_row(task: RowTask) -> dict:
 def measure_baseline(task: RowTask) -> dict:
     """The full-precision reference: base accuracy, and its size packed at fp32 like any other row."""
     from .. import api
-    from ..analysis import profile_totals
+    from ..analysis import profile
     from ..pipeline import build_data, build_model, fp32_bytes
 
     suite = task.suite
@@ -55,7 +55,7 @@ def measure_baseline(task: RowTask) -> dict:
     reloaded = api.load(packed)
     from_file = api.evaluate(reloaded, bundle.val)
     size = ds.image_size if not isinstance(ds.image_size, int) else (ds.image_size, ds.image_size)
-    totals = profile_totals(reloaded, (ds.in_channels, *size))
+    totals = profile(reloaded, (ds.in_channels, *size)).totals
     file_bytes = os.path.getsize(packed)
     return {"top1": from_file["top1"], "top5": from_file["top5"], "bytes": file_bytes,
             "ratio": round(fp32_bytes(net) / file_bytes, 3), "macs": totals.get("macs"),

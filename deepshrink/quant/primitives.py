@@ -67,7 +67,7 @@ def straight_through(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def binary_sign(x: torch.Tensor) -> torch.Tensor:
     """sign(x) in {-1, +1} (zero maps to +1, so every value has a binary code)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return (x >= 0).to(x.dtype).mul_(2).sub_(1)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -76,13 +76,13 @@ class _SignSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
+        ctx.save_for_backward((x >= -1) & (x <= 1))  # bool mask: 1 byte per element
         return binary_sign(x)
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        (inside,) = ctx.saved_tensors
+        return torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
@@ -274,7 +274,7 @@ def dorefa_quantize_gradient(dr: torch.Tensor, bits: int, generator: torch.Gener
     n = 2**bits - 1
     batch = dr.shape[0] if dr.dim() > 1 else 1
     flat = dr.reshape(batch, -1)  # (N, features)
-    max0 = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)  # (N, 1)
+    max0 = torch.linalg.vector_norm(flat, float("inf"), dim=1, keepdim=True).clamp_(min=1e-12)  # (N, 1)
     noise = torch.rand(flat.shape, generator=generator, device=dr.device, dtype=dr.dtype).sub_(0.5)
     # in place on `noise`: round(n * (dr / (2 max0) + 1/2) + sigma), clipped to the grid 0..n
     q = noise.addcmul_(flat, (n / 2) / max0).add_(n / 2).round_().clamp_(0, n)
@@ -326,20 +326,21 @@ class _LSQ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, step, q_n, q_p, grad_scale):
-        ctx.save_for_backward(v, step)
+        r = v / step
+        q = torch.clamp(r, -q_n, q_p).round_()
+        ctx.save_for_backward(r, q, step)
         ctx.q_n, ctx.q_p, ctx.grad_scale = q_n, q_p, grad_scale
-        return (v / step).clamp_(-q_n, q_p).round_().mul_(step)
+        return q * step
 
     @staticmethod
     def backward(ctx, grad):
-        v, step = ctx.saved_tensors
-        r = v / step
-        low, high = r <= -ctx.q_n, r >= ctx.q_p
-        inside = ~(low | high)
-        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-        ds = torch.where(inside, torch.round(r) - r, torch.where(low, -float(ctx.q_n), float(ctx.q_p)))
-        grad_step = (grad * ds).sum() * ctx.grad_scale
-        return torch.where(inside, grad, zero), grad_step.reshape(step.shape), None, None, None
+        r, q, step = ctx.saved_tensors
+        inside = (r >= -ctx.q_n) & (r <= ctx.q_p)
+        grad_v = torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        # Eq. 3 summed: ds = q - r inside the range, q = -Q_N / Q_P outside, so
+        # sum(g * ds) = <g, q> - <g * 1{inside}, r>
+        grad_step = (torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(grad_v.reshape(-1), r.reshape(-1)))
+        return grad_v, (grad_step * ctx.grad_scale).reshape(step.shape), None, None, None
 
 
 def lsq_quantize(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, grad_scale: float) -> torch.Tensor:

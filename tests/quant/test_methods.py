@@ -122,3 +122,18 @@ def test_bad_recipes_name_the_problem():
         load_recipe({"method": "ttq", "params": {"threshold": 1.5}})
     with pytest.raises(UserError, match="pact: act_bits must be an integer in 1..16; got 32"):
         load_recipe({"method": "pact", "params": {"act_bits": 32}})
+
+
+@pytest.mark.parametrize("name", QAT_METHODS)
+def test_packed_file_reproduces_the_converted_model(name, tmp_path):
+    from deepshrink.api import load, pack
+
+    torch.manual_seed(0)
+    model = deepshrink.create_model("resnet20", shortcut="B", num_classes=4)
+    x = torch.randn(4, 3, 16, 16)
+    handler, qmodel = run_handler(name, model, [(x, torch.zeros(4, dtype=torch.long))], epochs=0)
+    converted = handler.convert(qmodel).eval()
+    pack(converted, tmp_path / "m.dsz")
+    loaded = load(tmp_path / "m.dsz").eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), converted(x), atol=1e-5)

@@ -1,4 +1,5 @@
 """Quantized layers: XNOR's scaled binary conv, DoReFa gradient bits, PACT's penalty, packable quantizers."""
+import copy
 import json
 
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 
 from deepshrink.cli import main as cli_main
 from deepshrink.config import list_recipes, load_recipe
-from deepshrink.quant import (BinaryWeight, LSQActivation, PACTActivation, QConv2d, QLinear, WeightQuantizer,
+from deepshrink.quant import (BinaryWeight, LSQActivation, LSQWeight, PACTActivation, QConv2d, QLinear, WeightQuantizer,
                               XNORActivation, quantize_layer)
 from deepshrink.quant.pact import PACTPenalty
 from deepshrink.registry import PACKABLE
@@ -80,3 +81,34 @@ def test_every_builtin_qat_recipe_loads_and_is_listed(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["dorefa-w4a4g8"]["method"] == "dorefa" and "8-bit gradients" in rows["dorefa-w4a4g8"]["description"]
     assert all(rows[n]["description"] for n in names)
+
+
+def test_lsq_weight_step_gradient_uses_one_over_sqrt_n_qp():
+    from deepshrink.quant import primitives as P
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    quant = LSQWeight(bits=3)
+    layer = quantize_layer(conv, quant)
+    assert torch.isclose(quant.step, 2 * conv.weight.abs().mean() / 3 ** 0.5).all()  # Q_P = 3
+    g = torch.randn_like(conv.weight)
+    layer.quantized_weight().backward(g)
+    step = quant.step.detach().clone().requires_grad_(True)
+    P.lsq_quantize(conv.weight.detach(), step, 4, 3, 1.0).backward(g)  # unscaled Eq. 3
+    assert torch.isclose(quant.step.grad, step.grad / (conv.weight.numel() * 3) ** 0.5)
+
+
+def test_fine_tuning_starts_from_the_float_weights_and_from_scratch_does_not():
+    from deepshrink.config import select_layers
+    from deepshrink.methods import CompressContext
+    from deepshrink.registry import METHODS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    original = model[1].weight.detach().clone()
+    for from_scratch in (False, True):
+        recipe = load_recipe({"method": "bwn", "params": {"from_scratch": from_scratch}, "train": {"epochs": 0}})
+        handler = METHODS.get("bwn").handler_cls(recipe, select_layers(model, recipe))
+        out = handler.compress(copy.deepcopy(model), CompressContext(train=recipe.train))
+        assert isinstance(out[1], QConv2d)
+        assert torch.equal(out[1].weight.detach(), original) is (not from_scratch)

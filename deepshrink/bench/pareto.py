@@ -63,7 +63,12 @@ def plot_pareto(rows: list[dict], path, title: str = "") -> Path | None:
     ax.plot([r["bytes"] for r in front], [r["top1"] for r in front], drawstyle="steps-post", color="crimson",
             linewidth=1.2, alpha=0.8, label="Pareto front", zorder=2)
     ax.set_xscale("log")
-    ax.set_xlabel("packed file size (bytes, log scale)")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _human_bytes(x)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("packed file size (log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or "accuracy against packed size")
     ax.grid(True, which="both", alpha=0.3)
@@ -75,3 +80,10 @@ def plot_pareto(rows: list[dict], path, title: str = "") -> Path | None:
     plt.close(fig)
     tmp.replace(path)  # atomic: a reader never sees half a picture
     return path
+
+
+def _human_bytes(n: float) -> str:
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n:g} B"

@@ -29,7 +29,7 @@ def run(args) -> int:
     if args.list:
         return list_rows(suite, args)
     summary = run_suite(suite, args.out, base=args.base, only=only, epochs=args.epochs,
-                        command=_command(), log=_log)
+                        command=_command(args), log=_log)
     print_table(args.out, summary)
     return 1 if summary["failed"] else 0
 
@@ -74,8 +74,14 @@ def print_table(out_dir, summary: dict) -> None:
         print(f"plot:   {summary['plot']}")
 
 
-def _command() -> str:
-    return "deepshrink " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "deepshrink bench"
+def _command(args, name: str = "bench") -> str:
+    """The command line that reproduces this run, as recorded in results.jsonl and runs.jsonl."""
+    words = ["deepshrink", name]
+    for flag in ("suite", "out", "base", "only", "epochs"):
+        value = getattr(args, flag, None)
+        if value is not None and not (name == "demo" and flag == "out" and value == "runs/demo"):
+            words += [f"--{flag}", f"{value:g}" if isinstance(value, float) else str(value)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _log(message: str) -> None:

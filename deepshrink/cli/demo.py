@@ -41,7 +41,7 @@ def run(args) -> int:
 
     print(INTRO.format(out=args.out), flush=True)
     summary = run_suite(load_suite("quick"), args.out, only=args.only.split(",") if args.only else None,
-                        command=_command(), log=_log)
+                        command=_command(args, "demo"), log=_log)
     print_table(args.out, summary)
     print()
     print(OUTRO.format(out=args.out))

@@ -17,6 +17,9 @@ Example::
 """
 from __future__ import annotations
 
+import warnings
+from typing import List
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +34,49 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     return conv.weight * scale[:, None, None, None], bn.bias + (bias - bn.running_mean) * scale
+
+
+def skip_forward(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torch.Tensor],
+                 phis_t: List[torch.Tensor], rhos: List[torch.Tensor], strides: List[int], paddings: List[int],
+                 kept: List[int], nonneg_input: bool, shortcut: torch.Tensor) -> torch.Tensor:
+    """One sample (1, C, H, W) through a gated chain: per stage, gather kept rows (outputs) and kept
+    columns (inputs), conv, scale by the gate; then add into the shortcut's kept channels and ReLU.
+
+    Written for batch-1 latency, where each op runs on a tiny tensor and the number of ops matters as
+    much as the MACs: mean(|x|) is a sum with 1/HW folded into addmm's alpha, ReLU is in place before
+    topk, the gate scales the conv output in place. (TorchScript-compiled below when available.)
+    """
+    h = x
+    kept_in = torch.zeros(0, dtype=torch.long)
+    last = len(weights) - 1
+    for i in range(len(weights)):
+        weight = weights[i]
+        phi_t = phis_t[i]
+        if i > 0:  # h is a ReLU output here, so |h| = h; read only the kept input channels
+            phi_t = phi_t.index_select(0, kept_in)  # (k_in, C_out)
+            weight = weight.index_select(1, kept_in)  # (C_out, k_in, kh, kw)
+            s = h.sum(dim=(2, 3))
+        elif nonneg_input:
+            s = h.sum(dim=(2, 3))
+        else:
+            s = h.abs().sum(dim=(2, 3))
+        g = torch.addmm(rhos[i], s, phi_t, beta=1.0, alpha=1.0 / float(h.shape[2] * h.shape[3])).relu_()
+        gate, index = g[0].topk(kept[i])  # (k,), (k,)
+        h = F.conv2d(h, weight.index_select(0, index), biases[i].index_select(0, index),
+                     [strides[i], strides[i]], [paddings[i], paddings[i]])
+        h.mul_(gate.view(-1, 1, 1))  # (1, k, H', W')
+        if i < last:
+            h.relu_()
+        kept_in = index
+    return shortcut.index_add(1, kept_in, h).relu_()  # (1, C_out, H', W')
+
+
+try:  # TorchScript removes Python's per-op overhead (~10% of a batch-1 block); optional
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated, still works
+        _skip_forward = torch.jit.script(skip_forward)
+except Exception:  # noqa: BLE001  (any scripting failure: the eager function computes the same)
+    _skip_forward = skip_forward
 
 
 @register_packable("fbs_block")
@@ -123,12 +169,17 @@ class FBSBlock(Packable, nn.Module):
             return self._forward_one(x)
         return torch.cat([self._forward_one(x[n : n + 1]) for n in range(x.shape[0])])
 
-    def _plan(self) -> list[tuple]:
-        """Per stage: (weight, bias, phi^T contiguous, rho, stride, padding, k); cached between calls."""
+    def _plan(self) -> tuple[list, ...]:
+        """Per-stage lists (weights, biases, phi^T contiguous, rhos, strides, paddings, kept counts),
+        in `skip_forward`'s argument order; cached between calls."""
         if self._cache is None:
-            self._cache = [(getattr(self, f"weight{i}"), getattr(self, f"bias{i}"),
-                            getattr(self, f"phi{i}").t().contiguous(), getattr(self, f"rho{i}"),
-                            s["stride"], s["padding"], self._kept(i)) for i, s in enumerate(self.stages)]
+            n = len(self.stages)
+            self._cache = ([getattr(self, f"weight{i}") for i in range(n)],
+                           [getattr(self, f"bias{i}") for i in range(n)],
+                           [getattr(self, f"phi{i}").t().contiguous() for i in range(n)],
+                           [getattr(self, f"rho{i}") for i in range(n)],
+                           [int(s["stride"]) for s in self.stages], [int(s["padding"]) for s in self.stages],
+                           [self._kept(i) for i in range(n)])
         return self._cache
 
     def _apply(self, fn, *args, **kwargs):
@@ -140,30 +191,8 @@ class FBSBlock(Packable, nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _forward_one(self, x: torch.Tensor) -> torch.Tensor:
-        """One sample (1, C, H, W): gather kept rows (outputs) and kept columns (inputs) per stage.
-
-        Written for batch-1 latency: every op here runs on a tiny tensor, so the count of ops matters
-        as much as the MACs (mean(|x|) as a sum with 1/HW folded into addmm's alpha, ReLU before topk
-        in place, the gate applied to the conv output in place).
-        """
-        h, kept_in = x, None
-        plan = self._plan()
-        last = len(plan) - 1
-        for i, (weight, bias, phi_t, rho, stride, padding, k) in enumerate(plan):
-            # (1, C_in): for i > 0, h is a ReLU output, so |h| = h
-            s = (h if i > 0 or self.nonneg_input else h.abs()).sum(dim=(2, 3))
-            if kept_in is not None:
-                phi_t = phi_t.index_select(0, kept_in)  # (k_in, C_out)
-                weight = weight.index_select(1, kept_in)  # (C_out, k_in, kh, kw)
-            g = torch.addmm(rho, s, phi_t, alpha=1.0 / (h.shape[2] * h.shape[3])).relu_()  # (1, C_out)
-            gate, kept = g[0].topk(k)  # (k,), (k,)
-            h = F.conv2d(h, weight.index_select(0, kept), bias.index_select(0, kept), stride, padding)
-            h.mul_(gate[:, None, None])  # (1, k, H', W')
-            if i < last:
-                h.relu_()
-            kept_in = kept
-        out = self._shortcut(x).index_add(1, kept_in, h)  # (1, C_out, H', W')
-        return out.relu_()
+        """One sample (1, C, H, W) through `skip_forward` with this block's cached plan."""
+        return _skip_forward(x, *self._plan(), self.nonneg_input, self._shortcut(x))
 
     def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same function computed densely with masked channels (the training-form semantics)."""

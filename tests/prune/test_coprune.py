@@ -99,3 +99,16 @@ def test_bad_config_and_mismatched_source_are_refused():
     with pytest.raises(UserError, match="source_model"):
         deepshrink.compress(model, {"method": "coprune", "keep_first_last": False, "train": {"epochs": 0}},
                             train_data=[], extra={"source_model": wrong})
+
+
+def test_packed_coprune_model_loads_and_reproduces_outputs(tmp_path):
+    torch.manual_seed(0)
+    result = deepshrink.compress(deepshrink.create_model("lenet5"),
+                                 {"method": "coprune", "params": {"keep_ratio": 0.2}, "train": {"epochs": 0}},
+                                 train_data=[])
+    report = deepshrink.pack(result.model, tmp_path / "coprune.dsz")
+    assert report["totals"]["ratio_vs_fp32"] > 3  # 80% of the pruned layers' weights are not stored
+    loaded = deepshrink.load(tmp_path / "coprune.dsz")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), result.model(x))

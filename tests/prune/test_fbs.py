@@ -176,3 +176,14 @@ def test_compress_trains_and_converts_through_the_registry():
     blocks = [m for m in result.model.modules() if isinstance(m, FBSBlock)]
     assert len(blocks) == 9 and all(s["keep_ratio"] == 0.5 for b in blocks for s in b.stages)
     assert math.isfinite(result.metrics["top1"])
+
+
+def test_packed_fbs_model_loads_and_reproduces_outputs(tmp_path):
+    model = _gated_resnet20(0.5)
+    convert_fbs(model)
+    deepshrink.pack(model, tmp_path / "fbs.dsz")
+    loaded = deepshrink.load(tmp_path / "fbs.dsz")
+    assert sum(isinstance(m, FBSBlock) for m in loaded.modules()) == 9
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)

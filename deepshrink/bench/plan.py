@@ -61,7 +61,13 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
             raise UserError(f"--only: no row of method(s) {sorted(unknown)} in suite {suite.name!r}; "
                             f"its methods: {', '.join(sorted({s.method for s in specs}))}")
         specs = [s for s in specs if s.method == BASELINE or s.method in wanted]
-    return [_plan(suite, spec, base_id, epochs, methods) for spec in specs]
+    planned, seen = [], set()
+    for spec in specs:
+        row = _plan(suite, spec, base_id, epochs, methods)
+        if row.key not in seen:  # two rows with identical settings are one row
+            planned.append(row)
+            seen.add(row.key)
+    return planned
 
 
 def _plan(suite: Suite, spec: RowSpec, base_id: str, epochs, methods) -> PlannedRow:

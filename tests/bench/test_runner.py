@@ -140,3 +140,10 @@ def test_each_invocation_is_logged_with_its_command(tmp_path, toy_suite, stub_ru
     runs = read_results(tmp_path / "out" / "runs.jsonl")
     assert [(r["ran"], r["skipped"], r["complete"]) for r in runs] == [(4, 0, True), (0, 4, True)]
     assert all(r["command"] == "deepshrink bench --suite toy" and r["seconds"] >= 0 for r in runs)
+
+
+def test_rows_with_identical_settings_run_once(tmp_path, toy_suite, stub_runner, base_file):
+    rows = [{"method": "toya", "set": ["bits=3"]}, {"method": "toya", "set": ["params.bits=3"], "label": "same"}]
+    runner = stub_runner()
+    _run(toy_suite(rows=rows), tmp_path / "out", runner, base=base_file)
+    assert runner.calls == ["full precision", "toya bits=3"]

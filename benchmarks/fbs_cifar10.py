@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--keep-ratio", type=float, default=0.5)
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--lr", type=float, default=0.005)
+    parser.add_argument("--schedule-fraction", type=float, default=0.5, help="fraction of steps for d: 1 -> keep")
     parser.add_argument("--rounds", type=int, default=1000, help="latency samples per model")
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images only (smoke runs)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/fbs_cifar10.json"))
@@ -98,7 +99,7 @@ def main() -> None:
     dense.eval()
     dense_top1 = evaluate(dense, test_loader)["top1"]
 
-    recipe = {"method": "fbs", "params": {"keep_ratio": args.keep_ratio},
+    recipe = {"method": "fbs", "params": {"keep_ratio": args.keep_ratio, "schedule_fraction": args.schedule_fraction},
               "train": {"epochs": args.epochs, "lr": args.lr, "schedule": "cosine", "batch_size": 128}}
 
     # the same gating with no fine-tuning at all (predictors calibrated only), for reference
@@ -121,10 +122,11 @@ def main() -> None:
                              batch, args.rounds)
     report = {
         "command": f"flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/fbs_cifar10.py "
-                   f"--epochs {args.epochs} --keep-ratio {args.keep_ratio} --lr {args.lr}",
+                   f"--epochs {args.epochs} --keep-ratio {args.keep_ratio} --lr {args.lr} "
+                   f"--schedule-fraction {args.schedule_fraction} --out {args.out}",
         "model": "resnet20 (option B), shared checkpoint", "keep_ratio": args.keep_ratio,
         "fine_tune": {"epochs": args.epochs, "lr": args.lr, "schedule": "cosine", "batch_size": 128,
-                      "keep_ratio_schedule": "1.0 -> d over the first half", "seconds": round(fine_tune_seconds, 1)},
+                      "keep_ratio_schedule": f"1.0 -> d over the first {args.schedule_fraction:g} of the steps", "seconds": round(fine_tune_seconds, 1)},
         "dense_top1": dense_top1, "fbs_top1_no_finetune": untuned_top1, "fbs_top1": result.metrics["top1"],
         "top1_drop": round(dense_top1 - result.metrics["top1"], 2),
         "macs_per_image": {"dense": dense_macs, "fbs": fbs_macs, "ratio": round(dense_macs / fbs_macs, 3)},

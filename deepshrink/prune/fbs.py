@@ -1,10 +1,9 @@
 """FBS: Feature Boosting and Suppression, dynamic channel pruning (Gao et al., ICLR 2019).
 
 Every selected conv that a BatchNorm follows (`convN` -> `bnN` in a block) gets a saliency predictor
-g(x) = ReLU(phi s(x) + rho) and keeps, per sample, exactly ceil(d * C) output channels (Eq. 6-8, see
-fbs_gate.py). Fine-tuning from a dense model goes through the one training loop with `FBSHook`:
+g(x) = ReLU(phi s(x) + rho) and keeps, per sample, exactly ceil(d * C) output channels (see fbs_gate.py). Fine-tuning from a dense model goes through the one training loop with `FBSHook`:
 
-- the L1 penalty lambda * sum_l mean_n ||g_l(x_n)||_1 (Eq. 9) as `extra_loss`;
+- the L1 penalty lambda * sum_l mean_n ||g_l(x_n)||_1 as `extra_loss`;
 - the keep-ratio schedule d: `keep_ratio_start` -> `keep_ratio` linearly over the first
   `schedule_fraction` of the steps (the paper fine-tunes while shrinking d gradually).
 
@@ -18,7 +17,7 @@ the suppressed channels per sample (fbs_infer.py). Choices for CIFAR/ImageNet Re
   whose 3 channel means say little about which filters matter, and it costs ~1% of ResNet-20's MACs;
 - shortcut projections are not gated: the residual sum needs every channel of the block output.
 
-Recipe (deepshrink/recipes/fbs-d0.5.yaml)::
+Recipe (deepshrink/recipes/fbs.yaml)::
 
     method: fbs
     params: {keep_ratio: 0.5, keep_ratio_start: 1.0, l1_penalty: 1.0e-5}
@@ -44,7 +43,7 @@ class FBSConfig:
     """keep_ratio: d, the fraction of output channels kept per sample, in (0, 1] (per layer allowed).
     keep_ratio_start: d at the first step of fine-tuning (>= keep_ratio).
     schedule_fraction: fraction of the steps over which d goes from keep_ratio_start to keep_ratio.
-    l1_penalty: lambda of Eq. 9, on the per-sample L1 norm of every layer's saliencies.
+    l1_penalty: lambda of the saliency L1 term, on the per-sample L1 norm of every layer's saliencies.
     calib_batches: batches used to initialise the predictors by least squares (0: phi = 0, rho = 1).
     predictor_lr_scale: the predictors' learning rate relative to train.lr (their gradient sums a whole
         feature map per gate, so at the network's lr one step can swing every gate at once).
@@ -80,7 +79,7 @@ def scheduled_keep_ratio(start: float, end: float, progress: float, fraction: fl
 
 
 class FBSHook(Hook):
-    """Keep-ratio schedule (before every step) and the saliency L1 penalty (FBS Eq. 9)."""
+    """Keep-ratio schedule (before every step) and the saliency L1 penalty (FBS Sec. 3)."""
 
     def __init__(self, targets: dict[FBSGatedConv, tuple[float, float]], l1_penalty: float,
                  schedule_fraction: float, total_steps: int, predictor_lr_scale: float = 1.0):

@@ -3,13 +3,13 @@
 Feature Boosting and Suppression (Gao, Zhao, Dudziak, Mullins, Xu, "Dynamic Channel Pruning: Feature
 Boosting and Suppression", ICLR 2019). For a conv layer l with input x_{l-1} (C_in channels):
 
-    s(x)   = mean_{h,w} |x_{l-1}|                      subsampling ss(.), Sec. 3.3        (N, C_in)
-    g(x)   = ReLU(phi s(x) + rho)                      saliency predictor, Eq. (6)         (N, C_out)
-    pi(x)  = wta_{ceil(d C_out)}(g(x))                 winner-take-all, Eq. (7): keep the k largest
+    s(x)   = mean_{h,w} |x_{l-1}|                      subsampling ss(.)                  (N, C_in)
+    g(x)   = ReLU(phi s(x) + rho)                      saliency predictor                 (N, C_out)
+    pi(x)  = wta_{ceil(d C_out)}(g(x))                 winner-take-all: keep the k largest
                                                        saliencies, zero the rest
-    f(x)   = (gamma * norm(conv(x)) + beta) * pi(x)    the gate scales the BN output, Eq. (8)
+    f(x)   = (gamma * norm(conv(x)) + beta) * pi(x)    the gate scales the BN output
 
-and the L1 penalty lambda * sum_l ||g_l(x)||_1 keeps saliencies sparse (Eq. 9). Channels with
+and the L1 penalty lambda * sum_l ||g_l(x)||_1 keeps saliencies sparse (all in the paper's Sec. 3). Channels with
 pi = 0 are neither computed in this layer nor read by the next: `FBSBlock` (fbs_infer.py) skips them.
 
 Example::
@@ -40,7 +40,7 @@ def channel_saliency_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def winner_take_all(saliency: torch.Tensor, k: int) -> torch.Tensor:
-    """wta_k (FBS Eq. 7): keep the k largest entries of each row, zero the others.
+    """wta_k (FBS Sec. 3): keep the k largest entries of each row, zero the others.
 
     Uses `topk`, so exactly k entries per row survive even with ties (a strict `>` against the k-th
     value keeps fewer when values tie). Gradients flow to the kept entries only.
@@ -50,7 +50,7 @@ def winner_take_all(saliency: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class FBSGatedConv(nn.Module):
-    """Training form of one FBS layer: conv -> BN -> multiply by pi(x) (FBS Eq. 8).
+    """Training form of one FBS layer: conv -> BN -> multiply by pi(x) (FBS Sec. 3).
 
     `predictor` is phi (weight, (C_out, C_in)) and rho (bias, (C_out,)). `keep_ratio` may change during
     training (the schedule in `FBSHook`). `last_saliency` holds g(x) of the latest forward for the L1
@@ -76,7 +76,7 @@ class FBSGatedConv(nn.Module):
         return kept_channels(self.conv.out_channels, self.keep_ratio)
 
     def saliency(self, x: torch.Tensor) -> torch.Tensor:
-        """g(x) = ReLU(phi s(x) + rho) (FBS Eq. 6): (N, C_in, H, W) -> (N, C_out)."""
+        """g(x) = ReLU(phi s(x) + rho) (FBS Sec. 3): (N, C_in, H, W) -> (N, C_out)."""
         return F.relu(self.predictor(channel_saliency_input(x)))
 
     def forward(self, x):

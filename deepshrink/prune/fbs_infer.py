@@ -1,10 +1,9 @@
 """FBS inference form: a residual block that computes only the channels its gates keep.
 
-For each sample, gate l picks its k_l = ceil(d C_l) channels (FBS Eq. 7); the conv then runs on the
+For each sample, gate l picks its k_l = ceil(d C_l) channels (FBS Sec. 3); the conv then runs on the
 gathered weight W_l[kept_l][:, kept_{l-1}] with BN folded in and the gate value folded into the
 per-channel scale, so layer l costs k_l * k_{l-1} * kh * kw * H * W MACs instead of C_l * C_{l-1} * ...
-(FBS Sec. 3.4: "both the computation of suppressed output channels and the reading of suppressed input
-channels can be skipped"). The last conv's kept channels are added into the shortcut with `index_add`.
+(FBS Sec. 3: suppressed output channels are neither computed nor read by the next layer). The last conv's kept channels are added into the shortcut with `index_add`.
 
 Samples run one at a time (the gathered weights differ per sample); at batch 1, the case FBS speeds up,
 that is the whole batch. `dense_forward` computes the same result by masking a dense computation and is

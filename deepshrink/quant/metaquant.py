@@ -11,7 +11,8 @@ latent weights (paper Sec. 3, Fig. 2):
 
 c(W) is the derivative of the differentiable part of the quantizer (1 for BWN and 1-bit DoReFa;
 (1 - tanh^2 W) / max|tanh W| for k-bit DoReFa's tanh normalisation), as in the authors' code.
-M is trained jointly with the network by putting its output into the forward pass (Eq. 6-7):
+M is trained jointly with the network by putting its output into the forward pass (paper Sec. 3;
+the authors' code, csyhhu/MetaQuant, meta_quantized_module.py):
 
     W~ = W - lr * (meta_grad + (g - meta_grad).detach())
 
@@ -121,7 +122,7 @@ class MetaNetwork(nn.Module):
 
 
 class MetaWeight(WeightQuantizer):
-    """Wraps a BWN / DoReFa weight quantizer: forwards W~ (Eq. 7) and records g_Q = dL/dQ(W~).
+    """Wraps a BWN / DoReFa weight quantizer: forwards W~ = W - lr (M + (g - M).detach()) and records g_Q = dL/dQ(W~).
 
     Eval mode, or no meta gradient yet: exactly the wrapped quantizer on W. `encode` is the wrapped one.
     """

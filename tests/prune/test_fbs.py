@@ -62,7 +62,7 @@ def test_gated_conv_shapes_and_per_sample_channel_count():
     nonzero_channels = (y.abs().sum(dim=(2, 3)) > 0).sum(1)
     assert (nonzero_channels <= 6).all()
     assert torch.equal(gated.last_gate, winner_take_all(gated.last_saliency, 6))
-    # g(x) = ReLU(phi * mean|x| + rho), Eq. 6, against an independent computation
+    # g(x) = ReLU(phi * mean|x| + rho) against an independent computation
     expected = torch.relu(x.abs().mean(dim=(2, 3)) @ gated.predictor.weight.T + gated.predictor.bias)
     assert torch.allclose(gated.last_saliency, expected, atol=1e-6)
 

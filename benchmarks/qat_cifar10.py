@@ -100,8 +100,10 @@ def run_row(args, row_id: str, bits: str, target: float, fp: nn.Module, fp_top1:
     train_loader, test_loader = loaders
     overrides = [f"train.epochs={args.epochs}", f"train.seed={args.seed}"]
     start = time.perf_counter()
-    result = deepshrink.compress(fp, row_id, train_data=train_loader, val_data=test_loader, overrides=overrides)
+    # no per-epoch validation: one evaluation of the converted (integer-code) model at the end
+    result = deepshrink.compress(fp, row_id, train_data=train_loader, overrides=overrides)
     seconds = time.perf_counter() - start
+    result.metrics.update(evaluate(result.model, test_loader))
     drop = fp_top1 - result.metrics["top1"]
     reduced = args.epochs < 8 or args.train_subset is not None
     return {"row": row_id, "method": result.method, "bits": bits, "epochs": args.epochs,

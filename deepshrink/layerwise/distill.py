@@ -53,7 +53,7 @@ def distill(model: nn.Module, batches: list[torch.Tensor], targets: list[torch.T
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
-            history.append(float(value))
+            history.append(value.item())
     finally:
         for p in frozen:
             p.requires_grad_(True)

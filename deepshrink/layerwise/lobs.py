@@ -92,9 +92,10 @@ def obs_exact(weight: torch.Tensor, hinv: torch.Tensor, counts: torch.Tensor,
     new = weight.clone()
     removed = torch.zeros_like(weight, dtype=torch.bool)
     chunk = max(1, max_elements // (dim * max(1, int(counts.max()))))
-    for start in range(0, rows, chunk):
+    for start in range(0, rows, chunk):  # float32 inside: the loop is memory-bound
         stop = min(rows, start + chunk)
-        new[start:stop], removed[start:stop] = _obs_exact_rows(weight[start:stop], hinv, counts[start:stop])
+        rows_new, removed[start:stop] = _obs_exact_rows(weight[start:stop].float(), hinv.float(), counts[start:stop])
+        new[start:stop] = rows_new.to(new.dtype)
     return new, removed
 
 

@@ -1,0 +1,231 @@
+"""Product quantization of layers ("And the bit goes down", Stock et al., ICLR 2020), and its baseline.
+
+Per layer: cut the weight into blocks of `d` values (3x3 convs: `block_conv3x3`, default 9 = one
+kernel; 1x1 convs: `block_conv1x1`, default 4; linear: `block_linear`, default 4), learn K centroids
+with activation-weighted k-means (pq_kmeans.py, eq. 3-5), then fine-tune the centroids by distillation
+from the original network on the calibration data (`layer_finetune_steps`, Sec. 3.3: the gradient of a
+centroid is the sum of the gradients of the blocks assigned to it), and optionally fine-tune all
+centroids, BatchNorm and biases on the training data with the one training loop (`finetune_epochs`).
+
+Variants: `fuse_bn` (Fusion: fold BN into the conv first, so the fused bias is a free variable moved to
+its optimum and fine-tuned; BN keeps its place as an identity plus that bias), `layout="channel"`
+(ChangeDim: blocks along input channels), `n_subspaces > 1` (Subspace: a codebook per group of block
+positions). `n_centroids` is clamped to the number of blocks of a subspace.
+Baseline `kmeans`: the same blocks and K, plain k-means in weight space, no fine-tuning.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.hooks import Hook
+from ..errors import UserError
+from ..nn import EncodedWeight, pq_blocks, set_module
+from ..registry import register_method
+from . import hessian as hess
+from .base import LayerSolution, LayerwiseConfig, LayerwiseMethod, reestimate_bn
+from .distill import distill, outputs_of
+from .fuse import fold_batchnorm, unfold_bias
+from .pq_kmeans import weighted_kmeans
+
+
+@dataclass
+class KMeansConfig(LayerwiseConfig):
+    """n_centroids: K per codebook (clamped to the blocks available). block_conv3x3 / block_conv1x1 /
+    block_linear: sub-vector size d per layer type (must divide the row; else the largest divisor <= d is
+    used). layout: "row" (along the kernel window) | "channel" (ChangeDim). n_subspaces: codebooks per layer.
+    iterations: EM iterations. seed: centroid initialisation."""
+
+    n_centroids: int = 256
+    block_conv3x3: int = 9
+    block_conv1x1: int = 4
+    block_linear: int = 4
+    layout: str = "row"
+    n_subspaces: int = 1
+    iterations: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_centroids < 2:
+            raise UserError(f"n_centroids must be >= 2, got {self.n_centroids}")
+        for name in ("block_conv3x3", "block_conv1x1", "block_linear", "n_subspaces"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.layout not in ("row", "channel"):
+            raise UserError(f"layout must be 'row' or 'channel' (ChangeDim), got {self.layout!r}")
+        if self.iterations < 0:
+            raise UserError(f"iterations must be >= 0, got {self.iterations}")
+
+
+@dataclass
+class PQConfig(KMeansConfig):
+    """KMeansConfig plus: fuse_bn (Fusion), layer_finetune_steps / layer_finetune_lr (per-layer centroid
+    distillation on the calibration data), finetune_epochs / finetune_lr (global fine-tuning of
+    centroids, BN and biases on the training data through the one training loop; 0 = off)."""
+
+    fuse_bn: bool = False
+    layer_finetune_steps: int = 0
+    layer_finetune_lr: float = 1e-4
+    finetune_epochs: float = 0.0
+    finetune_lr: float = 1e-3
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.layer_finetune_steps < 0 or self.finetune_epochs < 0:
+            raise UserError("layer_finetune_steps and finetune_epochs must be >= 0")
+        if self.layer_finetune_lr <= 0 or self.finetune_lr <= 0:
+            raise UserError("layer_finetune_lr and finetune_lr must be > 0")
+
+
+def block_size_for(layer: nn.Module, cfg: KMeansConfig) -> int:
+    """The configured d for this layer type, reduced to the largest divisor of the row length."""
+    if isinstance(layer, nn.Conv2d):
+        wanted = cfg.block_conv1x1 if tuple(layer.kernel_size) == (1, 1) else cfg.block_conv3x3
+    else:
+        wanted = cfg.block_linear
+    row = layer.weight[0].numel()
+    return max(size for size in range(1, min(wanted, row) + 1) if row % size == 0)
+
+
+def block_metrics(hessian: torch.Tensor, shape, block_size: int, layout: str, out_per_group: int):
+    """Per-block metric H_j (out, n_blocks, d, d): H's diagonal blocks in the blocks' column order."""
+    groups, dim, _ = hessian.shape
+    if layout == "channel" and len(shape) == 4:
+        _, cin, kh, kw = shape
+        perm = torch.arange(dim).reshape(cin, kh, kw).permute(1, 2, 0).reshape(-1)  # blocked col -> col
+        hessian = hessian[:, perm][:, :, perm]
+    n_blocks = dim // block_size
+    h = hessian.reshape(groups, n_blocks, block_size, n_blocks, block_size)
+    diag = torch.diagonal(h, dim1=1, dim2=3).permute(0, 3, 1, 2)  # (G, n_blocks, d, d)
+    return diag.repeat_interleave(out_per_group, dim=0)  # (out, n_blocks, d, d)
+
+
+def quantize_layer(layer: nn.Module, hessian, cfg: KMeansConfig, damp: float):
+    """PQ codes (out, n_blocks) and codebook (S, K, d) of one layer; H None = weight-space k-means."""
+    weight = layer.weight.detach().to(torch.float64)
+    block_size = block_size_for(layer, cfg)
+    blocks = pq_blocks(weight, block_size, cfg.layout)  # (out, n_blocks, d)
+    out, n_blocks, _ = blocks.shape
+    n_sub = cfg.n_subspaces if n_blocks % cfg.n_subspaces == 0 else 1
+    metrics = None
+    if hessian is not None:
+        regular = hess.regularize(hessian, damp)
+        metrics = block_metrics(regular, weight.shape, block_size, cfg.layout, out // hessian.shape[0])
+    per_sub = n_blocks // n_sub
+    n_centroids = min(cfg.n_centroids, out * per_sub)
+    codes = torch.empty(out, n_blocks, dtype=torch.long)
+    codebook = torch.empty(n_sub, n_centroids, block_size, dtype=torch.float64)
+    history = []
+    for s in range(n_sub):
+        cols = slice(s * per_sub, (s + 1) * per_sub)
+        vectors = blocks[:, cols].reshape(-1, block_size)  # (out * per_sub, d)
+        w = None if metrics is None else metrics[:, cols].reshape(-1, block_size, block_size)
+        centroids, sub_codes, hist = weighted_kmeans(vectors, w, n_centroids, cfg.iterations, cfg.seed + s)
+        codebook[s] = centroids
+        codes[:, cols] = sub_codes.reshape(out, per_sub)
+        history.append(hist)
+    encoded = EncodedWeight("pq", tuple(weight.shape), codes=codes.to(torch.int32),
+                            params={"codebook": codebook.float()}, layout=cfg.layout)
+    return encoded, history
+
+
+class _PQTrainable(nn.Module):
+    """A conv/linear whose weight is decoded from a learnable codebook on every forward."""
+
+    def __init__(self, layer: nn.Module, encoded: EncodedWeight):
+        super().__init__()
+        self.layer, self.encoded = layer, encoded
+        self.codebook = nn.Parameter(encoded.params["codebook"].clone())
+
+    def decoded(self) -> torch.Tensor:
+        enc = dataclasses.replace(self.encoded, params={"codebook": self.codebook})
+        return enc.dequantize()
+
+    def forward(self, x):
+        layer, weight = self.layer, self.decoded()
+        if isinstance(layer, nn.Conv2d):
+            return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return F.linear(x, weight, layer.bias)
+
+    def finish(self) -> tuple[nn.Module, EncodedWeight]:
+        encoded = dataclasses.replace(self.encoded, params={"codebook": self.codebook.detach().clone()})
+        self.layer.weight.data.copy_(encoded.dequantize())
+        return self.layer, encoded
+
+
+class _CodebookGroups(Hook):
+    """Global fine-tuning: the optimizer gets the codebooks, BatchNorm affine parameters and biases."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def param_groups(self, trainer, model):
+        return [{"params": self.params}]
+
+
+@register_method("kmeans", KMeansConfig)
+class KMeansPQ(LayerwiseMethod):
+    """Baseline for PQ: weight-space k-means of the same blocks with the same K (no activations)."""
+
+    needs_hessian = False
+
+    def solve(self, name, layer, weight, hessian, cfg) -> LayerSolution:
+        encoded, history = quantize_layer(layer, hessian, cfg, self.config.damp)
+        info = {"n_centroids": encoded.params["codebook"].shape[1], "block_size": encoded.params["codebook"].shape[2]}
+        return LayerSolution(weight, encoded, info)
+
+
+@register_method("pq", PQConfig)
+class PQ(KMeansPQ):
+    """PQ with activation-weighted k-means and distillation (Stock et al. 2020); see the module docstring."""
+
+    needs_hessian = True
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(cfg.layer_finetune_steps > 0 for cfg in self.layer_configs.values())
+
+    def prepare(self, model, batches):
+        self.fused = {}
+        if self.config.fuse_bn:
+            self.fused = fold_batchnorm(model, list(self.layer_configs), batches[0])
+        return model
+
+    def after_layer(self, model, name, batches) -> None:
+        cfg = self.layer_configs[name]
+        if cfg.layer_finetune_steps <= 0:
+            return
+        if not hasattr(self, "_teacher_outputs"):
+            self._teacher_outputs = outputs_of(self.reference, batches)
+        trainable = _PQTrainable(model.get_submodule(name), self.encodings[name])
+        set_module(model, name, trainable)
+        params = [trainable.codebook] + ([trainable.layer.bias] if name in self.fused else [])
+        distill(model, batches, self._teacher_outputs, params, cfg.layer_finetune_steps, cfg.layer_finetune_lr)
+        layer, self.encodings[name] = trainable.finish()
+        set_module(model, name, layer)
+
+    def finish(self, model, batches, ctx) -> None:
+        if self.config.finetune_epochs > 0:
+            if ctx.train_data is None:
+                raise UserError("pq finetune_epochs > 0 needs training data (train_data=...)")
+            trainables = {n: _PQTrainable(model.get_submodule(n), e) for n, e in self.encodings.items()}
+            for n, t in trainables.items():
+                set_module(model, n, t)
+            params = [t.codebook for t in trainables.values()]
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                    params += [m.weight, m.bias]
+                elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                    params.append(m.bias)
+            train_cfg = dataclasses.replace(ctx.train, epochs=self.config.finetune_epochs, lr=self.config.finetune_lr)
+            ctx.fit(model, hooks=[_CodebookGroups(params)], config=train_cfg)
+            model.eval()
+            for n, t in trainables.items():
+                layer, self.encodings[n] = t.finish()
+                set_module(model, n, layer)
+        unfold_bias(model, self.fused)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .precision import act_bits, param_count, storage_bytes, weight_bits
+from .precision import act_bits, encoded_weights, param_count, storage_bytes, weight_bits
 
 
 @dataclass
@@ -95,7 +95,7 @@ def _dense_macs(module: nn.Module, output: torch.Tensor, batch: int) -> int:
 
 def _precision_source(module: nn.Module) -> nn.Module:
     """A wrapper (e.g. a gated conv) takes its precision from its first conv/linear unless it has its own."""
-    if any(hasattr(module, a) for a in ("encoded", "weight_bits", "input_quant", "act_bits")):
+    if encoded_weights(module) or any(hasattr(module, a) for a in ("weight_bits", "input_quant", "act_bits")):
         return module
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         return module

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..nn.encoded import EncodedWeight
+from ..nn.packable import Packable
 
 FLOAT_BITS = 32
 
@@ -72,11 +73,21 @@ def encoded_nbytes(encoded: EncodedWeight, kept: int | None = None) -> int:
     return code_bytes + sum(_tensor_bytes(v) for v in params.values())
 
 
+def encoded_weights(module: nn.Module) -> dict[str, EncodedWeight]:
+    """`module`'s own encoded tensors: a Packable's `encoded_tensors()`, else its `encoded` attribute."""
+    if isinstance(module, Packable):
+        found = dict(module.encoded_tensors())
+        if found:
+            return found
+    encoded = getattr(module, "encoded", None)
+    return {"weight": encoded} if isinstance(encoded, EncodedWeight) else {}
+
+
 def weight_bits(module: nn.Module) -> float:
     """Bits per weight of `module` (encoded weight, else `weight_bits` attribute, else dtype width)."""
-    encoded = getattr(module, "encoded", None)
-    if isinstance(encoded, EncodedWeight):
-        return encoded_bits_per_weight(encoded)
+    encoded = encoded_weights(module)
+    if encoded:
+        return encoded_bits_per_weight(encoded.get("weight", next(iter(encoded.values()))))
     bits = getattr(module, "weight_bits", None)
     if bits is not None:
         return float(bits)
@@ -95,28 +106,30 @@ def act_bits(module: nn.Module) -> float:
     return float(FLOAT_BITS if bits is None else bits)
 
 
+def _float_tensors(module: nn.Module, skip: set[str]) -> list[tuple[str, torch.Tensor]]:
+    """Own parameters, plus a Packable's persistent float buffers (inference-form layers such as FBS
+    blocks keep folded weights as buffers); BatchNorm running statistics are not parameters."""
+    tensors = [(n, p) for n, p in module.named_parameters(recurse=False) if n not in skip]
+    if isinstance(module, Packable):
+        transient = getattr(module, "_non_persistent_buffers_set", set())
+        tensors += [(n, b) for n, b in module.named_buffers(recurse=False)
+                    if n not in skip and n not in transient and b.is_floating_point()]
+    return tensors
+
+
 def param_count(module: nn.Module) -> int:
     """Parameters `module` itself holds (not its children); an encoded weight counts as its full shape."""
-    count = sum(p.numel() for p in module.parameters(recurse=False))
-    encoded = getattr(module, "encoded", None)
-    if isinstance(encoded, EncodedWeight) and not isinstance(getattr(module, "weight", None), nn.Parameter):
-        count += encoded.numel  # the decoded weight is a buffer, the codes are the parameters
-    return count
+    encoded = encoded_weights(module)
+    return sum(t.numel() for _, t in _float_tensors(module, set(encoded))) + sum(e.numel for e in encoded.values())
 
 
 def storage_bytes(module: nn.Module) -> int:
     """Bytes of `module`'s own parameters at the precision they are stored at."""
-    encoded = getattr(module, "encoded", None)
-    total = 0
-    skip_weight = False
-    if isinstance(encoded, EncodedWeight):
-        total += encoded_nbytes(encoded)
-        skip_weight = True
-    elif getattr(module, "weight_bits", None) is not None and isinstance(getattr(module, "weight", None),
-                                                                          torch.Tensor):
-        total += math.ceil(module.weight.numel() * float(module.weight_bits) / 8)
-        skip_weight = True
-    for name, param in module.named_parameters(recurse=False):
-        if not (skip_weight and name == "weight"):
-            total += _tensor_bytes(param)
-    return total
+    encoded = encoded_weights(module)
+    total = sum(encoded_nbytes(e) for e in encoded.values())
+    skip = set(encoded)
+    weight = getattr(module, "weight", None)
+    if not encoded and getattr(module, "weight_bits", None) is not None and isinstance(weight, torch.Tensor):
+        total += math.ceil(weight.numel() * float(module.weight_bits) / 8)  # a QAT layer's quantized weight
+        skip.add("weight")
+    return total + sum(_tensor_bytes(t) for _, t in _float_tensors(module, skip))

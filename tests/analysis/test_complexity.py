@@ -158,3 +158,21 @@ def test_deepshrink_macs_is_honoured_and_children_not_double_counted():
     report = profile(model, inputs=torch.randn(5, 2, 3, 3))
     assert report.totals["macs"] == 2 * 2 * 9  # per sample, the conv's dense 4*2*9 is not added
     assert {row.name for row in report.layers} == {"0", "0.conv"}
+
+
+def test_inference_form_buffers_of_packable_modules_are_parameters():
+    from deepshrink.nn import Packable
+
+    class FoldedLinear(Packable, nn.Module):  # e.g. an FBS block: folded weights kept as buffers
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("weight", torch.ones(3, 4))
+            self.register_buffer("scratch", torch.ones(100), persistent=False)
+            self.bn = nn.BatchNorm1d(3)  # running statistics are not parameters
+
+        def forward(self, x):
+            return self.bn(x @ self.weight.T)
+
+    report = profile(nn.Sequential(FoldedLinear()), inputs=torch.randn(2, 4))
+    assert {row.name: row.params for row in report.layers} == {"0": 12, "0.bn": 6}
+    assert report.totals["bytes"] == 4 * 18

@@ -34,35 +34,32 @@ def init_from_env(device=None) -> bool:
 
 
 def is_distributed() -> bool:
+    """True inside a process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
+    """This process's rank (0 when not distributed)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def local_rank() -> int:
+    """Rank on this machine (torchrun's LOCAL_RANK): picks the CUDA device."""
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def is_main_process() -> bool:
+    """Rank 0: the process that logs and writes checkpoints."""
     return rank() == 0
 
 
-def mean_across_ranks(value: float, device) -> float:
-    """The average of a scalar over all ranks (the value itself when not distributed)."""
-    if not is_distributed():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor) / dist.get_world_size()
-
-
 def sum_across_ranks(value: float, device) -> float:
+    """The sum of a scalar over all ranks (the value itself when not distributed)."""
     if not is_distributed():
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
@@ -77,5 +74,6 @@ def cleanup() -> None:
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
     if is_distributed():
         dist.barrier()

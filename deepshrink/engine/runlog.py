@@ -48,6 +48,7 @@ class RunLog:
             self.history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def log_epoch(self, metrics: dict) -> None:
+        """Record an epoch: a log line, metrics.jsonl, curves.png and TensorBoard scalars."""
         if not self.enabled:
             return
         self.history = [h for h in self.history if h.get("epoch") != metrics.get("epoch")] + [metrics]
@@ -74,6 +75,7 @@ class RunLog:
             print(text, file=sys.stderr, flush=True)
 
     def start_epoch(self, epoch: int, steps: int) -> None:
+        """Begin an epoch of `steps` iterations (opens the bar on a terminal)."""
         self._epoch, self._steps, self._start, self._images = epoch, steps, time.perf_counter(), 0
         if self.enabled and self.progress:
             from tqdm import tqdm
@@ -81,6 +83,7 @@ class RunLog:
             self._bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="it", leave=False, file=sys.stderr)
 
     def step(self, index: int, images: int, loss: float, lr: float) -> None:
+        """Record iteration `index` (0-based) of `images` images: bar update or a line every log_every."""
         self._images += images
         if not self.enabled:
             return

@@ -88,6 +88,10 @@ class Trainer:
         if self.distributed and self.device.type == "cuda":
             self.device = torch.device("cuda", ddp.local_rank())
             torch.cuda.set_device(self.device)
+        shards = getattr(train_data, "world_size", None)
+        if self.distributed and shards is not None and shards != ddp.world_size():
+            raise UserError(f"the training loader is split for {shards} process(es) but {ddp.world_size()} run: "
+                            "build it with make_loader(..., rank=RANK, world_size=WORLD_SIZE)")
         self.amp = bool(self.config.amp and self.device.type == "cuda")
         self.model = model.to(self.device)
         if self.config.channels_last:
@@ -161,6 +165,11 @@ class Trainer:
         for hook, state in zip(self.hooks, data.get("hooks", [])):
             if state and hasattr(hook, "load_state_dict"):
                 hook.load_state_dict(state)
+        changed = sorted(k for k, v in dataclasses.asdict(self.config).items()
+                         if k not in ("log_every", "tensorboard") and _comparable(data["config"].get(k)) != _comparable(v))
+        if changed:
+            self.log.message(f"resuming with changed settings {changed}: the run will differ from an "
+                             "uninterrupted one")
         self.epoch, self.step = int(data["epoch"]), int(data["step"])
         self.best_top1, self.last_metrics = data.get("best_top1"), dict(data.get("metrics") or {})
         if data.get("loader_seed") is not None and hasattr(self.train_data, "seed"):
@@ -299,3 +308,7 @@ class Trainer:
         self.last_metrics = metrics
         self.log.log_epoch(metrics)
         self._save(improved)
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, (tuple, list)) else value

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import http.server
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -14,19 +15,28 @@ from deepshrink.data.idx import write_idx
 from deepshrink.errors import UserError
 
 
-@pytest.fixture
-def served(tmp_path, monkeypatch):
-    """A mirror at http://127.0.0.1:PORT serving tmp_path/mirror, with DEEPSHRINK_MIRROR set to it."""
-    mirror = tmp_path / "mirror"
-    (mirror / "fashion-mnist").mkdir(parents=True)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
+@contextmanager
+def serve(directory, monkeypatch):
+    """Serve `directory` at http://127.0.0.1:PORT and point DEEPSHRINK_MIRROR at it."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("DEEPSHRINK_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
-    yield mirror / "fashion-mnist"
-    server.shutdown()
-    server.server_close()
+    monkeypatch.setenv("DEEPSHRINK_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/")
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A mirror serving tmp_path/mirror; yields its fashion-mnist folder."""
+    mirror = tmp_path / "mirror"
+    (mirror / "fashion-mnist").mkdir(parents=True)
+    with serve(mirror, monkeypatch):
+        yield mirror / "fashion-mnist"
 
 
 def _publish(folder, monkeypatch, corrupt=False):
@@ -65,3 +75,36 @@ def test_unreachable_server_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPSHRINK_MIRROR", "http://127.0.0.1:9")  # discard port: connection refused
     with pytest.raises(UserError, match="cannot download http://127.0.0.1:9/svhn/test_32x32.mat"):
         get_dataset("svhn", "test", root=tmp_path, download=True)
+
+
+def test_archive_is_verified_then_unpacked(tmp_path, monkeypatch):
+    """CIFAR-10 comes as cifar-10-python.tar.gz: fetched, checked, unpacked, then read as python batches."""
+    import tarfile
+
+    from deepshrink.data.cifar import write_cifar_batch
+
+    batches = tmp_path / "build" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        write_cifar_batch(batches / name, np.full((2, 3, 32, 32), 9, dtype=np.uint8), [3, 8])
+    mirror = tmp_path / "mirror" / "cifar10"
+    mirror.mkdir(parents=True)
+    with tarfile.open(mirror / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    digest = hashlib.md5((mirror / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
+    monkeypatch.setitem(download.RESOURCES, "cifar10", [download.Resource(
+        "cifar-10-python.tar.gz", "http://unreachable.invalid/c.tgz", "md5", digest, extract=True)])
+    with serve(tmp_path / "mirror", monkeypatch):
+        ds = get_dataset("cifar10", "test", root=tmp_path / "data", download=True)
+    assert len(ds) == 2 and ds.targets.tolist() == [3, 8]
+    assert (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_official_table_covers_every_downloadable_name():
+    from deepshrink.data import DATASETS
+
+    downloadable = {name for name, spec in DATASETS.items() if spec.downloadable}
+    assert downloadable == set(download.RESOURCES)
+    for resources in download.RESOURCES.values():
+        for r in resources:
+            assert r.url.startswith(("http://", "https://")) and len(r.digest) == {"md5": 32, "sha256": 64}[r.algorithm]

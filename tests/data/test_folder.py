@@ -88,3 +88,18 @@ def test_real_cifar10_jpeg_test_folder(cifar10_jpeg_root):
     means = (ds.images.float() / 255).mean(dim=(0, 2, 3))
     assert torch.allclose(means, torch.tensor(ds.mean), atol=0.02)
     assert os.path.samefile(ds.root, cifar10_jpeg_root)
+
+
+def test_lazy_folder_loader_crops_imagenet_style(tmp_path, private_cache):
+    from deepshrink.data import make_loader
+
+    _write_folder(tmp_path / "big", split="train", per_class=3, size=(150, 200), fmt="JPEG")
+    ds = get_dataset("imagefolder", "train", root=tmp_path / "big", image_size=64)
+    train = make_loader(ds, 4, train=True, seed=0, num_workers=0)
+    x, y = next(iter(train))
+    assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32 and y.dtype == torch.int64
+    train.set_epoch(0)
+    assert torch.equal(next(iter(train))[0], x)  # random-resized-crop parameters are seeded per epoch
+    evaluation = make_loader(ds, 6, train=False, num_workers=0)
+    xe, ye = next(iter(evaluation))
+    assert xe.shape == (6, 3, 64, 64) and ye.tolist() == [0, 0, 0, 1, 1, 1] and len(evaluation) == 1

@@ -127,7 +127,7 @@ def _obs_exact_rows(weight, hinv, counts):
         diag -= factor**2
         w[rows[active], q[active]] = 0.0
         removed[rows[active], q[active]] = True
-    return w, removed
+    return w.masked_fill(removed, 0.0), removed  # removed weights stay 0 despite float32 round-off
 
 
 def sparse_float(weight: torch.Tensor, keep: torch.Tensor, shape) -> EncodedWeight:

@@ -19,8 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("--input-shape", help="C,H,W of one input (default: the model's own)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="largest onnxruntime-vs-torch difference, relative to the largest output (default 1e-4)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest onnxruntime-vs-torch difference, relative to the largest output (default 1e-4; "
+                        "5e-2 with quantized activations, where float noise can flip a rounding)")
     p.set_defaults(func=run)
 
 
@@ -35,7 +36,8 @@ def run(args) -> int:
             raise UserError(f"--input-shape must be C,H,W integers, got {args.input_shape!r}") from None
     info = export_onnx(args.file, args.output, input_shape=shape, opset=args.opset, verify=not args.no_verify)
     print(json.dumps(info))
-    if "max_abs_diff" in info and info["max_abs_diff"] > args.tolerance * max(info["max_abs_output"], 1.0):
+    tolerance = args.tolerance if args.tolerance is not None else 5e-2 if info["activation_quantized"] else 1e-4
+    if "max_abs_diff" in info and info["max_abs_diff"] > tolerance * max(info["max_abs_output"], 1.0):
         raise UserError(f"onnxruntime disagrees with torch by {info['max_abs_diff']:.3g} "
                         f"(largest output {info['max_abs_output']:.3g}); the export is not faithful")
     return 0

@@ -35,3 +35,25 @@ def test_quantized_weights_are_stored_as_their_uint8_codes(every_encoding_model,
              if kind in ("uniform2", "uniform4", "uniform8")}
     assert all(array.dtype == np.uint8 for array in dequantized)
     assert sorted(a.tobytes() for a in dequantized) == sorted(c.astype(np.uint8).tobytes() for c in codes.values())
+
+
+def test_activation_quantized_model_exports_and_agrees_up_to_rounding_flips(tmp_path):
+    import deepshrink
+
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 4, (4,), generator=gen))]
+    torch.manual_seed(0)
+    result = deepshrink.compress(deepshrink.create_model("resnet20", num_classes=4),
+                                 {"method": "dorefa", "params": {"weight_bits": 2, "act_bits": 4},
+                                  "layers": [{"pattern": "layer[23].*", "skip": True}]},
+                                 train_data=data, overrides=["train.epochs=0"])
+    save(result.model, tmp_path / "q.dsz")
+    info = export_onnx(tmp_path / "q.dsz", tmp_path / "q.onnx")
+    assert info["activation_quantized"] and info["qdq_layers"] == 6
+    images = torch.randn(64, 3, 32, 32, generator=gen)
+    session = onnxruntime.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": images.numpy()})[0]
+    with torch.no_grad():
+        want = result.model(images).numpy()
+    assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95

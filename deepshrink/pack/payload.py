@@ -114,7 +114,11 @@ class PayloadReader:
             _fail(what, f"expected blob {expected_blob!r}, found {name!r}")
         if name not in self.blobs or name not in DTYPES and name != CODES_BLOB:
             _fail(what, f"points into blob {name!r}, which the file does not hold")
-        return self.blobs[name]
+        blob = self.blobs[name]
+        if blob.dtype != DTYPES.get(name, torch.uint8) or blob.dim() != 1:
+            _fail(what, f"blob {name!r} is stored as {blob.dtype} {list(blob.shape)}, expected a flat "
+                        f"{DTYPES.get(name, torch.uint8)} tensor")
+        return blob
 
     def tensor(self, ref, what: str) -> torch.Tensor:
         blob = self._blob(ref, what)

@@ -175,3 +175,13 @@ def test_random_corruption_raises_or_loads_the_same_model(packed, tmp_path, data
         return
     with torch.no_grad():  # a change the format does not depend on (e.g. JSON whitespace): same model
         assert torch.equal(model(IMAGES), EXPECTED)
+
+
+def test_a_blob_whose_dtype_was_changed_in_the_header_is_refused(packed, tmp_path):
+    header_len = struct.unpack("<Q", packed[:8])[0]
+    header = packed[8:8 + header_len].replace(b'"float32":{"dtype":"F32"', b'"float32":{"dtype":"I32"')
+    assert header != packed[8:8 + header_len]
+    (tmp_path / "d.dsz").write_bytes(packed[:8 + header_len].replace(packed[8:8 + header_len], header)
+                                     + packed[8 + header_len:])
+    with pytest.raises(PackFormatError, match="blob 'float32' is stored as torch.int32"):
+        load(tmp_path / "d.dsz")

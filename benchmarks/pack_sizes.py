@@ -3,7 +3,8 @@
 For each row: `deepshrink.pipeline.run_compress` compresses the shared checkpoint (option-B ResNet-20,
 86.58% top-1), packs it to `model.dsz`, reloads it and evaluates the reloaded model on the 10,000 test
 images; the in-memory model's top-1 (before packing) is recorded beside it. The file is then
-re-packed with the entropy stage (and base-3 ternary codes) to report that size and the Shannon bound.
+re-packed with the entropy stage (and base-3 ternary codes) to report that size and the Shannon bound,
+and once more with float tensors (BN statistics, first conv, last fc) in fp16, evaluated from that file.
 
 QAT rows (BWN, TTQ, DoReFa 2/2) train for only `--qat-steps` steps: the packed size does not depend on
 accuracy (the codes have the same width whatever they hold), so the accuracy columns of those rows say
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 import deepshrink
+from deepshrink.api import evaluate
 from deepshrink.pack import inspect, load, save
 from deepshrink.pipeline import build_data, build_model, run_compress
 
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
             packed = out_dir / "model.dsz"
             report = inspect(packed)
             coded = save(load(packed), out_dir / "entropy.dsz", entropy=True, ternary_base3=True)
+            half = save(load(packed), out_dir / "fp16.dsz", float_dtype="fp16", entropy=True, ternary_base3=True)
+            half_top1 = evaluate(load(out_dir / "fp16.dsz"), bundle.val)["top1"]
             row = {
                 "row": name, "model": "resnet20 (shortcut B, shared checkpoint)",
                 "recipe": recipe, "overrides": overrides,
@@ -85,6 +89,7 @@ def main(argv=None) -> int:
                 "encodings": sorted({r["encoding"] for r in report["layers"] if r["encoding"] != "-"}),
                 "entropy_file_bytes": coded["totals"]["file_bytes"],
                 "shannon_code_bytes": round(coded["totals"]["shannon_code_bytes"]),
+                "fp16_entropy_file_bytes": half["totals"]["file_bytes"], "top1_from_fp16_entropy_file": half_top1,
                 "fp32_param_bytes": fp32_param_bytes, "fp32_state_bytes": fp32_state_bytes,
                 "fp32_dsz_bytes": fp32_file, "compress_seconds": metrics["compress_seconds"],
                 "note": ("QAT with a tiny budget: accuracy is not the method's; size does not depend on it"

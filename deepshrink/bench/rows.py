@@ -32,8 +32,8 @@ def run_row(task: RowTask) -> dict:
                            out_dir=task.out_dir, model_args=suite.model["args"], base=task.base,
                            data_root=suite.data.get("root"), evaluate_base=False)
     metrics["kind"] = METHODS.get(task.row.method).handler_cls.kind
-    if metrics["kind"] == "layerwise":  # these read calibration data; train.epochs is not a fine-tune budget
-        metrics["epochs"] = metrics.get("finetune_epochs", 0)
+    if metrics["kind"] == "layerwise":  # calibration data only; train.epochs is not theirs (PQ's own fine-tune is)
+        metrics["epochs"] = task.row.recipe.get("params", {}).get("finetune_epochs", 0)
     return {_RENAME.get(k, k): metrics[k] for k in _KEEP if metrics.get(k) is not None}
 
 

@@ -3,9 +3,10 @@
 Layers whose weight is `uniform` with <= 8 bits keep their codes: the weight is a uint8 initialiser
 feeding `DequantizeLinear(codes, scale, zero_point, axis=0)` (per filter or per tensor), the weight
 side of ONNX's QDQ format (a QuantizeLinear on a constant weight is folded into its integer
-initialiser, as onnxruntime's own quantizer writes it). A zero point that is not an integer in 0..255
-(DoReFa's symmetric grid) becomes `DequantizeLinear(codes, scale, 0) - zero_point * scale`. Every other
-encoding is exported as its dequantized float initialiser.
+initialiser, as onnxruntime's own quantizer writes it). A half-integer zero point (DoReFa's symmetric
+grid, codes <= 127) is written as codes 2c, zero point 2z, scale s/2: the same weight, bit for bit. Any
+other zero point outside the integers 0..255 becomes `DequantizeLinear(codes, scale, 0) - zero_point * scale`.
+Every other encoding is exported as its dequantized float initialiser.
 
 Uses the TorchScript exporter (`dynamo=False`): it runs offline on torch 2.13 without onnxscript's
 optimiser and keeps custom symbolics (the torch.export-based exporter needs `onnxscript`).
@@ -58,11 +59,18 @@ def _qdq_inputs(module: nn.Module):
     else:
         scale, zero = scale.reshape(()), zero.reshape(())
         param_shape = ()
-    integral = bool(torch.equal(zero, zero.round()) and zero.min() >= 0 and zero.max() <= 255)
+    codes = encoded.codes.reshape(shape).to(torch.int64)
+    if not _is_uint8(zero) and _is_uint8(2 * zero) and int(codes.max()) <= 127:
+        # half-integer zero point (DoReFa's grid centre): (c - z) s == (2c - 2z)(s / 2) exactly in float
+        codes, zero, scale = 2 * codes, 2 * zero, scale / 2
+    integral = _is_uint8(zero)
     offset = torch.zeros(()) if integral else (zero * scale).reshape(param_shape)
     zero_codes = zero.round().to(torch.uint8) if integral else torch.zeros_like(zero, dtype=torch.uint8)
-    codes = encoded.codes.reshape(shape).to(torch.uint8)
-    return codes, scale, zero_codes, offset, param_shape, not integral
+    return codes.to(torch.uint8), scale, zero_codes, offset, param_shape, not integral
+
+
+def _is_uint8(values: torch.Tensor) -> bool:
+    return bool(torch.equal(values, values.round()) and values.min() >= 0 and values.max() <= 255)
 
 
 @contextlib.contextmanager

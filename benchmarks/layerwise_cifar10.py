@@ -119,7 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(ROWS), help="comma-separated row ids")
     parser.add_argument("--test-limit", type=int, default=10000, help="test images evaluated (first N)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine 2 threads can be 30x slower)")
     parser.add_argument("--resnet18", action="store_true", help="run the ResNet-18 224x224 memory row instead")
     parser.add_argument("--commit", action="store_true", help="git-commit the results file after each row")
     args = parser.parse_args()

@@ -55,9 +55,11 @@ def level_values(levels: int) -> torch.Tensor:
 
 def nearest_codes(scaled: torch.Tensor, levels: int) -> torch.Tensor:
     """Codes (pow2 convention: 0, ±1 -> ±a, ±2 -> ±2a, ±3 -> ±4a ...) of the level nearest to `scaled`."""
-    mags = level_magnitudes(levels).to(scaled.dtype)
-    mid = (mags[1:] + mags[:-1]) / 2  # decision boundaries between consecutive magnitudes
-    index = torch.bucketize(scaled.abs(), mid)  # 0 .. half
+    mags = level_magnitudes(levels).tolist()
+    magnitude = scaled.abs()
+    index = torch.zeros_like(scaled, dtype=torch.long)
+    for low, high in zip(mags[:-1], mags[1:]):  # decision boundaries between consecutive magnitudes
+        index += magnitude > (low + high) / 2
     return torch.sign(scaled).long() * index
 
 

@@ -60,7 +60,6 @@ def main(argv=None) -> int:
     fp32_state_bytes = sum(t.numel() * 4 for t in fp32.state_dict().values() if t.is_floating_point())
     fp32_param_bytes = 4 * sum(p.numel() for p in fp32.parameters())
     bundle = build_data("cifar10", args.data_root, batch_size=128, eval_batch_size=500)
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         save(fp32.eval(), Path(tmp) / "fp32.dsz")
         fp32_file = (Path(tmp) / "fp32.dsz").stat().st_size
@@ -95,10 +94,8 @@ def main(argv=None) -> int:
                          if overrides else "layer-wise, default calibration set (1% of train)"),
             }
             print(json.dumps(row), flush=True)
-            results.append(row)
-    with open(args.out, "a") as handle:
-        for row in results:
-            handle.write(json.dumps(row) + "\n")
+            with open(args.out, "a") as handle:  # row by row: an interrupted run keeps what it measured
+                handle.write(json.dumps(row) + "\n")
     return 0
 
 

@@ -30,6 +30,26 @@ def _keep_shape(stat: torch.Tensor, x: torch.Tensor, per_channel: bool) -> torch
     return stat.reshape(())
 
 
+def window_grad(grad: torch.Tensor, x: torch.Tensor, low: float, high: float,
+                include_high: bool = True) -> torch.Tensor:
+    """grad * 1{low <= x <= high} (or `< high`): the straight-through window of a clip or sign.
+
+    One fused kernel (aten's hardtanh_backward passes grad where low' < x < high'); the bounds are
+    widened to the adjacent float so that `low` (and `high` when included) stay inside.
+    """
+    low = _next_float(low, -math.inf, x.dtype)
+    high = _next_float(high, math.inf, x.dtype) if include_high else float(high)
+    return torch.ops.aten.hardtanh_backward(grad, x, low, high)
+
+
+def _next_float(value: float, toward: float, dtype: torch.dtype) -> float:
+    """The `dtype` number adjacent to `value` in the direction of `toward` (as a Python float)."""
+    if dtype not in (torch.float32, torch.float64):
+        dtype = torch.float32  # nextafter has no half kernels; half inputs keep an exclusive bound
+    value = torch.tensor(float(value), dtype=dtype)
+    return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype)))
+
+
 # ----------------------------------------------------------------------------- rounding / sign STE
 class _RoundSTE(torch.autograd.Function):
     """round(x) forward, identity backward (DoReFa-Net, Zhou et al. 2016, Eq. 5's STE)."""
@@ -67,7 +87,7 @@ def straight_through(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def binary_sign(x: torch.Tensor) -> torch.Tensor:
     """sign(x) in {-1, +1} (zero maps to +1, so every value has a binary code)."""
-    return (x >= 0).to(x.dtype).mul_(2).sub_(1)
+    return torch.ones_like(x).copysign_(x)  # copysign: +0.0 -> +1 (and -0.0 -> -1, like its code)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -76,13 +96,13 @@ class _SignSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward((x >= -1) & (x <= 1))  # bool mask: 1 byte per element
+        ctx.save_for_backward(x)
         return binary_sign(x)
 
     @staticmethod
     def backward(ctx, grad):
-        (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        (x,) = ctx.saved_tensors
+        return window_grad(grad, x, -1.0, 1.0)
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +130,7 @@ def bwn_quantize(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
 
 def binary_codes(x: torch.Tensor) -> torch.Tensor:
     """Codes in {0, 1} of binary_sign(x): code 1 means +1 (EncodedWeight 'binary': W = s * (2c - 1))."""
-    return (x >= 0).to(torch.uint8)
+    return (~torch.signbit(x)).to(torch.uint8)
 
 
 def xnor_scaling_map(abs_input_mean: torch.Tensor, kernel_size, stride=1, padding=0,
@@ -245,7 +265,7 @@ class _DoReFaAct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return torch.where((x >= 0) & (x <= 1), grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+        return window_grad(grad, x, 0.0, 1.0), None
 
 
 def dorefa_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -275,10 +295,10 @@ def dorefa_quantize_gradient(dr: torch.Tensor, bits: int, generator: torch.Gener
     batch = dr.shape[0] if dr.dim() > 1 else 1
     flat = dr.reshape(batch, -1)  # (N, features)
     max0 = torch.linalg.vector_norm(flat, float("inf"), dim=1, keepdim=True).clamp_(min=1e-12)  # (N, 1)
-    noise = torch.rand(flat.shape, generator=generator, device=dr.device, dtype=dr.dtype).sub_(0.5)
-    # in place on `noise`: round(n * (dr / (2 max0) + 1/2) + sigma), clipped to the grid 0..n
-    q = noise.addcmul_(flat, (n / 2) / max0).add_(n / 2).round_().clamp_(0, n)
-    return q.sub_(n / 2).mul_(max0 * (2.0 / n)).reshape(dr.shape)
+    u = torch.rand(flat.shape, generator=generator, device=dr.device, dtype=dr.dtype)  # sigma + 1/2
+    # round(z + sigma) = floor(z + u) for z = n (dr / (2 max0) + 1/2) in [0, n], u in [0, 1): lands in 0..n
+    q = u.addcmul_(flat, (n / 2) / max0).add_(n / 2).floor_()
+    return q.mul_(max0 * (2.0 / n)).sub_(max0).reshape(dr.shape)
 
 
 class _GradQuant(torch.autograd.Function):
@@ -335,8 +355,7 @@ class _LSQ(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         r, q, step = ctx.saved_tensors
-        inside = (r >= -ctx.q_n) & (r <= ctx.q_p)
-        grad_v = torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        grad_v = window_grad(grad, r, -ctx.q_n, ctx.q_p)
         # Eq. 3 summed: ds = q - r inside the range, q = -Q_N / Q_P outside, so
         # sum(g * ds) = <g, q> - <g * 1{inside}, r>
         grad_step = (torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(grad_v.reshape(-1), r.reshape(-1)))
@@ -372,10 +391,8 @@ class _PACT(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, alpha = ctx.saved_tensors
-        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-        above = x >= alpha
-        grad_x = torch.where((x >= 0) & ~above, grad, zero)
-        grad_alpha = torch.where(above, grad, zero).sum().reshape(alpha.shape)
+        grad_x = window_grad(grad, x, 0.0, float(alpha), include_high=False)
+        grad_alpha = window_grad(grad, x, float(alpha), math.inf).sum().reshape(alpha.shape)  # over x >= alpha
         return grad_x, grad_alpha, None
 
 

@@ -335,11 +335,6 @@ def lsq_grad_scale(numel: int, q_p: int) -> float:
     return 1.0 / math.sqrt(numel * q_p)
 
 
-def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Value x, gradient multiplied by `scale` (LSQ's `grad_scale`, Esser et al. 2020, Fig. 2)."""
-    return (x - x * scale).detach() + x * scale
-
-
 class _LSQ(torch.autograd.Function):
     """LSQ in one node (Esser et al. 2020): forward Eq. 1-2; backward Eq. 3 for the step (times the
     gradient scale g), 1{-Q_N <= v/s <= Q_P} for v (STE through round)."""

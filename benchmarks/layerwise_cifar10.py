@@ -50,6 +50,9 @@ ROWS = {
     "lobs70_oneshot": ({"method": "lobs", "params": {"sparsity": 0.7, "mode": "one_shot"}}, None),
     "pq12x": ({"method": "pq", "params": {}, "layers": PQ_LAYERS}, 2.0),
     "kmeans12x": ({"method": "kmeans", "params": {}, "layers": PQ_LAYERS}, None),
+    "pq12x_layer_ft": ({"method": "pq", "params": {"layer_finetune_steps": 10, "layer_finetune_lr": 1e-4},
+                        "layers": PQ_LAYERS}, 2.0),
+    "lobs70_global": ({"method": "lobs", "params": {"sparsity": 0.7, "scope": "global"}}, None),
     "lobs70_ldnq5": ({"method": "ldnq", "params": {"levels": 5, "sparsity": 0.7}}, None),
 }
 

@@ -78,3 +78,32 @@ def test_config_validation():
         PQConfig(layout="diagonal")
     with pytest.raises(UserError, match="n_centroids"):
         KMeansConfig(n_centroids=1)
+
+
+def test_codebook_refit_reaches_the_full_hessian_least_squares_optimum():
+    from deepshrink.layerwise.hessian import reconstruction_error
+    from deepshrink.layerwise.pq import refit_codebook
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 2, bias=False)  # D = 8, blocks of 4 -> 2 blocks per row
+    x = torch.randn(400, 8, dtype=torch.float64) @ torch.randn(8, 8, dtype=torch.float64)
+    h = (x.T @ x / 400).unsqueeze(0)
+    encoded, _ = quantize_layer(conv, h, KMeansConfig(n_centroids=2, block_conv3x3=4, iterations=5), damp=0.0)
+    w = conv.weight.detach().double().reshape(1, 3, 8)
+    refit = refit_codebook(encoded, w, h, iterations=50)
+    # independent answer: W_hat = P c is linear in the flattened codebook c; solve the normal equations
+    book = encoded.params["codebook"].double()
+    columns = []
+    for i in range(book.numel()):
+        unit = torch.zeros(book.numel(), dtype=torch.float64)
+        unit[i] = 1
+        e = type(encoded)(**{**encoded.__dict__, "params": {"codebook": unit.reshape(book.shape)}})
+        columns.append(e.dequantize().double().reshape(3, 8))
+    basis = torch.stack(columns)  # (n, 3, 8)
+    gram = torch.einsum("ird,de,jre->ij", basis, h[0], basis)
+    rhs = torch.einsum("ird,de,re->i", basis, h[0], w[0])
+    best = torch.linalg.lstsq(gram, rhs.unsqueeze(1)).solution.squeeze(1)
+    best_w = torch.einsum("i,ird->rd", best, basis).reshape(1, 3, 8)
+    err = reconstruction_error(h, refit.dequantize().double().reshape(1, 3, 8) - w).item()
+    assert err == pytest.approx(reconstruction_error(h, best_w - w).item(), rel=1e-4)
+    assert err <= reconstruction_error(h, encoded.dequantize().double().reshape(1, 3, 8) - w).item()

@@ -62,3 +62,14 @@ def test_plain_progress_lines_when_not_a_terminal(make_net, make_loader_pair, ca
     lines = [line for line in capsys.readouterr().err.splitlines() if " step " in line]
     assert [line.split()[3] for line in lines] == ["3/6", "6/6"]
     assert all("img/s" in line and "eta" in line for line in lines)
+
+
+def test_tensorboard_events_when_installed_else_a_clear_message(make_net, make_loader_pair, tmp_path, capsys):
+    import importlib.util
+
+    config = TrainConfig(epochs=1, max_steps_per_epoch=1, tensorboard=True)
+    Trainer(make_net(), *make_loader_pair(), config, run_dir=tmp_path).fit()
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+    else:
+        assert "pip install tensorboard" in capsys.readouterr().err and not (tmp_path / "tb").exists()

@@ -82,3 +82,12 @@ def test_levels_validation_says_levels_are_counted():
         LDNQConfig(levels=4)
     with pytest.raises(UserError, match="sparsity"):
         LDNQConfig(sparsity=-0.1)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_polish_sweeps_never_increase_the_objective(per_channel):
+    w, h = _problem(rows=8, dim=12, seed=5)
+    plain = admm_quantize(w, h, 3, per_channel, iterations=10, damp=0.0, polish_sweeps=0)
+    polished = admm_quantize(w, h, 3, per_channel, iterations=10, damp=0.0, polish_sweeps=2)
+    assert polished[2][-1] <= plain[2][-1] + 1e-12
+    assert polished[2][-1] == pytest.approx(reconstruction_error(h, polished[1] * decode_codes(polished[0]) - w).item())

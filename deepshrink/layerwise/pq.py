@@ -31,6 +31,7 @@ from .base import LayerSolution, LayerwiseConfig, LayerwiseMethod, reestimate_bn
 from .distill import distill, outputs_of
 from .fuse import fold_batchnorm, unfold_bias
 from .pq_kmeans import weighted_kmeans
+from .pq_refine import polish_assignments, refit_codebook
 
 
 @dataclass
@@ -65,12 +66,14 @@ class KMeansConfig(LayerwiseConfig):
 @dataclass
 class PQConfig(KMeansConfig):
     """KMeansConfig plus: fuse_bn (Fusion), refit (after the EM, refit the codebook to the full H by
-    conjugate gradients, cross-block terms included), layer_finetune_steps / layer_finetune_lr (per-layer centroid
+    conjugate gradients, cross-block terms included), polish_sweeps (then move each block to the centroid
+    that lowers that full objective most, and refit again), layer_finetune_steps / layer_finetune_lr (per-layer centroid
     distillation on the calibration data), finetune_epochs / finetune_lr (global fine-tuning of
     centroids, BN and biases on the training data through the one training loop; 0 = off)."""
 
     fuse_bn: bool = False
     refit: bool = True
+    polish_sweeps: int = 1
     layer_finetune_steps: int = 0
     layer_finetune_lr: float = 1e-4
     finetune_epochs: float = 0.0
@@ -78,8 +81,8 @@ class PQConfig(KMeansConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.layer_finetune_steps < 0 or self.finetune_epochs < 0:
-            raise UserError("layer_finetune_steps and finetune_epochs must be >= 0")
+        if self.layer_finetune_steps < 0 or self.finetune_epochs < 0 or self.polish_sweeps < 0:
+            raise UserError("layer_finetune_steps, finetune_epochs and polish_sweeps must be >= 0")
         if self.layer_finetune_lr <= 0 or self.finetune_lr <= 0:
             raise UserError("layer_finetune_lr and finetune_lr must be > 0")
 
@@ -134,41 +137,6 @@ def quantize_layer(layer: nn.Module, hessian, cfg: KMeansConfig, damp: float):
     encoded = EncodedWeight("pq", tuple(weight.shape), codes=codes.to(torch.int32),
                             params={"codebook": codebook.float()}, layout=cfg.layout)
     return encoded, history
-
-
-def refit_codebook(encoded: EncodedWeight, weight: torch.Tensor, hessian: torch.Tensor, iterations: int = 30):
-    """Codebook minimising the full layer objective tr((W_hat - W) H (W_hat - W)^T) for fixed codes.
-
-    W_hat is linear in the codebook, so this is a least-squares problem solved by conjugate gradients;
-    unlike the EM's block-diagonal metric it keeps the cross-block terms of H.
-    """
-    groups = hessian.shape[0]
-    codebook = encoded.params["codebook"].to(torch.float64)
-
-    def decode(book):  # (G, R, D) weight of a codebook
-        enc = dataclasses.replace(encoded, params={"codebook": book})
-        return enc.dequantize().to(torch.float64).reshape(groups, -1, hessian.shape[-1])
-
-    def gradient_of(residual):  # adjoint of decode applied to residual @ H: summed per centroid
-        book = codebook.clone().requires_grad_(True)
-        (decode(book) * (residual @ hessian)).sum().backward()
-        return book.grad
-
-    target = weight.to(torch.float64).reshape(groups, -1, hessian.shape[-1])
-    rhs = gradient_of(target)
-    x = codebook.clone()
-    r = rhs - gradient_of(decode(x))
-    p = r.clone()
-    rs = (r * r).sum()
-    for _ in range(iterations):
-        if rs <= 1e-30:
-            break
-        ap = gradient_of(decode(p))
-        step = rs / (p * ap).sum().clamp(min=1e-30)
-        x, r = x + step * p, r - step * ap
-        rs_new = (r * r).sum()
-        p, rs = r + (rs_new / rs) * p, rs_new
-    return dataclasses.replace(encoded, params={"codebook": x.float()})
 
 
 class _PQTrainable(nn.Module):
@@ -229,6 +197,8 @@ class PQ(KMeansPQ):
             damped = hess.regularize(hessian, self.config.damp)
             before = hess.reconstruction_error(damped, solution.encoded.dequantize().double().reshape(weight.shape) - weight)
             refit = refit_codebook(solution.encoded, weight, damped)
+            if cfg.polish_sweeps:
+                refit = refit_codebook(polish_assignments(refit, weight, damped, cfg.polish_sweeps), weight, damped)
             after = hess.reconstruction_error(damped, refit.dequantize().double().reshape(weight.shape) - weight)
             if after < before:
                 solution.encoded = refit

@@ -82,7 +82,7 @@ def test_config_validation():
 
 def test_codebook_refit_reaches_the_full_hessian_least_squares_optimum():
     from deepshrink.layerwise.hessian import reconstruction_error
-    from deepshrink.layerwise.pq import refit_codebook
+    from deepshrink.layerwise.pq_refine import refit_codebook
 
     torch.manual_seed(0)
     conv = nn.Conv2d(2, 3, 2, bias=False)  # D = 8, blocks of 4 -> 2 blocks per row
@@ -107,3 +107,23 @@ def test_codebook_refit_reaches_the_full_hessian_least_squares_optimum():
     err = reconstruction_error(h, refit.dequantize().double().reshape(1, 3, 8) - w).item()
     assert err == pytest.approx(reconstruction_error(h, best_w - w).item(), rel=1e-4)
     assert err <= reconstruction_error(h, encoded.dequantize().double().reshape(1, 3, 8) - w).item()
+
+
+@pytest.mark.parametrize("layout", ["row", "channel"])
+def test_assignment_polish_never_increases_the_full_objective(layout):
+    from deepshrink.layerwise.hessian import reconstruction_error
+    from deepshrink.layerwise.pq_refine import polish_assignments
+
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, bias=False)  # D = 36
+    x = torch.randn(500, 36, dtype=torch.float64) @ torch.randn(36, 36, dtype=torch.float64)
+    h = (x.T @ x / 500).unsqueeze(0)
+    w = conv.weight.detach().double().reshape(1, 6, 36)
+    cfg = KMeansConfig(n_centroids=4, block_conv3x3=4, layout=layout, n_subspaces=3, iterations=5)
+    encoded, _ = quantize_layer(conv, h, cfg, damp=0.0)
+    polished = polish_assignments(encoded, w, h, sweeps=2)
+
+    def err(e):
+        return reconstruction_error(h, e.dequantize().double().reshape(1, 6, 36) - w).item()
+
+    assert err(polished) < err(encoded)

@@ -4,7 +4,7 @@ For each row: `deepshrink.pipeline.run_compress` compresses the shared checkpoin
 86.58% top-1), packs it to `model.dsz`, reloads it and evaluates the reloaded model on the 10,000 test
 images; the in-memory model's top-1 (before packing) is recorded beside it. The file is then
 re-packed with the entropy stage (and base-3 ternary codes) to report that size and the Shannon bound,
-and once more with float tensors (BN statistics, first conv, last fc) in fp16, evaluated from that file.
+and once more with float tensors (BN statistics, first conv, last fc) in fp16 (evaluated with --eval-fp16).
 
 QAT rows (BWN, TTQ, DoReFa 2/2) train for only `--qat-steps` steps: the packed size does not depend on
 accuracy (the codes have the same width whatever they hold), so the accuracy columns of those rows say
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", default=str(Path.home() / ".cache" / "deepshrink" / "cifar10-jpeg"))
     parser.add_argument("--qat-steps", type=int, default=20)
     parser.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    parser.add_argument("--eval-fp16", action="store_true", help="also evaluate the fp16 file (one more test pass)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pack_sizes.jsonl"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # 2 threads are much slower on the shared 2-core machine
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
             report = inspect(packed)
             coded = save(load(packed), out_dir / "entropy.dsz", entropy=True, ternary_base3=True)
             half = save(load(packed), out_dir / "fp16.dsz", float_dtype="fp16", entropy=True, ternary_base3=True)
-            half_top1 = evaluate(load(out_dir / "fp16.dsz"), bundle.val)["top1"]
+            half_top1 = evaluate(load(out_dir / "fp16.dsz"), bundle.val)["top1"] if args.eval_fp16 else None
             row = {
                 "row": name, "model": "resnet20 (shortcut B, shared checkpoint)",
                 "recipe": recipe, "overrides": overrides,

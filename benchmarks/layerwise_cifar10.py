@@ -29,7 +29,7 @@ CIFAR_ROOT = Path.home() / ".cache/deepshrink/cifar10-jpeg"
 
 # PQ at >= 12x on the compressed conv weights (codebooks counted as float32): d = 9 (one 3x3 kernel),
 # d = 4 for 1x1 shortcuts, K chosen per stage so the codebook does not dominate small layers.
-PQ_LAYERS = [{"pattern": "layer1.*", "params": {"n_centroids": 16}},
+PQ_LAYERS = [{"pattern": "layer1.*", "params": {"n_centroids": 32}},
              {"pattern": "layer2.*", "params": {"n_centroids": 64}},
              {"pattern": "layer3.*", "params": {"n_centroids": 128}}]
 

@@ -50,6 +50,7 @@ class DatasetMeta:
 class _ImageDatasetBase(torch.utils.data.Dataset):
     meta: DatasetMeta
     targets: torch.Tensor
+    root = None  # the folder it was read from (set by get_dataset)
 
     @property
     def name(self) -> str:
@@ -124,7 +125,9 @@ class TensorImageDataset(_ImageDatasetBase):
     def select(self, indices: torch.Tensor) -> "TensorImageDataset":
         """A new data set of the images at `indices` (same classes and statistics)."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
-        return TensorImageDataset(self.images[indices], self.targets[indices], self.meta)
+        chosen = TensorImageDataset(self.images[indices], self.targets[indices], self.meta)
+        chosen.root = self.root
+        return chosen
 
 
 class LazyImageDataset(_ImageDatasetBase):
@@ -154,8 +157,10 @@ class LazyImageDataset(_ImageDatasetBase):
     def select(self, indices: torch.Tensor) -> "LazyImageDataset":
         """A new data set of the items at `indices`."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
-        return LazyImageDataset(_Reindexed(self._read, indices.tolist()), self.targets[indices], self.meta,
-                                self._image_size)
+        chosen = LazyImageDataset(_Reindexed(self._read, indices.tolist()), self.targets[indices], self.meta,
+                                  self._image_size)
+        chosen.root = self.root
+        return chosen
 
 
 class _Reindexed:

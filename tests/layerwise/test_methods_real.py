@@ -120,3 +120,15 @@ def test_pq_fusion_keeps_the_architecture_and_original_inputs_option(digits):
                                 calib_data=calib)
     for result in (fused, plain):
         assert _score(result.model, model, tx, ty)[1] > 0.8
+
+
+def test_pq_global_finetune_trains_codebooks_through_the_one_training_loop(digits, tmp_path):
+    model, calib, tx, ty = digits
+    recipe = {"method": "pq", "params": {"n_centroids": 8, "finetune_epochs": 1, "finetune_lr": 1e-3},
+              "train": {"epochs": 1, "max_steps_per_epoch": 4, "batch_size": 50, "log_every": 1000}}
+    tuned = deepshrink.compress(model, recipe, calib_data=calib, train_data=calib, out_dir=tmp_path)
+    plain = deepshrink.compress(model, {**recipe, "params": {"n_centroids": 8}}, calib_data=calib)
+    book, book0 = tuned.model.conv2.encoded.params["codebook"], plain.model.conv2.encoded.params["codebook"]
+    assert book.shape == book0.shape and not torch.equal(book, book0)
+    torch.testing.assert_close(tuned.model.conv2.weight, tuned.model.conv2.encoded.dequantize())
+    assert _score(tuned.model, model, tx, ty)[1] > 0.8

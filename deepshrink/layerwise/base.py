@@ -42,13 +42,17 @@ class LayerwiseConfig:
     damp: fraction of mean(diag H) added to H's diagonal before inverting (>= 0).
     inputs: "compressed" feeds each layer the inputs of the network compressed so far;
         "original" those of the original network.
-    reestimate_bn: recompute BatchNorm running statistics on the calibration data at the end.
+    reestimate_bn: update BatchNorm running statistics on the calibration data at the end.
+    bn_update: "shift" keeps the original running statistics and adds the change that compression causes
+        on the calibration data (mean + (m_c - m_o), var * v_c / v_o; 500 images are too few to replace
+        statistics gathered on the whole training set); "recompute" replaces them outright.
     max_samples: input columns (conv patches) used per calibration batch for H (None = all).
     """
 
     damp: float = 0.01
     inputs: str = "compressed"
     reestimate_bn: bool = True
+    bn_update: str = "shift"
     max_samples: int | None = 8192
 
     def __post_init__(self):
@@ -56,6 +60,8 @@ class LayerwiseConfig:
             raise UserError(f"damp must be a finite number >= 0, got {self.damp}")
         if self.inputs not in ("compressed", "original"):
             raise UserError(f"inputs must be 'compressed' or 'original', got {self.inputs!r}")
+        if self.bn_update not in ("shift", "recompute"):
+            raise UserError(f"bn_update must be 'shift' or 'recompute', got {self.bn_update!r}")
         if self.max_samples is not None and int(self.max_samples) < 1:
             raise UserError(f"max_samples must be >= 1 or null, got {self.max_samples}")
 
@@ -116,6 +122,58 @@ def reestimate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
     model.train(was_training)
 
 
+class _ChannelStats:
+    """Per-channel mean and variance of a module's input over every calibration sample (float64 sums)."""
+
+    def __init__(self):
+        self.count, self.sum, self.sumsq = 0, 0.0, 0.0
+
+    def __call__(self, x):
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1).to(torch.float64)  # (C, N*H*W)
+        self.count += flat.shape[1]
+        self.sum = self.sum + flat.sum(1)
+        self.sumsq = self.sumsq + (flat * flat).sum(1)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.sum / self.count
+        var = (self.sumsq / self.count - mean**2).clamp(min=0) * self.count / max(1, self.count - 1)
+        return mean, var
+
+
+def _stats_of(model: nn.Module, names: list[str], batches, stop: bool) -> dict:
+    """{name: (mean, var)} of the inputs of modules `names`: one pass, or one pass each when `stop`."""
+    stats = {name: _ChannelStats() for name in names}
+    captures = [InputCapture(model.get_submodule(name), stats[name], stop=stop) for name in names]
+    for capture in captures:
+        capture.__enter__()
+    try:
+        captures[0].run(model, batches)
+    finally:
+        for capture in captures:
+            capture.__exit__()
+    return {name: stat.result() for name, stat in stats.items()}
+
+
+def correct_bn(model: nn.Module, reference: nn.Module, batches) -> None:
+    """BN statistics = the original's, shifted by what compression changes on the calibration data.
+
+    BatchNorms are corrected one at a time in execution order, each measured after the earlier ones
+    are corrected: running_mean += m_c - m_o, running_var *= v_c / v_o (m, v over all samples).
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats and m.running_mean is not None]
+    if not names:
+        return
+    model.eval()
+    original = _stats_of(reference, names, batches, stop=False)
+    for name in execution_order(model, names, batches[0]):
+        norm = model.get_submodule(name)
+        (mean_c, var_c), (mean_o, var_o) = _stats_of(model, [name], batches, stop=True)[name], original[name]
+        ratio = torch.where(var_o > 1e-12, var_c / var_o.clamp(min=1e-12), torch.ones_like(var_o))
+        norm.running_mean += (mean_c - mean_o).to(norm.running_mean.dtype)
+        norm.running_var *= ratio.to(norm.running_var.dtype)
+
+
 class LayerwiseMethod(Method):
     """Base of layer-wise methods: subclasses implement `solve` (see the module docstring)."""
 
@@ -145,7 +203,9 @@ class LayerwiseMethod(Method):
         self.encodings: dict[str, EncodedWeight] = {}
         self.report: dict[str, dict] = {}
         model = self.prepare(model, batches)
-        self.reference = copy.deepcopy(model).eval() if self.needs_reference or self.config.inputs == "original" else None
+        shift_bn = self.config.reestimate_bn and self.config.bn_update == "shift"
+        self.reference = copy.deepcopy(model).eval() if (self.needs_reference or shift_bn
+                                                         or self.config.inputs == "original") else None
         source = self.reference if self.config.inputs == "original" else model
         for name in execution_order(model, list(self.layer_configs), batches[0]):
             start = time.perf_counter()
@@ -160,7 +220,9 @@ class LayerwiseMethod(Method):
             self.report[name] = {"seconds": time.perf_counter() - start, "numel": encoded.numel,
                                  "bits_per_weight": encoded_bits(encoded) / encoded.numel,
                                  "kind": encoded.kind, **self.report.get(name, {})}
-        if self.config.reestimate_bn:
+        if shift_bn:
+            correct_bn(model, self.reference, batches)
+        elif self.config.reestimate_bn:
             reestimate_bn(model, batches)
         self.finish(model, batches, ctx)
         model.deepshrink_report = self.summary()

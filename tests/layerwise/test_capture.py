@@ -96,3 +96,31 @@ def test_capture_stops_the_forward_and_order_follows_execution():
         cap.run(net, [torch.randn(5, 3)])
     assert len(seen) == 1 and seen[0].shape == (5, 3)
     assert execution_order(net, ["late", "early"], torch.randn(1, 3)) == ["early", "late"]
+
+
+def test_bn_shift_correction_keeps_original_stats_and_adds_the_measured_change():
+    import copy
+
+    from deepshrink.layerwise.base import correct_bn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    net[1].running_mean.fill_(0.3)
+    net[1].running_var.fill_(2.0)
+    net.eval()
+    batches = [torch.randn(8, 3, 6, 6) for _ in range(3)]
+    reference = copy.deepcopy(net)
+    unchanged = copy.deepcopy(net)
+    correct_bn(unchanged, reference, batches)
+    torch.testing.assert_close(unchanged[1].running_mean, net[1].running_mean)
+    torch.testing.assert_close(unchanged[1].running_var, net[1].running_var)
+    shifted = copy.deepcopy(net)
+    shifted[0].bias.data += 0.5  # compression moved every output of conv 0 by +0.5
+    shifted[0].weight.data *= 2.0
+    correct_bn(shifted, reference, batches)
+    x = torch.cat(batches)
+    y_new, y_old = shifted[0](x), net[0](x)
+    expected_mean = 0.3 + (y_new.mean((0, 2, 3)) - y_old.mean((0, 2, 3)))
+    expected_var = 2.0 * y_new.var((0, 2, 3)) / y_old.var((0, 2, 3))
+    torch.testing.assert_close(shifted[1].running_mean, expected_mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(shifted[1].running_var, expected_var, rtol=1e-4, atol=1e-5)

@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", default=str(Path.home() / ".cache" / "deepshrink" / "cifar10-jpeg"))
     parser.add_argument("--qat-steps", type=int, default=20)
     parser.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    parser.add_argument("--test-per-class", type=int, default=None,
+                        help="evaluate on this many test images per class (default: all 10,000)")
     parser.add_argument("--eval-fp16", action="store_true", help="also evaluate the fp16 file (one more test pass)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pack_sizes.jsonl"))
     args = parser.parse_args(argv)
@@ -61,6 +63,11 @@ def main(argv=None) -> int:
     fp32_state_bytes = sum(t.numel() * 4 for t in fp32.state_dict().values() if t.is_floating_point())
     fp32_param_bytes = 4 * sum(p.numel() for p in fp32.parameters())
     bundle = build_data("cifar10", args.data_root, batch_size=128, eval_batch_size=500)
+    if args.test_per_class:  # a stratified slice of the test set, when CPU time is short
+        from deepshrink.data import get_dataset, make_loader, subset
+
+        test_set = subset(get_dataset("cifar10", "test", root=args.data_root), per_class=args.test_per_class)
+        bundle.val = make_loader(test_set, 500, train=False)
     with tempfile.TemporaryDirectory() as tmp:
         save(fp32.eval(), Path(tmp) / "fp32.dsz")
         fp32_file = (Path(tmp) / "fp32.dsz").stat().st_size
@@ -83,6 +90,7 @@ def main(argv=None) -> int:
                 "ratio_vs_fp32_params": round(fp32_param_bytes / report["totals"]["file_bytes"], 2),
                 "ratio_vs_fp32_state": round(fp32_state_bytes / report["totals"]["file_bytes"], 2),
                 "top1_before_pack": metrics["top1_in_memory"], "top1_from_file": metrics["top1"],
+                "test_images": 10 * args.test_per_class if args.test_per_class else 10_000,
                 "theoretical_bytes": round(report["totals"]["theoretical_bytes"]),
                 "container_bytes": report["totals"]["overhead_bytes"],
                 "encodings": sorted({r["encoding"] for r in report["layers"] if r["encoding"] != "-"}),

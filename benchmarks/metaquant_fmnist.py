@@ -25,6 +25,7 @@ import deepshrink
 from deepshrink.config import TrainConfig
 from deepshrink.data import get_dataset, make_loader
 from deepshrink.engine import Trainer, evaluate
+from deepshrink.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,13 +75,20 @@ def main() -> None:
                                         "batch_size": 128, "log_every": 10_000}}
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as run_dir:
-                result = deepshrink.compress(model, full, train_data=loader, val_data=test_loader, out_dir=run_dir)
+                try:
+                    result = deepshrink.compress(model, full, train_data=loader, val_data=test_loader,
+                                                 out_dir=run_dir)
+                except UserError as exc:  # a diverged run is a result too: record it, go on
+                    per_seed.append({"seed": seed, "diverged": str(exc), "final_top1": None})
+                    print(name, per_seed[-1], flush=True)
+                    continue
                 curve = [json.loads(line)["val_top1"] for line in open(Path(run_dir) / "metrics.jsonl")]
             per_seed.append({"seed": seed, "val_top1_per_epoch": curve, "final_top1": result.metrics["top1"],
                              "seconds": round(time.perf_counter() - start, 1)})
             print(name, per_seed[-1], flush=True)
-        finals = [r["final_top1"] for r in per_seed]
-        results[name] = {"runs": per_seed, "final_top1_mean": sum(finals) / len(finals)}
+        finals = [r["final_top1"] for r in per_seed if r["final_top1"] is not None]
+        results[name] = {"runs": per_seed, "diverged_runs": len(per_seed) - len(finals),
+                         "final_top1_mean_of_converged": sum(finals) / len(finals) if finals else None}
 
     report = {
         "command": "flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/metaquant_fmnist.py "
@@ -95,7 +103,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v["final_top1_mean"] for k, v in results.items()}, indent=2))
+    print(json.dumps({k: v["final_top1_mean_of_converged"] for k, v in results.items()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -34,3 +34,24 @@ def test_unknown_model_exits_2_listing_models(capsys):
 def test_missing_file_exits_2(capsys, tmp_path):
     assert main(["info", str(tmp_path / "nope.dsz")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_info_reads_a_packed_file_at_its_bit_widths(capsys, tmp_path):
+    import torch
+
+    import deepshrink
+    from deepshrink.nn import CompressedLinear, EncodedWeight, set_module
+
+    model = deepshrink.create_model("lenet5")
+    shape = tuple(model.fc2.weight.shape)  # (84, 120)
+    encoded = EncodedWeight("uniform", shape, torch.randint(0, 16, shape),
+                            {"scale": torch.full((1,), 0.01), "zero_point": torch.full((1,), 8.0)}, bits=4)
+    set_module(model, "fc2", CompressedLinear.from_linear(model.fc2, encoded))
+    path = tmp_path / "lenet5.dsz"
+    deepshrink.pack(model, path)
+    assert main(["info", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    fc2 = next(row for row in report["layers"] if row["name"] == "fc2")
+    assert fc2["weight_bits"] == 4 and fc2["macs"] == 84 * 120
+    assert fc2["bytes"] == 84 * 120 // 2 + 4 + 4 + 84 * 4  # 4-bit codes, scale, zero point, float bias
+    assert report["totals"]["params"] == 61_706

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 
@@ -28,6 +29,21 @@ from .transforms import (default_padding, hflip, normalize, pad_crop, random_res
                          resize_center_crop)
 
 POLICIES = ("cifar", "crop", "imagenet", "none")
+
+
+@contextmanager
+def _one_thread():
+    """Run batch assembly on one intra-op thread, then restore the caller's setting.
+
+    The copies are small and memory-bound: on a busy 2-core machine letting them use 2 threads made
+    them 30x slower (threads waiting on each other), while 1 thread assembles ~80,000 CIFAR images/s.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -106,17 +122,19 @@ class TensorBatchLoader(_LoaderBase):
         self._advance()
         stop = len(self) * self.batch_size
         for start in range(0, stop, self.batch_size):
-            index = indices[start:start + self.batch_size]
-            batch = images.index_select(0, index)  # (B, C, H, W) uint8
-            where = positions[start:start + self.batch_size]
-            if self.policy in ("cifar", "crop"):
-                batch = pad_crop(batch, offsets[0, where], offsets[1, where], pad)
-            if self.policy in ("cifar", "imagenet"):
-                batch = hflip(batch, flips[where])
-            if self.policy == "imagenet":
-                batch = torch.stack([random_resized_crop(img, int(min(h, w)), _item_generator(
-                    self.seed, epoch, int(p))) for img, p in zip(batch, where)])
-            yield normalize(batch, meta.mean, meta.std), targets.index_select(0, index)
+            with _one_thread():
+                index = indices[start:start + self.batch_size]
+                batch = images.index_select(0, index)  # (B, C, H, W) uint8
+                where = positions[start:start + self.batch_size]
+                if self.policy in ("cifar", "crop"):
+                    batch = pad_crop(batch, offsets[0, where], offsets[1, where], pad)
+                if self.policy in ("cifar", "imagenet"):
+                    batch = hflip(batch, flips[where])
+                if self.policy == "imagenet":
+                    batch = torch.stack([random_resized_crop(img, int(min(h, w)), _item_generator(
+                        self.seed, epoch, int(p))) for img, p in zip(batch, where)])
+                out = normalize(batch, meta.mean, meta.std), targets.index_select(0, index)
+            yield out
 
 
 def _item_generator(seed: int, epoch: int, position: int) -> torch.Generator:
@@ -165,7 +183,9 @@ class LazyBatchLoader(_LoaderBase):
                                              persistent_workers=False)
         meta = self.dataset.meta
         for batch, labels in loader:
-            yield normalize(batch, meta.mean, meta.std), labels.to(torch.int64)
+            with _one_thread():
+                out = normalize(batch, meta.mean, meta.std), labels.to(torch.int64)
+            yield out
 
 
 def make_loader(dataset, batch_size: int, train: bool, seed: int = 0, augment=True, drop_last: bool | None = None,

@@ -114,3 +114,11 @@ def test_bad_arguments():
         make_loader(_toy(4), 2, train=True, rank=2, world_size=2)
     with pytest.raises(TypeError, match="deepshrink data set"):
         make_loader(torch.utils.data.TensorDataset(torch.zeros(2)), 2, train=True)
+
+
+def test_loader_leaves_the_thread_setting_alone():
+    before = torch.get_num_threads()
+    loader = make_loader(_toy(8), 4, train=True)
+    for _ in loader:
+        assert torch.get_num_threads() == before  # the training step between batches gets every thread
+    assert torch.get_num_threads() == before

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from deepshrink.bench.report import markdown_table
-from deepshrink.bench.results import RESULTS_FILE, RUNS_FILE, latest_by_key, read_results
+from deepshrink.bench.results import RESULTS_FILE, RUNS_FILE, current_results, latest_by_key, read_results
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def section(results_root: Path, relative_to: Path) -> str:
         return "\n".join(out + ["(no benchmark results yet: run `deepshrink bench --suite quick "
                                 "--out benchmarks/results/quick`)"])
     for folder in folders:
-        records = read_results(folder / RESULTS_FILE)
+        records = current_results(folder)
         runs = read_results(folder / RUNS_FILE)
         rows = latest_by_key(records).values()
         n_ok = sum(r.get("status", "ok") == "ok" for r in rows)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .pareto import pareto_front, plot_pareto
 from .published import published_drop
-from .results import RESULTS_FILE, latest_by_key, read_results
+from .results import RESULTS_FILE, current_results, latest_by_key
 from .suite import BASELINE
 
 COLUMNS = ["method", "setting", "top-1 %", "Δ top-1", "published Δ", "size", "ratio", "MACs", "BOPs",
@@ -105,7 +105,7 @@ def render_text(records: list[dict]) -> str:
 def write_report(out_dir, title: str = "") -> tuple[Path, Path | None]:
     """Rewrite `out_dir/report.md` and `out_dir/pareto.png` from `out_dir/results.jsonl`."""
     out_dir = Path(out_dir)
-    records = read_results(out_dir / RESULTS_FILE)
+    records = current_results(out_dir)
     baseline, others, _ = split_records(records)
     report = out_dir / "report.md"
     tmp = report.with_name(report.name + ".tmp")

@@ -18,15 +18,23 @@ import warnings
 from pathlib import Path
 
 RESULTS_FILE = "results.jsonl"
+PLAN_FILE = "plan.json"  # the keys of the suite's rows as last run; older rows in results.jsonl are not shown
 RUNS_FILE = "runs.jsonl"  # one record per `deepshrink bench` invocation: command, wall time, rows run
 FIGURES = ("top1", "top5", "bytes", "ratio", "macs", "bops", "compress_seconds", "epochs")
 
 
-def append_result(path, record: dict) -> None:
-    """Append one record and flush it to disk, so a crash right after a row never loses it."""
+def append_result(path, record: dict, replace: bool = False) -> None:
+    """Append one record and flush it to disk, so a crash right after a row never loses it.
+
+    `replace` writes the file anew (atomically) with this one record instead."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, sort_keys=True, default=str)
+    if replace:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(line + "\n")
+        os.replace(tmp, path)
+        return
     with open(path, "a+b") as handle:
         handle.seek(0, os.SEEK_END)
         if handle.tell():  # a previous write cut short leaves no newline: start a fresh line
@@ -70,3 +78,15 @@ def latest_by_key(records: list[dict]) -> dict[str, dict]:
 def finished_keys(records: list[dict]) -> set[str]:
     """Keys of rows that completed successfully; these are never recomputed. Failed rows are retried."""
     return {key for key, record in latest_by_key(records).items() if record.get("status") == "ok"}
+
+
+def current_results(folder) -> list[dict]:
+    """The records of `folder/results.jsonl` that belong to the suite as it was last run (see PLAN_FILE);
+    all records when there is no plan file."""
+    folder = Path(folder)
+    records = read_results(folder / RESULTS_FILE)
+    plans = read_results(folder / PLAN_FILE)
+    if not plans or not isinstance(plans[-1].get("keys"), list):
+        return records
+    keys = set(plans[-1]["keys"])
+    return [r for r in records if r.get("key") in keys]

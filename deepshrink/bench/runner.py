@@ -19,7 +19,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import UserError
 from .plan import PlannedRow, plan_rows
-from .results import RESULTS_FILE, RUNS_FILE, append_result, finished_keys, read_results
+from .results import PLAN_FILE, RESULTS_FILE, RUNS_FILE, append_result, finished_keys, read_results
 from .suite import Suite, file_digest, stable_hash
 
 
@@ -52,6 +52,10 @@ def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
         t0 = time.perf_counter()  # includes training the base, when the suite does
         base_path, base_id = resolve_base(suite, out_dir, base, base_trainer or train_base, log)
         rows = plan_rows(suite, base_id, only=only, epochs=epochs, methods=methods)
+        # the suite's current rows (all of them, not only --only's): the report shows these and hides rows
+        # left in results.jsonl by an earlier version of the suite
+        current = rows if not only else plan_rows(suite, base_id, epochs=epochs, methods=methods)
+        append_result(out_dir / PLAN_FILE, {"suite": suite.name, "keys": [r.key for r in current]}, replace=True)
         results_path = out_dir / RESULTS_FILE
         done = finished_keys(read_results(results_path))
         todo = [r for r in rows if r.key not in done]

@@ -62,10 +62,10 @@ def print_table(out_dir, summary: dict) -> None:
     from pathlib import Path
 
     from ..bench.report import render_text
-    from ..bench.results import RESULTS_FILE, read_results
+    from ..bench.results import current_results
 
     print()
-    print(render_text(read_results(Path(out_dir) / RESULTS_FILE)))
+    print(render_text(current_results(out_dir)))
     print()
     print(f"{summary['ran']} rows run now, {summary['skipped']} reused from earlier runs, "
           f"{summary['failed']} failed, {summary['total']} in the suite")

@@ -16,14 +16,14 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..bench.report import render_markdown, render_text, write_report
-    from ..bench.results import RESULTS_FILE, read_results
+    from ..bench.results import RESULTS_FILE, current_results
     from ..errors import UserError
 
     folder = Path(args.dir)
     results = folder / RESULTS_FILE
     if not results.is_file():
         raise UserError(f"{results} does not exist; run `deepshrink bench --suite quick --out {folder}` first")
-    records = read_results(results)
+    records = current_results(folder)
     print(render_markdown(records) if args.markdown else render_text(records))
     if not args.no_write:
         report, plot = write_report(folder)

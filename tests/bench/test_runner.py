@@ -147,3 +147,15 @@ def test_rows_with_identical_settings_run_once(tmp_path, toy_suite, stub_runner,
     runner = stub_runner()
     _run(toy_suite(rows=rows), tmp_path / "out", runner, base=base_file)
     assert runner.calls == ["full precision", "toya bits=3"]
+
+
+def test_report_shows_only_the_suites_current_rows(tmp_path, toy_suite, stub_runner, base_file):
+    from deepshrink.bench.results import current_results
+
+    _run(toy_suite(), tmp_path / "out", stub_runner(), base=base_file)
+    _run(toy_suite(), tmp_path / "out", stub_runner(), base=base_file, epochs=3)  # every method row changes
+    assert len(read_results(tmp_path / "out" / "results.jsonl")) == 7
+    assert len(current_results(tmp_path / "out")) == 4
+    _run(toy_suite(), tmp_path / "out", stub_runner(), base=base_file, epochs=3, only=["toyb"])
+    assert len(current_results(tmp_path / "out")) == 4  # --only runs part of the suite; the plan is all of it
+    assert (tmp_path / "out" / "report.md").read_text().count("| toya |") == 2

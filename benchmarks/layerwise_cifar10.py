@@ -52,6 +52,8 @@ ROWS = {
     "kmeans12x": ({"method": "kmeans", "params": {}, "layers": PQ_LAYERS}, None),
     "pq12x_layer_ft": ({"method": "pq", "params": {"layer_finetune_steps": 10, "layer_finetune_lr": 1e-4},
                         "layers": PQ_LAYERS}, 2.0),
+    "pq12x_train_ft1": ({"method": "pq", "params": {"finetune_epochs": 1, "finetune_lr": 0.002},
+                         "train": {"epochs": 1, "batch_size": 128, "log_every": 100}, "layers": PQ_LAYERS}, 1.0),
     "lobs70_global": ({"method": "lobs", "params": {"sparsity": 0.7, "scope": "global"}}, None),
     "lobs80_oneshot": ({"method": "lobs", "params": {"sparsity": 0.8, "mode": "one_shot"}}, None),
     "lobs70_ldnq5": ({"method": "ldnq", "params": {"levels": 5, "sparsity": 0.7}}, None),
@@ -76,10 +78,11 @@ def conv_ratio(report: dict) -> float:
     return 32.0 * sum(r["numel"] for r in convs.values()) / bits
 
 
-def run_row(name, model, calib, test, fp_top1) -> dict:
+def run_row(name, model, calib, test, fp_top1, train=None) -> dict:
     recipe, target = ROWS[name]
     start = time.perf_counter()
-    result = deepshrink.compress(model, recipe, calib_data=calib)
+    needs_train = recipe["params"].get("finetune_epochs", 0) > 0  # PQ's global fine-tune: full train set
+    result = deepshrink.compress(model, recipe, calib_data=calib, train_data=train if needs_train else None)
     wall = time.perf_counter() - start
     top1 = deepshrink.evaluate(result.model, test)["top1"]
     report = result.model.deepshrink_report
@@ -147,7 +150,8 @@ def main() -> None:
             continue
         if name not in ROWS:
             raise SystemExit(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
-        append(run_row(name, model, calib, test_loader, fp_top1), args.commit)
+        train_loader = make_loader(train, 128, train=True, seed=0)
+        append(run_row(name, model, calib, test_loader, fp_top1, train_loader), args.commit)
 
 
 if __name__ == "__main__":

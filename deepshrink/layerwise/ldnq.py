@@ -14,6 +14,9 @@ layer Hessian X X^T / N. ADMM splits W = G, G in Omega (eq. 6-8, scaled dual U):
 
 starting from round-to-nearest with the best alpha, keeping the best iterate G (by the true objective),
 and finally re-fitting alpha through H for the best codes. So L-DNQ is never worse than its start.
+Beyond the paper (on by default, `polish_sweeps: 0` for the paper's ADMM alone): coordinate-descent
+sweeps over the codes for fixed alpha, each an exact 1-D minimiser of the same objective, alternated
+with the alpha refit (ResNet-20, 3 levels, 1000 test images: drop 6.5 -> 4.5 points).
 
 `sparsity > 0` first prunes with L-OBS (mode `prune_mode`) and keeps pruned weights at 0 (L-OBS +
 L-DNQ: a "sparse" encoding with a "pow2" inner). `cascade_steps > 0` runs the cascade soft update

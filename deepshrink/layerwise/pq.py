@@ -2,7 +2,8 @@
 
 Per layer: cut the weight into blocks of `d` values (3x3 convs: `block_conv3x3`, default 9 = one
 kernel; 1x1 convs: `block_conv1x1`, default 4; linear: `block_linear`, default 4), learn K centroids
-with activation-weighted k-means (pq_kmeans.py, eq. 3-5), then fine-tune the centroids by distillation
+with activation-weighted k-means (pq_kmeans.py, eq. 3-5), refine codebook and assignments against the
+full layer objective with cross-block terms (pq_refine.py; `refit`, `polish_sweeps`), then fine-tune the centroids by distillation
 from the original network on the calibration data (`layer_finetune_steps`, Sec. 3.3: the gradient of a
 centroid is the sum of the gradients of the blocks assigned to it), and optionally fine-tune all
 centroids, BatchNorm and biases on the training data with the one training loop (`finetune_epochs`).
@@ -27,7 +28,7 @@ from ..errors import UserError
 from ..nn import EncodedWeight, pq_blocks, set_module
 from ..registry import register_method
 from . import hessian as hess
-from .base import LayerSolution, LayerwiseConfig, LayerwiseMethod, reestimate_bn
+from .base import LayerSolution, LayerwiseConfig, LayerwiseMethod
 from .distill import distill, outputs_of
 from .fuse import fold_batchnorm, unfold_bias
 from .pq_kmeans import weighted_kmeans

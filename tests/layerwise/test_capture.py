@@ -1,7 +1,6 @@
 """Input capture and Hessians: unfolded columns reproduce the layer, H = X X^T / N exactly."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepshrink.layerwise.capture import InputCapture, execution_order, layer_columns, weight_matrix

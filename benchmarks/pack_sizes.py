@@ -27,7 +27,7 @@ import torch
 
 import deepshrink
 from deepshrink.api import evaluate
-from deepshrink.pack import inspect, load, save
+from deepshrink.packing import inspect, load, save
 from deepshrink.pipeline import build_data, build_model, run_compress
 
 REPO = Path(__file__).resolve().parents[1]

@@ -68,13 +68,13 @@ def evaluate(model: nn.Module, data, device=None) -> dict:
 
 def pack(model: nn.Module, path, **options) -> dict:
     """Write `model` (inference form) to a `.dsz` file at its real bit width; returns the size report."""
-    from .pack import save
+    from .packing import save
 
     return save(model, path, **options)
 
 
 def load(path) -> nn.Module:
     """Rebuild a model from a `.dsz` file without the code that trained it."""
-    from .pack import load as _load
+    from .packing import load as _load
 
     return _load(path)

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..pack.onnx_export import export_onnx
+    from ..packing.onnx_export import export_onnx
 
     shape = None
     if args.input_shape:

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..pack import format_report, inspect
+    from ..packing import format_report, inspect
 
     report = inspect(args.file)
     print(json.dumps(report) if args.json else format_report(report))

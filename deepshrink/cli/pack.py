@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 def source_model(src: str, model_name: str | None, model_args: list[str]):
     """The model SRC names: a run folder's model.dsz, a .dsz file, or --model + a plain checkpoint."""
-    from ..pack import load
+    from ..packing import load
     from ..pipeline import build_model
 
     path = Path(src)
@@ -50,7 +50,7 @@ def source_model(src: str, model_name: str | None, model_args: list[str]):
 
 
 def run(args) -> int:
-    from ..pack import format_report, save
+    from ..packing import format_report, save
 
     if args.fp16 and args.bf16:
         raise UserError("choose one of --fp16 and --bf16")

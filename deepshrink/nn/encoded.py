@@ -1,6 +1,6 @@
 """The one in-memory form of a compressed weight: integer codes plus the few floats that decode them.
 
-Every method's `convert` produces `EncodedWeight`s; the packer (deepshrink.pack) writes their codes
+Every method's `convert` produces `EncodedWeight`s; the packer (deepshrink.packing) writes their codes
 at their real bit width; the loader rebuilds them and `dequantize()` gives the float weight back.
 Decoding lives here and only here, so a method, the file and the loaded model cannot disagree.
 

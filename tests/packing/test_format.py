@@ -10,8 +10,8 @@ import torch
 import deepshrink
 from deepshrink.errors import UserError
 from deepshrink.nn import EncodedWeight, compress_layer, set_module
-from deepshrink.pack import inspect, load, save
-from deepshrink.pack.bits import encode_positions
+from deepshrink.packing import inspect, load, save
+from deepshrink.packing.bits import encode_positions
 
 CODE_WIDTH = {"binary": 1, "ternary": 2}
 
@@ -158,7 +158,7 @@ def test_an_interrupted_write_leaves_no_partial_file(every_encoding_model, tmp_p
 
 
 def test_deepshrink_pack_stays_callable_after_the_subpackage_is_imported(tmp_path):
-    import deepshrink.pack  # noqa: F401  (binds deepshrink.pack to the subpackage)
+    import deepshrink.packing  # noqa: F401  (the format's subpackage must not shadow the API function)
 
     report = deepshrink.pack(deepshrink.create_model("lenet300"), tmp_path / "l.dsz")
     assert report["totals"]["file_bytes"] == (tmp_path / "l.dsz").stat().st_size

@@ -5,8 +5,8 @@ import onnxruntime
 import torch
 from onnx import numpy_helper
 
-from deepshrink.pack import save
-from deepshrink.pack.onnx_export import export_onnx
+from deepshrink.packing import save
+from deepshrink.packing.onnx_export import export_onnx
 
 
 def test_export_runs_in_onnxruntime_like_the_torch_model(every_encoding_model, images, tmp_path):

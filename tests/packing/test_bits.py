@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepshrink.pack.bits import (decode_positions, encode_positions, pack_base3, pack_bits, packed_nbytes,
+from deepshrink.packing.bits import (decode_positions, encode_positions, pack_base3, pack_bits, packed_nbytes,
                                   unpack_base3, unpack_bits)
 
 

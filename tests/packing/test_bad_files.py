@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 import deepshrink
 from deepshrink.errors import PackFormatError
 from deepshrink.nn import EncodedWeight, compress_layer, set_module
-from deepshrink.pack import load, save
-from deepshrink.pack.format import read_container, to_bytes
-from deepshrink.pack.payload import crc
+from deepshrink.packing import load, save
+from deepshrink.packing.format import read_container, to_bytes
+from deepshrink.packing.payload import crc
 
 
 def _small_model():

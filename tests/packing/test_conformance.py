@@ -4,7 +4,7 @@ import torch
 
 import deepshrink
 from deepshrink.nn import Packable
-from deepshrink.pack import inspect, load, save
+from deepshrink.packing import inspect, load, save
 
 # ResNet-20 on 8x8 inputs, stage 1 only (6 convs of 16 channels): ResNet-style blocks for FBS, Hessians
 # small enough for exact L-OBS, and every method's layer swap, gates and quantizers exercised.

@@ -5,8 +5,8 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepshrink.pack.entropy import quantize_frequencies, rans_decode, rans_encode, shannon_bits
-from deepshrink.pack.payload import PayloadReader, PayloadWriter
+from deepshrink.packing.entropy import quantize_frequencies, rans_decode, rans_encode, shannon_bits
+from deepshrink.packing.payload import PayloadReader, PayloadWriter
 
 
 @settings(max_examples=40, deadline=None)

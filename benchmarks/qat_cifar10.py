@@ -3,7 +3,8 @@
 Fine-tunes the shared full-precision ResNet-20 (option B, first conv and fc kept in float) with each
 row's built-in recipe and appends one JSON line per finished row to
 benchmarks/results/qat_cifar10.jsonl; rows already there with the same settings are skipped, so an
-interrupted run resumes. Heavy: hold the shared lock::
+interrupted run resumes (a row in progress from its last finished epoch, kept in runs/qat_cifar10/).
+Heavy: hold the shared lock::
 
     flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/qat_cifar10.py --only bwn,dorefa-w4a4 --epochs 1
     flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/qat_cifar10.py --step-time
@@ -101,7 +102,11 @@ def run_row(args, row_id: str, bits: str, target: float, fp: nn.Module, fp_top1:
     overrides = [f"train.epochs={args.epochs}", f"train.seed={args.seed}"]
     start = time.perf_counter()
     # no per-epoch validation: one evaluation of the converted (integer-code) model at the end
-    result = deepshrink.compress(fp, row_id, train_data=train_loader, overrides=overrides)
+    # the run folder keeps last.pt after every epoch: an interrupted row resumes at its last finished epoch
+    run_dir = REPO / "runs/qat_cifar10" / f"{row_id}-e{args.epochs:g}-s{args.seed}" \
+        f"{'' if args.train_subset is None else f'-sub{args.train_subset:g}'}"
+    result = deepshrink.compress(fp, row_id, train_data=train_loader, overrides=overrides, out_dir=run_dir,
+                                 resume=True)
     seconds = time.perf_counter() - start
     result.metrics.update(evaluate(result.model, test_loader))
     drop = fp_top1 - result.metrics["top1"]

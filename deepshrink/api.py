@@ -23,11 +23,13 @@ class CompressResult:
 
 def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_data=None, out_dir=None,
              device=None, overrides: list[str] | None = None, extra: dict | None = None,
-             inplace: bool = False) -> CompressResult:
+             inplace: bool = False, resume: bool = False) -> CompressResult:
     """Compress `model` with a recipe (a Recipe, dict, YAML path or built-in recipe / method name).
 
     Data arguments are iterables of (float NCHW inputs, int64 labels), e.g. `deepshrink.data.make_loader`.
     Layer-wise methods read `calib_data` (default: `train_data`); QAT methods train on `train_data`.
+    `resume=True` continues an interrupted training run from `out_dir/last.pt` (same recipe and data;
+    for methods with one training phase, such as every QAT method).
 
     Example::
 
@@ -47,7 +49,8 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     ctx = CompressContext(train_data=train_data, val_data=val_data,
                           calib_data=calib_data if calib_data is not None else train_data,
                           train=recipe.train, calib=recipe.calib,
-                          run_dir=Path(out_dir) if out_dir else None, device=device, extra=extra or {})
+                          run_dir=Path(out_dir) if out_dir else None, device=device, extra=extra or {},
+                          resume=resume)
     start = time.perf_counter()
     model = handler.compress(model, ctx)
     compress_seconds = time.perf_counter() - start

@@ -39,6 +39,7 @@ class CompressContext:
     run_dir: Path | None = None
     device: Any = None
     extra: dict = field(default_factory=dict)  # method-specific inputs (e.g. Co-Prune's source data)
+    resume: bool = False  # continue the first training run from run_dir/last.pt when it exists
 
     def fit(self, model: nn.Module, hooks=(), config: TrainConfig | None = None, data=None) -> dict:
         """Train `model` with the one training loop (deepshrink.engine.Trainer); returns its final metrics."""
@@ -49,8 +50,12 @@ class CompressContext:
             from .errors import UserError
 
             raise UserError("this method trains: give training data (--data / train_data=...)")
+        resume = None
+        if self.resume and self.run_dir is not None and (Path(self.run_dir) / "last.pt").exists():
+            resume = Path(self.run_dir) / "last.pt"
+        self.resume = False  # a method's later training phases start fresh
         trainer = Trainer(model, data, self.val_data, config or self.train, hooks=list(hooks),
-                          run_dir=self.run_dir, device=self.device)
+                          run_dir=self.run_dir, device=self.device, resume=resume)
         return trainer.fit()
 
 

@@ -89,11 +89,12 @@ def fp32_bytes(model: nn.Module) -> int:
 
 def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, base=None, data_root=None,
                  download=False, overrides=None, device=None, evaluate_base=True, train_subset=None,
-                 data_bundle: DataBundle | None = None) -> dict:
+                 data_bundle: DataBundle | None = None, resume: bool = False) -> dict:
     """Compress a registered model on a named data set, pack it to `out_dir/model.dsz`, measure from the file.
 
     Returns (and writes to `out_dir/metrics.json`) top-1/top-5 from the reloaded file, the base
-    model's top-1, packed bytes, ratio against fp32, MACs, BOPs and compression time.
+    model's top-1, packed bytes, ratio against fp32, MACs, BOPs and compression time. `resume=True`
+    continues an interrupted training run from `out_dir/train/last.pt`.
 
     Example::
 
@@ -119,7 +120,7 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
         metrics["base_top1"] = api.evaluate(net, bundle.val, device=device)["top1"]
     (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     result = api.compress(net, recipe, train_data=bundle.train, val_data=bundle.val, calib_data=bundle.calib,
-                          out_dir=out_dir / "train", device=device, inplace=True)
+                          out_dir=out_dir / "train", device=device, inplace=True, resume=resume)
     packed = out_dir / "model.dsz"
     api.pack(result.model, packed)
     reloaded = api.load(packed)

@@ -35,3 +35,21 @@ def test_compress_cli_unknown_method_lists_methods(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "unknown method 'nosuch'" in err and "bwn" in err
+
+
+def test_compress_resume_continues_from_the_last_finished_epoch(tmp_path, capsys):
+    """An interrupted QAT run restarted with --resume picks up last.pt instead of training again."""
+    out = tmp_path / "run"
+    args = ["compress", "--method", "bwn", "--model", "lenet300", "--model-args", "input_size=8",
+            "--data", "digits", "--out", str(out), "--set", "train.epochs=2", "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    epochs_logged = (out / "train" / "metrics.jsonl").read_text().count('"epoch"')
+    assert epochs_logged >= 2
+    assert main(args + ["--resume"]) == 0
+    captured = capsys.readouterr()
+    second = json.loads(captured.out.strip().splitlines()[-1])
+    assert "resumed from" in captured.out + captured.err
+    # nothing left to train: no new epoch lines, and the same model as the finished run
+    assert (out / "train" / "metrics.jsonl").read_text().count('"epoch"') == epochs_logged
+    assert second["top1"] == first["top1"] and second["file_bytes"] == first["file_bytes"]

@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--train-subset", type=float, default=None,
                    help="train on a stratified subset: a ratio in (0, 1] or an image count")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT/train/last.pt (same recipe and data)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line at the end")
     from ..data import add_data_args
@@ -39,7 +41,7 @@ def run(args) -> int:
         load_recipe(None, args.overrides, method=args.method)
     metrics = run_compress(recipe, model=args.model, model_args=args.model_args, base=args.base,
                            data=args.data, data_root=args.data_root, download=args.download, out_dir=args.out,
-                           device=args.device, train_subset=args.train_subset)
+                           device=args.device, train_subset=args.train_subset, resume=args.resume)
     summary = (f"{metrics['method']}: top-1 {metrics['top1']:.2f}% (base {metrics.get('base_top1', float('nan')):.2f}%), "
                f"{metrics['file_bytes']:,} bytes, {metrics['ratio']:.1f}x smaller than fp32, "
                f"compressed in {metrics['compress_seconds']:.1f} s -> {metrics['packed']}")

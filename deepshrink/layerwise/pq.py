@@ -6,7 +6,8 @@ with activation-weighted k-means (pq_kmeans.py, eq. 3-5), refine codebook and as
 full layer objective with cross-block terms (pq_refine.py; `refit`, `polish_sweeps`), then fine-tune the centroids by distillation
 from the original network on the calibration data (`layer_finetune_steps`, Sec. 3.3: the gradient of a
 centroid is the sum of the gradients of the blocks assigned to it), and optionally fine-tune all
-centroids, BatchNorm and biases on the training data with the one training loop (`finetune_epochs`).
+centroids, BatchNorm and biases, by distillation on the calibration data (`global_distill_steps`) and/or
+on the labelled training data with the one training loop (`finetune_epochs`).
 
 Variants: `fuse_bn` (Fusion: fold BN into the conv first, so the fused bias is a free variable moved to
 its optimum and fine-tuned; BN keeps its place as an identity plus that bias), `layout="channel"`
@@ -40,7 +41,9 @@ class KMeansConfig(LayerwiseConfig):
     """n_centroids: K per codebook (clamped to the blocks available). block_conv3x3 / block_conv1x1 /
     block_linear: sub-vector size d per layer type (must divide the row; else the largest divisor <= d is
     used). layout: "row" (along the kernel window) | "channel" (ChangeDim). n_subspaces: codebooks per layer.
-    iterations: EM iterations. seed: centroid initialisation."""
+    iterations: EM iterations. seed: centroid initialisation. codebook_fp16: round the centroids to
+    float16 values, which the packed file then stores in 16 bits (the paper stores its centroids in
+    float16; the relative rounding error is below 1e-3), halving the codebooks' share of the size."""
 
     n_centroids: int = 256
     block_conv3x3: int = 9
@@ -50,6 +53,7 @@ class KMeansConfig(LayerwiseConfig):
     n_subspaces: int = 1
     iterations: int = 20
     seed: int = 0
+    codebook_fp16: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -69,23 +73,28 @@ class PQConfig(KMeansConfig):
     """KMeansConfig plus: fuse_bn (Fusion), refit (after the EM, refit the codebook to the full H by
     conjugate gradients, cross-block terms included), polish_sweeps (then move each block to the centroid
     that lowers that full objective most, and refit again), layer_finetune_steps / layer_finetune_lr (per-layer centroid
-    distillation on the calibration data), finetune_epochs / finetune_lr (global fine-tuning of
-    centroids, BN and biases on the training data through the one training loop; 0 = off)."""
+    distillation on the calibration data), global_distill_steps / global_distill_lr (global fine-tuning
+    of centroids, BN affine parameters and biases by distillation from the original network on the
+    calibration data only, Adam; 0 = off), finetune_epochs / finetune_lr (the same parameters fine-tuned
+    on the labelled training data through the one training loop; 0 = off)."""
 
     fuse_bn: bool = False
     refit: bool = True
     polish_sweeps: int = 1
     layer_finetune_steps: int = 0
     layer_finetune_lr: float = 1e-4
+    global_distill_steps: int = 0
+    global_distill_lr: float = 1e-4
     finetune_epochs: float = 0.0
     finetune_lr: float = 1e-3
 
     def __post_init__(self):
         super().__post_init__()
-        if self.layer_finetune_steps < 0 or self.finetune_epochs < 0 or self.polish_sweeps < 0:
-            raise UserError("layer_finetune_steps, finetune_epochs and polish_sweeps must be >= 0")
-        if self.layer_finetune_lr <= 0 or self.finetune_lr <= 0:
-            raise UserError("layer_finetune_lr and finetune_lr must be > 0")
+        if min(self.layer_finetune_steps, self.global_distill_steps, self.finetune_epochs, self.polish_sweeps) < 0:
+            raise UserError("layer_finetune_steps, global_distill_steps, finetune_epochs and polish_sweeps "
+                            "must be >= 0")
+        if min(self.layer_finetune_lr, self.global_distill_lr, self.finetune_lr) <= 0:
+            raise UserError("layer_finetune_lr, global_distill_lr and finetune_lr must be > 0")
 
 
 def block_size_for(layer: nn.Module, cfg: KMeansConfig) -> int:
@@ -136,8 +145,13 @@ def quantize_layer(layer: nn.Module, hessian, cfg: KMeansConfig, damp: float):
         codes[:, cols] = sub_codes.reshape(out, per_sub)
         history.append(hist)
     encoded = EncodedWeight("pq", tuple(weight.shape), codes=codes.to(torch.int32),
-                            params={"codebook": codebook.float()}, layout=cfg.layout)
+                            params={"codebook": as_stored(codebook.float(), cfg)}, layout=cfg.layout)
     return encoded, history
+
+
+def as_stored(codebook: torch.Tensor, cfg: KMeansConfig) -> torch.Tensor:
+    """The codebook as the packed file keeps it: float16 values (in a float32 tensor) if configured."""
+    return codebook.half().float() if cfg.codebook_fp16 else codebook.float()
 
 
 class _PQTrainable(nn.Module):
@@ -158,8 +172,8 @@ class _PQTrainable(nn.Module):
             return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
         return F.linear(x, weight, layer.bias)
 
-    def finish(self) -> tuple[nn.Module, EncodedWeight]:
-        encoded = dataclasses.replace(self.encoded, params={"codebook": self.codebook.detach().clone()})
+    def finish(self, cfg: KMeansConfig) -> tuple[nn.Module, EncodedWeight]:
+        encoded = dataclasses.replace(self.encoded, params={"codebook": as_stored(self.codebook.detach(), cfg)})
         self.layer.weight.data.copy_(encoded.dequantize())
         return self.layer, encoded
 
@@ -200,6 +214,7 @@ class PQ(KMeansPQ):
             refit = refit_codebook(solution.encoded, weight, damped)
             if cfg.polish_sweeps:
                 refit = refit_codebook(polish_assignments(refit, weight, damped, cfg.polish_sweeps), weight, damped)
+            refit = dataclasses.replace(refit, params={"codebook": as_stored(refit.params["codebook"], cfg)})
             after = hess.reconstruction_error(damped, refit.dequantize().double().reshape(weight.shape) - weight)
             if after < before:
                 solution.encoded = refit
@@ -208,7 +223,8 @@ class PQ(KMeansPQ):
 
     @property
     def needs_reference(self) -> bool:
-        return any(cfg.layer_finetune_steps > 0 for cfg in self.layer_configs.values())
+        return self.config.global_distill_steps > 0 or \
+            any(cfg.layer_finetune_steps > 0 for cfg in self.layer_configs.values())
 
     def prepare(self, model, batches):
         self.fused = {}
@@ -226,26 +242,40 @@ class PQ(KMeansPQ):
         set_module(model, name, trainable)
         params = [trainable.codebook] + ([trainable.layer.bias] if name in self.fused else [])
         distill(model, batches, self._teacher_outputs, params, cfg.layer_finetune_steps, cfg.layer_finetune_lr)
-        layer, self.encodings[name] = trainable.finish()
+        layer, self.encodings[name] = trainable.finish(cfg)
         set_module(model, name, layer)
 
     def finish(self, model, batches, ctx) -> None:
+        if self.config.global_distill_steps > 0:
+            teacher = getattr(self, "_teacher_outputs", None) or outputs_of(self.reference, batches)
+            trainables, params = self._make_trainable(model)
+            distill(model, batches, teacher, params, self.config.global_distill_steps, self.config.global_distill_lr)
+            self._finish_trainable(model, trainables)
         if self.config.finetune_epochs > 0:
             if ctx.train_data is None:
                 raise UserError("pq finetune_epochs > 0 needs training data (train_data=...)")
-            trainables = {n: _PQTrainable(model.get_submodule(n), e) for n, e in self.encodings.items()}
-            for n, t in trainables.items():
-                set_module(model, n, t)
-            params = [t.codebook for t in trainables.values()]
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-                    params += [m.weight, m.bias]
-                elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                    params.append(m.bias)
+            trainables, params = self._make_trainable(model)
             train_cfg = dataclasses.replace(ctx.train, epochs=self.config.finetune_epochs, lr=self.config.finetune_lr)
             ctx.fit(model, hooks=[_CodebookGroups(params)], config=train_cfg)
             model.eval()
-            for n, t in trainables.items():
-                layer, self.encodings[n] = t.finish()
-                set_module(model, n, layer)
+            self._finish_trainable(model, trainables)
         unfold_bias(model, self.fused)
+
+    def _make_trainable(self, model):
+        """Swap every PQ layer for a `_PQTrainable`; returns them and the global parameters: codebooks,
+        BatchNorm affine parameters and biases (Stock et al. 2020, Sec. 3.3, global fine-tuning)."""
+        trainables = {n: _PQTrainable(model.get_submodule(n), e) for n, e in self.encodings.items()}
+        for n, t in trainables.items():
+            set_module(model, n, t)
+        params = [t.codebook for t in trainables.values()]
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                params += [m.weight, m.bias]
+            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                params.append(m.bias)
+        return trainables, params
+
+    def _finish_trainable(self, model, trainables) -> None:
+        for n, t in trainables.items():
+            layer, self.encodings[n] = t.finish(self.layer_configs[n])
+            set_module(model, n, layer)

@@ -132,3 +132,15 @@ def test_pq_global_finetune_trains_codebooks_through_the_one_training_loop(digit
     assert book.shape == book0.shape and not torch.equal(book, book0)
     torch.testing.assert_close(tuned.model.conv2.weight, tuned.model.conv2.encoded.dequantize())
     assert _score(tuned.model, model, tx, ty)[1] > 0.8
+
+
+def test_pq_global_distillation_on_calibration_data_moves_closer_to_the_original(digits):
+    """Global fine-tuning by distillation uses only the calibration batches and lowers the output error
+    on held-out images; the codebook stays a codebook (decoded weight == the packed layer's weight)."""
+    model, calib, tx, ty = digits
+    plain = deepshrink.compress(model, {"method": "pq", "params": {"n_centroids": 4}}, calib_data=calib)
+    tuned = deepshrink.compress(model, {"method": "pq", "params": {"n_centroids": 4, "global_distill_steps": 40,
+                                                                   "global_distill_lr": 1e-3}}, calib_data=calib)
+    assert _score(tuned.model, model, tx, ty)[0] < _score(plain.model, model, tx, ty)[0]
+    torch.testing.assert_close(tuned.model.conv2.weight, tuned.model.conv2.encoded.dequantize())
+    assert tuned.model.conv2.encoded.params["codebook"].shape == plain.model.conv2.encoded.params["codebook"].shape

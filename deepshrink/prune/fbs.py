@@ -1,7 +1,16 @@
 """FBS: Feature Boosting and Suppression, dynamic channel pruning (Gao et al., ICLR 2019).
 
-Every selected conv that a BatchNorm follows (`convN` -> `bnN` in a block) gets a saliency predictor
-g(x) = ReLU(phi s(x) + rho) and keeps, per sample, exactly ceil(d * C) output channels (see fbs_gate.py). Fine-tuning from a dense model goes through the one training loop with `FBSHook`:
+What is gated: every selected Conv2d (groups=1) of any CNN, except residual shortcut projections. A conv
+gets a saliency predictor g(x) = ReLU(phi s(x) + rho) and keeps, per sample, exactly ceil(d * C) output
+channels (see fbs_gate.py); the gate multiplies
+- the BatchNorm output, pi(x) * BN(conv(x)) as in the paper, when a BatchNorm2d follows the conv (found
+  by the ResNet naming rule convN -> bnN, else as the module registered right after the conv in the same
+  parent, with the conv's channel count; see `following_norm`);
+- otherwise the conv output itself, pi(x) * conv(x), bias included (LeNet-5, your own convs), so a
+  suppressed channel is exactly 0.
+Selected layers FBS cannot gate (Linear, grouped convs, shortcut projections) stay dense.
+
+Fine-tuning from a dense model goes through the one training loop with `FBSHook`:
 
 - the L1 penalty lambda * sum_l mean_n ||g_l(x_n)||_1 as `extra_loss`;
 - the keep-ratio schedule d: `keep_ratio_start` -> `keep_ratio` linearly over the first
@@ -11,8 +20,10 @@ Before training, each predictor is initialised by least squares on `calib_batche
 starts near 1 and ranks channels by their activity (fbs_gate.fit_predictor; the paper trains phi, rho
 from scratch, which needs a longer budget).
 
-`convert` turns every residual block whose convs are all gated into an `FBSBlock`, which really skips
-the suppressed channels per sample (fbs_infer.py). Choices for CIFAR/ImageNet ResNets:
+`convert` turns every residual block whose convs are all gated into an `FBSBlock`, which skips the
+suppressed channels per sample and the next conv's reads of them (fbs_infer.py); every other gated conv
+becomes an `FBSConv`, which computes only the kept output channels per sample (fbs_conv.py). Both are
+packable. Choices for CIFAR/ImageNet ResNets:
 - the stem conv is not gated (first layer, skipped by `keep_first_last`): its input is the RGB image,
   whose 3 channel means say little about which filters matter, and it costs ~1% of ResNet-20's MACs;
 - shortcut projections are not gated: the residual sum needs every channel of the block output.
@@ -34,6 +45,7 @@ from ..methods import Method
 from ..nn import get_module, set_module
 from ..registry import register_method
 from . import planned_steps
+from .fbs_conv import FBSConv, FoldedNorm
 from .fbs_gate import FBSGatedConv, calibrate_predictors, gated_convs
 from .fbs_infer import FBSBlock
 
@@ -121,47 +133,89 @@ class FBSHook(Hook):
             gate.keep_ratio = end
 
 
-def _bn_name(conv_name: str) -> str | None:
-    """'layer1.0.conv2' -> 'layer1.0.bn2' (the naming every ResNet block in deepshrink.models uses)."""
-    parent, _, leaf = conv_name.rpartition(".")
-    if not leaf.startswith("conv") or not leaf[4:].isdigit():
+# Residual shortcut projections stay dense: the residual sum needs every channel of the block output.
+SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
+
+
+def following_norm(model: nn.Module, conv_name: str) -> str | None:
+    """Name of the BatchNorm2d that normalises conv `conv_name`'s output, or None.
+
+    Looked up in the conv's parent, first by the ResNet naming rule (`layer1.0.conv2` -> `layer1.0.bn2`),
+    then by module order (the module registered right after the conv, as in nn.Sequential(conv, BN,
+    ReLU)); either must be a BatchNorm2d with the conv's output channels.
+    """
+    parent_name, _, leaf = conv_name.rpartition(".")
+    children = dict(model.get_submodule(parent_name).named_children())
+    names = list(children)
+    candidates = [f"bn{leaf[4:]}"] if leaf.startswith("conv") and leaf[4:].isdigit() else []
+    if leaf in names and names.index(leaf) + 1 < len(names):
+        candidates.append(names[names.index(leaf) + 1])
+    for candidate in candidates:
+        norm = children.get(candidate)
+        if isinstance(norm, nn.BatchNorm2d) and norm.num_features == children[leaf].out_channels:
+            return f"{parent_name}.{candidate}" if parent_name else candidate
+    return None
+
+
+def gate_plan(model: nn.Module, name: str) -> tuple[nn.Conv2d, str | None] | None:
+    """(conv, name of its BatchNorm or None) if FBS can gate layer `name`, else None.
+
+    Gateable: an ordinary Conv2d (groups=1, zero padding) outside a residual shortcut
+    (`SHORTCUT_NAMES`) whose BatchNorm, if it has one, keeps running statistics (to fold them).
+    """
+    conv = get_module(model, name)
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.padding_mode != "zeros":
         return None
-    return f"{parent}.bn{leaf[4:]}" if parent else f"bn{leaf[4:]}"
+    if SHORTCUT_NAMES & set(name.split(".")[:-1]):
+        return None
+    norm = following_norm(model, name)
+    if norm is not None and not get_module(model, norm).track_running_stats:
+        return None
+    return conv, norm
 
 
 def apply_fbs(model: nn.Module, keep_ratios: dict[str, float]) -> dict[str, FBSGatedConv]:
-    """Replace each named conv and its BN by an `FBSGatedConv` (the BN module becomes Identity).
+    """Replace each named conv (and its BatchNorm, if one follows) by an `FBSGatedConv`.
 
-    Convs without a `bnN` sibling (shortcut projections, the classifier) are left dense.
+    The BatchNorm's slot gets a `FoldedNorm` (an identity). Layers FBS cannot gate (Linear, grouped
+    convs, shortcut projections; see `gate_plan`) stay dense. Example::
+
+        gates = apply_fbs(lenet, {"conv2": 0.5})   # conv2 -> FBSGatedConv(conv2, None, 0.5)
     """
     gates = {}
     for name, ratio in keep_ratios.items():
-        bn_name = _bn_name(name)
-        conv = get_module(model, name)
-        try:
-            bn = get_module(model, bn_name) if bn_name else None
-        except AttributeError:
-            bn = None
-        if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+        plan = gate_plan(model, name)
+        if plan is None:
             continue
-        gate = FBSGatedConv(conv, bn, ratio)
+        conv, norm_name = plan
+        gate = FBSGatedConv(conv, get_module(model, norm_name) if norm_name else None, ratio)
         set_module(model, name, gate)
-        set_module(model, bn_name, nn.Identity())
+        if norm_name:
+            set_module(model, norm_name, FoldedNorm())
         gates[name] = gate
     if not gates:
-        raise UserError("fbs: no selected conv is followed by a BatchNorm named like it (convN -> bnN); "
-                        "FBS gates the convs of ResNet-style blocks")
+        raise UserError(f"fbs: none of the selected layers ({', '.join(keep_ratios) or 'none'}) is a conv FBS "
+                        "can gate (a Conv2d with groups=1 outside residual shortcuts); select at least one "
+                        "(recipe `layers`, or keep_first_last: false for a one-conv network)")
     return gates
 
 
+def _gated_residual_block(module: nn.Module) -> bool:
+    """A ResNet Basic/Bottleneck block (it has `downsample`) whose conv1..convN are all gated."""
+    convs = [getattr(module, f"conv{i}", None) for i in range(1, 4)]
+    convs = convs[: convs.index(None)] if None in convs else convs
+    return (hasattr(module, "downsample") and bool(convs)
+            and all(isinstance(conv, FBSGatedConv) for conv in convs))
+
+
 def convert_fbs(model: nn.Module) -> nn.Module:
-    """Replace every block whose convs are all gated by an `FBSBlock` that skips suppressed channels."""
-    blocks = [(name, m) for name, m in model.named_modules()
-              if isinstance(getattr(m, "conv1", None), FBSGatedConv)
-              and all(isinstance(getattr(m, f"conv{i}"), FBSGatedConv)
-                      for i in range(1, 4) if hasattr(m, f"conv{i}"))]
+    """Inference form: every residual block whose convs are all gated -> `FBSBlock`; every other gated
+    conv -> `FBSConv`. Both compute only the channels each sample keeps and are packable."""
+    blocks = [(name, m) for name, m in model.named_modules() if name and _gated_residual_block(m)]
     for name, block in blocks:
         set_module(model, name, FBSBlock.from_block(block))
+    for name, gate in [(n, m) for n, m in model.named_modules() if n and isinstance(m, FBSGatedConv)]:
+        set_module(model, name, FBSConv.from_gate(gate))
     return model
 
 
@@ -192,5 +246,5 @@ class FBS(Method):
         return convert_fbs(model.eval())
 
 
-__all__ = ["FBS", "FBSBlock", "FBSConfig", "FBSGatedConv", "FBSHook", "apply_fbs", "convert_fbs",
-           "gated_convs", "scheduled_keep_ratio"]
+__all__ = ["FBS", "FBSBlock", "FBSConfig", "FBSConv", "FBSGatedConv", "FBSHook", "FoldedNorm", "apply_fbs",
+           "convert_fbs", "following_norm", "gate_plan", "gated_convs", "scheduled_keep_ratio"]

@@ -8,14 +8,18 @@ Boosting and Suppression", ICLR 2019). For a conv layer l with input x_{l-1} (C_
     pi(x)  = wta_{ceil(d C_out)}(g(x))                 winner-take-all: keep the k largest
                                                        saliencies, zero the rest
     f(x)   = (gamma * norm(conv(x)) + beta) * pi(x)    the gate scales the BN output
+    f(x)   = conv(x) * pi(x)                           ... or, for a conv no BN follows, the conv
+                                                       output itself (bias included)
 
 and the L1 penalty lambda * sum_l ||g_l(x)||_1 keeps saliencies sparse (all in the paper's Sec. 3). Channels with
-pi = 0 are neither computed in this layer nor read by the next: `FBSBlock` (fbs_infer.py) skips them.
+pi = 0 are not computed at inference: `FBSBlock` (fbs_infer.py) skips them in a residual block, also
+skipping the next conv's reads of them, and `FBSConv` (fbs_conv.py) skips them in any other conv.
 
 Example::
 
     gated = FBSGatedConv(block.conv1, block.bn1, keep_ratio=0.5)
     y = gated(x)            # (N, C_out, H, W), exactly ceil(0.5 * C_out) nonzero channels per sample
+    bare = FBSGatedConv(lenet.conv2, None, keep_ratio=0.5)    # a conv with no BN after it
 """
 from __future__ import annotations
 
@@ -52,17 +56,19 @@ def winner_take_all(saliency: torch.Tensor, k: int) -> torch.Tensor:
 class FBSGatedConv(nn.Module):
     """Training form of one FBS layer: conv -> BN -> multiply by pi(x) (FBS Sec. 3).
 
+    `bn` None (a conv no BatchNorm follows) gates the conv output itself: pi(x) * conv(x), so a
+    suppressed channel is exactly 0 even when the conv has a bias; `self.bn` is then an Identity.
     `predictor` is phi (weight, (C_out, C_in)) and rho (bias, (C_out,)). `keep_ratio` may change during
     training (the schedule in `FBSHook`). `last_saliency` holds g(x) of the latest forward for the L1
     penalty; `last_gate` holds pi(x).
     """
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, keep_ratio: float):
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, keep_ratio: float):
         super().__init__()
         if conv.groups != 1:
             raise ValueError("FBS gates ordinary convolutions only (groups=1)")
         self.conv = conv
-        self.bn = bn
+        self.bn = bn if bn is not None else nn.Identity()
         self.predictor = nn.Linear(conv.in_channels, conv.out_channels).to(conv.weight.device)
         nn.init.zeros_(self.predictor.weight)  # g = 1 everywhere until calibrated or trained
         nn.init.ones_(self.predictor.bias)

@@ -28,11 +28,18 @@ from ..registry import register_packable
 from .fbs_gate import FBSGatedConv, channel_saliency_input, kept_channels, winner_take_all
 
 
-def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """BN folded into the conv: W' = W * gamma / sigma, b' = beta + (b - mu) * gamma / sigma."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    return conv.weight * scale[:, None, None, None], bn.bias + (bias - bn.running_mean) * scale
+def fold_bn(conv: nn.Conv2d, bn: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN folded into the conv: W' = W * gamma / sigma, b' = beta + (b - mu) * gamma / sigma.
+
+    Without a BatchNorm (`bn` None or an Identity): the conv's own weight and bias (zeros if it has none).
+    """
+    bias = conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+    if not isinstance(bn, nn.BatchNorm2d):
+        return conv.weight, bias
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)  # affine=False: 1, 0
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    return conv.weight * scale[:, None, None, None], beta + (bias - bn.running_mean) * scale
 
 
 def skip_forward(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torch.Tensor],

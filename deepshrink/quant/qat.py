@@ -112,17 +112,28 @@ def _reset_parameters(model: nn.Module) -> None:
 
 @torch.no_grad()
 def calibrate(model: nn.Module, data) -> None:
-    """Run one batch in eval mode so data-initialised quantizers (LSQ step, PACT alpha) set themselves
-    from real activations before training; a no-op without data or without such quantizers."""
+    """Run one batch so data-initialised quantizers (LSQ step, PACT alpha) set themselves from real
+    activations before training; a no-op without data or without such quantizers.
+
+    The batch runs in train mode, with BatchNorm normalising by the batch's own statistics as it will
+    during training: in eval mode a fine-tuned model's running statistics do not fit its quantized
+    weights (DoReFa's weights are scaled to [-1, 1], ~10x the float weights), so activations come out
+    ~10x too large and so would every PACT alpha, which then rounds nearly every activation to 0.
+    BatchNorm's running statistics are restored afterwards, so calibration changes no statistic.
+    """
     lazy = [m for m in model.modules() if hasattr(m, "initialized") and not bool(m.initialized)]
     if data is None or not lazy:
         return
     inputs = next(iter(data))[0]
     device = next(model.parameters()).device
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     was_training = model.training
-    model.eval()
+    model.train()
     model(inputs.to(device))
     model.train(was_training)
+    for module, state in zip(norms, saved):
+        module.load_state_dict(state)
     for module in lazy:
         if not bool(module.initialized):
             raise UserError(f"{type(module).__name__} saw no input during calibration; is it in the forward path?")

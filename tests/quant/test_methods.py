@@ -137,3 +137,29 @@ def test_packed_file_reproduces_the_converted_model(name, tmp_path):
     loaded = load(tmp_path / "m.dsz").eval()
     with torch.no_grad():
         assert torch.allclose(loaded(x), converted(x), atol=1e-5)
+
+
+def test_calibration_sets_pact_alpha_from_batch_normalised_activations_and_keeps_bn_statistics():
+    """Fine-tuning a trained model: DoReFa's weights are ~10x the float ones, so old running statistics
+    would inflate activations ~10x; alpha must come from the activations the model trains on
+    (batch-statistic BN), and calibration must leave every BN statistic as it was."""
+    from deepshrink.quant import calibrate
+    from deepshrink.quant.act_quant import PACTActivation
+
+    data = tiny_data()
+    recipe = load_recipe({"method": "pact"})
+    model = tiny_model()
+    handler = METHODS.get("pact").handler_cls(recipe, select_layers(model, recipe))
+    model = handler.prepare(model).eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_var.fill_(1e-2)  # statistics that do not fit the quantized weights
+    reference = copy.deepcopy(model).train()
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    calibrate(model, data)
+    with torch.no_grad():
+        reference(data[0][0])  # lazy init from a train-mode pass on the same batch
+    alphas = [m.alpha.item() for m in model.modules() if isinstance(m, PACTActivation)]
+    expected = [m.alpha.item() for m in reference.modules() if isinstance(m, PACTActivation)]
+    assert alphas and alphas == pytest.approx(expected)
+    assert not model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())

@@ -69,6 +69,7 @@ ROWS = {
     "pq12x16_train_ft1": ({"method": "pq", "params": {"layer_finetune_steps": 10, "finetune_epochs": 1,
                                                       "finetune_lr": 0.002},
                            "train": {"epochs": 1, "batch_size": 128, "log_every": 100}, "layers": PQ_LAYERS16}, 1.0),
+    "ldnq3_cascade": ({"method": "ldnq", "params": {"levels": 3, "cascade_steps": 10, "cascade_lr": 1e-4}}, 3.0),
     "lobs70_global": ({"method": "lobs", "params": {"sparsity": 0.7, "scope": "global"}}, None),
     "lobs80_oneshot": ({"method": "lobs", "params": {"sparsity": 0.8, "mode": "one_shot"}}, None),
     "lobs70_ldnq5": ({"method": "ldnq", "params": {"levels": 5, "sparsity": 0.7}}, None),

@@ -41,6 +41,9 @@ PQ_LAYERS16 = [{"pattern": "layer1.*", "params": {"n_centroids": 64}},
                {"pattern": "layer3.*", "params": {"n_centroids": 256}},
                {"pattern": "*.downsample.*", "params": {"n_centroids": 32}}]
 
+# The same, spending the rest of the 12x budget on layer3 (the bulk of the weights): K = 320 there.
+PQ_LAYERS16_K320 = PQ_LAYERS16[:2] + [{"pattern": "layer3.*", "params": {"n_centroids": 320}}, PQ_LAYERS16[3]]
+
 # row id -> (recipe, target drop in points or None for a baseline)
 ROWS = {
     "ldnq3": ({"method": "ldnq", "params": {"levels": 3}}, 3.0),
@@ -70,6 +73,9 @@ ROWS = {
                                                       "finetune_lr": 0.002},
                            "train": {"epochs": 1, "batch_size": 128, "log_every": 100}, "layers": PQ_LAYERS16}, 1.0),
     "ldnq3_cascade": ({"method": "ldnq", "params": {"levels": 3, "cascade_steps": 10, "cascade_lr": 1e-4}}, 3.0),
+    "pq12x16_k320_distill": ({"method": "pq", "params": {"layer_finetune_steps": 10, "global_distill_steps": 300,
+                                                         "global_distill_lr": 3e-4}, "layers": PQ_LAYERS16_K320}, 2.0),
+    "kmeans12x16_k320": ({"method": "kmeans", "params": {}, "layers": PQ_LAYERS16_K320}, None),
     "lobs70_global": ({"method": "lobs", "params": {"sparsity": 0.7, "scope": "global"}}, None),
     "lobs80_oneshot": ({"method": "lobs", "params": {"sparsity": 0.8, "mode": "one_shot"}}, None),
     "lobs70_ldnq5": ({"method": "ldnq", "params": {"levels": 5, "sparsity": 0.7}}, None),

@@ -119,6 +119,13 @@ def test_nin_without_batch_norm_is_the_original_network():
     assert n_params(meta_model("nin", batch_norm=False)) == nin_params(batch_norm=False) == 966_986
 
 
+def test_lenet5_batch_norm_variant_adds_only_the_norms_and_keeps_the_plain_keys():
+    plain, with_bn = meta_model("lenet5"), meta_model("lenet5", batch_norm=True)
+    assert n_params(with_bn) - n_params(plain) == 2 * (6 + 16 + 120 + 84)
+    assert set(plain.state_dict()) < set(with_bn.state_dict())  # a plain checkpoint's keys are all there
+    assert sum(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in with_bn.modules()) == 4
+
+
 def test_lenet5_runs_on_28_and_32_pixel_inputs():
     model = deepshrink.create_model("lenet5", in_channels=3).eval()
     for size in (28, 32):

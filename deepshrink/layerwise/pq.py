@@ -30,7 +30,7 @@ from ..nn import EncodedWeight, pq_blocks, set_module
 from ..registry import register_method
 from . import hessian as hess
 from .base import LayerSolution, LayerwiseConfig, LayerwiseMethod
-from .distill import distill, outputs_of
+from .distill import distill, distillation_loss, outputs_of
 from .fuse import fold_batchnorm, unfold_bias
 from .pq_kmeans import weighted_kmeans
 from .pq_refine import polish_assignments, refit_codebook
@@ -76,7 +76,9 @@ class PQConfig(KMeansConfig):
     distillation on the calibration data), global_distill_steps / global_distill_lr (global fine-tuning
     of centroids, BN affine parameters and biases by distillation from the original network on the
     calibration data only, Adam; 0 = off), finetune_epochs / finetune_lr (the same parameters fine-tuned
-    on the labelled training data through the one training loop; 0 = off)."""
+    on the labelled training data through the one training loop; 0 = off), finetune_distill (weight of
+    KL(original || compressed) added to the cross-entropy during that fine-tuning, the paper's teacher
+    signal; 0 = labels only)."""
 
     fuse_bn: bool = False
     refit: bool = True
@@ -87,12 +89,15 @@ class PQConfig(KMeansConfig):
     global_distill_lr: float = 1e-4
     finetune_epochs: float = 0.0
     finetune_lr: float = 1e-3
+    finetune_distill: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
         if min(self.layer_finetune_steps, self.global_distill_steps, self.finetune_epochs, self.polish_sweeps) < 0:
             raise UserError("layer_finetune_steps, global_distill_steps, finetune_epochs and polish_sweeps "
                             "must be >= 0")
+        if self.finetune_distill < 0:
+            raise UserError(f"finetune_distill must be >= 0, got {self.finetune_distill}")
         if min(self.layer_finetune_lr, self.global_distill_lr, self.finetune_lr) <= 0:
             raise UserError("layer_finetune_lr, global_distill_lr and finetune_lr must be > 0")
 
@@ -188,6 +193,19 @@ class _CodebookGroups(Hook):
         return [{"params": self.params}]
 
 
+class _TeacherDistillation(Hook):
+    """Extra loss `weight` * KL(teacher || student) on each training batch, the teacher being the original
+    network in eval mode (Stock et al. 2020 fine-tune centroids by distillation from it)."""
+
+    def __init__(self, teacher: nn.Module, weight: float):
+        self.teacher, self.weight = teacher.eval(), weight
+
+    def extra_loss(self, trainer, inputs, outputs, targets):
+        with torch.no_grad():
+            teacher = self.teacher(inputs)
+        return self.weight * distillation_loss(outputs, teacher, "kl")
+
+
 @register_method("kmeans", KMeansConfig)
 class KMeansPQ(LayerwiseMethod):
     """Baseline for PQ: weight-space k-means of the same blocks with the same K (no activations)."""
@@ -223,7 +241,7 @@ class PQ(KMeansPQ):
 
     @property
     def needs_reference(self) -> bool:
-        return self.config.global_distill_steps > 0 or \
+        return self.config.global_distill_steps > 0 or self.config.finetune_distill > 0 or \
             any(cfg.layer_finetune_steps > 0 for cfg in self.layer_configs.values())
 
     def prepare(self, model, batches):
@@ -256,7 +274,10 @@ class PQ(KMeansPQ):
                 raise UserError("pq finetune_epochs > 0 needs training data (train_data=...)")
             trainables, params = self._make_trainable(model)
             train_cfg = dataclasses.replace(ctx.train, epochs=self.config.finetune_epochs, lr=self.config.finetune_lr)
-            ctx.fit(model, hooks=[_CodebookGroups(params)], config=train_cfg)
+            hooks = [_CodebookGroups(params)]
+            if self.config.finetune_distill > 0:
+                hooks.append(_TeacherDistillation(self.reference, self.config.finetune_distill))
+            ctx.fit(model, hooks=hooks, config=train_cfg)
             model.eval()
             self._finish_trainable(model, trainables)
         unfold_bias(model, self.fused)

@@ -144,3 +144,16 @@ def test_pq_global_distillation_on_calibration_data_moves_closer_to_the_original
     assert _score(tuned.model, model, tx, ty)[0] < _score(plain.model, model, tx, ty)[0]
     torch.testing.assert_close(tuned.model.conv2.weight, tuned.model.conv2.encoded.dequantize())
     assert tuned.model.conv2.encoded.params["codebook"].shape == plain.model.conv2.encoded.params["codebook"].shape
+
+
+def test_pq_labelled_finetune_can_add_the_teachers_distillation_term(digits, tmp_path):
+    import json
+
+    model, calib, tx, ty = digits
+    recipe = {"method": "pq", "params": {"n_centroids": 8, "finetune_epochs": 1, "finetune_lr": 1e-3,
+                                         "finetune_distill": 1.0},
+              "train": {"epochs": 1, "max_steps_per_epoch": 4, "batch_size": 50, "log_every": 1000}}
+    tuned = deepshrink.compress(model, recipe, calib_data=calib, train_data=calib, out_dir=tmp_path)
+    epoch = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert epoch["train_extra_loss"] > 0  # KL(original || compressed) of a 3-bit-per-block network
+    assert _score(tuned.model, model, tx, ty)[1] > 0.8

@@ -12,7 +12,6 @@ beside its target drop, met or missed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -59,10 +58,6 @@ def section(results_root: Path, relative_to: Path) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def _met(row: dict) -> str:
     return "" if row.get("met") is None else ("met" if row["met"] else "**missed**")
 
@@ -75,7 +70,7 @@ def target_tables(results_root: Path) -> list[str]:
     """Markdown tables of the QAT and layer-wise benchmark rows against their targets (latest row per
     setting; rows at a reduced budget say so)."""
     out = []
-    qat = _read_jsonl(results_root / "qat_cifar10.jsonl")
+    qat = read_results(results_root / "qat_cifar10.jsonl")
     fp = next((r["top1"] for r in qat if r.get("row") == "fp"), None)
     latest = {}
     for row in qat:
@@ -92,7 +87,7 @@ def target_tables(results_root: Path) -> list[str]:
                        f"{row.get('budget', '').split(' (')[0].lower()} | {_num(row.get('top1'))} | {_num(row.get('drop'))} | "
                        f"{_num(row.get('target_drop'), 'g')} | {_met(row)} | {row.get('note', '')} |")
         out.append("")
-    layerwise = {r["row"]: r for r in _read_jsonl(results_root / "layerwise_cifar10.jsonl") if "top1" in r}
+    layerwise = {r["row"]: r for r in read_results(results_root / "layerwise_cifar10.jsonl") if "top1" in r}
     if layerwise:
         out += ["### Layer-wise compression of the shared ResNet-20 with 1% of the training set", "",
                 "Rows by `benchmarks/layerwise_cifar10.py --only ROW` (500 calibration images, first conv and fc "

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.layers import as_hw
 from ..nn import Packable
 from ..registry import register_packable
 from .fbs_gate import FBSGatedConv, channel_saliency_input, kept_channels, winner_take_all
@@ -60,9 +61,9 @@ class FBSConv(Packable, nn.Module):
                  keep_ratio: float = 1.0):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size)
-        self.stride, self.dilation = _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.kernel_size = as_hw(kernel_size)
+        self.stride, self.dilation = as_hw(stride), as_hw(dilation)
+        self.padding = padding if isinstance(padding, str) else as_hw(padding)
         self.keep_ratio = float(keep_ratio)
         self.register_buffer("weight", torch.zeros(self.out_channels, self.in_channels, *self.kernel_size))
         self.register_buffer("bias", torch.zeros(self.out_channels))
@@ -126,9 +127,3 @@ class FBSConv(Packable, nn.Module):
         n, _, h_out, w_out = output.shape
         per_output = self.in_channels * self.kernel_size[0] * self.kernel_size[1] * h_out * w_out
         return int(n * (self.n_kept * per_output + self.out_channels * self.in_channels))
-
-
-def _pair(value) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    return tuple(int(v) for v in value)

@@ -29,7 +29,8 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     Data arguments are iterables of (float NCHW inputs, int64 labels), e.g. `deepshrink.data.make_loader`.
     Layer-wise methods read `calib_data` (default: `train_data`); QAT methods train on `train_data`.
     `resume=True` continues an interrupted training run from `out_dir/last.pt` (same recipe and data;
-    for methods with one training phase, such as every QAT method).
+    for methods with one training phase, such as every QAT method). A recipe with `train.distill` > 0
+    also distils from `model` as given (a frozen copy is the teacher of every training phase).
 
     Example::
 
@@ -46,11 +47,13 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
         model = copy.deepcopy(model)
     entry = METHODS.get(recipe.method)
     handler = entry.handler_cls(recipe, select_layers(model, recipe))
+    # the teacher of train.distill: the model as given, before the method changes it
+    teacher = copy.deepcopy(model).eval() if recipe.train.distill > 0 else None
     ctx = CompressContext(train_data=train_data, val_data=val_data,
                           calib_data=calib_data if calib_data is not None else train_data,
                           train=recipe.train, calib=recipe.calib,
                           run_dir=Path(out_dir) if out_dir else None, device=device, extra=extra or {},
-                          resume=resume)
+                          resume=resume, teacher=teacher)
     start = time.perf_counter()
     model = handler.compress(model, ctx)
     compress_seconds = time.perf_counter() - start

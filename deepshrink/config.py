@@ -54,6 +54,10 @@ class TrainConfig:
     log_every: int = 50
     max_steps_per_epoch: int | None = None  # cap for smoke runs
     tensorboard: bool = False  # also write TensorBoard events to RUN/tb (needs `tensorboard`)
+    # knowledge distillation from the model as handed to `compress` (the uncompressed network): adds
+    # distill * T^2 * KL(teacher || student) at temperature T = distill_temperature; 0 = off
+    distill: float = 0.0
+    distill_temperature: float = 1.0
 
     def __post_init__(self):
         if self.epochs < 0:
@@ -68,6 +72,10 @@ class TrainConfig:
             )
         if not self.lr > 0:
             raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if not self.distill >= 0:
+            raise UserError(f"train.distill (weight of the distillation loss) must be >= 0, got {self.distill}")
+        if not self.distill_temperature > 0:
+            raise UserError(f"train.distill_temperature must be > 0, got {self.distill_temperature}")
         self.milestones = tuple(self.milestones)
 
 

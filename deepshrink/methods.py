@@ -40,10 +40,12 @@ class CompressContext:
     device: Any = None
     extra: dict = field(default_factory=dict)  # method-specific inputs (e.g. Co-Prune's source data)
     resume: bool = False  # continue the first training run from run_dir/last.pt when it exists
+    teacher: nn.Module | None = None  # the uncompressed model, for train.distill > 0
 
     def fit(self, model: nn.Module, hooks=(), config: TrainConfig | None = None, data=None) -> dict:
         """Train `model` with the one training loop (deepshrink.engine.Trainer); returns its final metrics."""
         from .engine import Trainer
+        from .engine.hooks import Distillation
 
         data = data if data is not None else self.train_data
         if data is None:
@@ -54,7 +56,16 @@ class CompressContext:
         if self.resume and self.run_dir is not None and (Path(self.run_dir) / "last.pt").exists():
             resume = Path(self.run_dir) / "last.pt"
         self.resume = False  # a method's later training phases start fresh
-        trainer = Trainer(model, data, self.val_data, config or self.train, hooks=list(hooks),
+        config = config or self.train
+        hooks = list(hooks)
+        if config.distill > 0 and not any(isinstance(h, Distillation) for h in hooks):
+            if self.teacher is None:
+                from .errors import UserError
+
+                raise UserError("train.distill > 0 needs a teacher: compress() keeps the model it was given as "
+                                "the teacher; set train.distill=0 when calling a method directly")
+            hooks.append(Distillation(self.teacher, config.distill, config.distill_temperature))
+        trainer = Trainer(model, data, self.val_data, config, hooks=hooks,
                           run_dir=self.run_dir, device=self.device, resume=resume)
         return trainer.fit()
 

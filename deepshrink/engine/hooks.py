@@ -21,6 +21,11 @@ hands it back through `load_state_dict(state)`, after on_train_start.
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
+from .evaluate import logits_of
+
 
 class Hook:
     """Base class with no-op implementations of every extension point."""
@@ -57,3 +62,31 @@ class Hook:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class Distillation(Hook):
+    """Knowledge distillation (Hinton, Vinyals, Dean 2015, "Distilling the Knowledge in a Neural Network"):
+    adds `weight` * T^2 * KL(softmax(t / T) || softmax(s / T)) to the task loss on every training batch,
+    t the frozen `teacher`'s logits (eval mode, no gradient), s the student's, T the `temperature`.
+    The T^2 factor keeps the gradient scale independent of T, as in the paper (Sec. 2).
+
+    `compress` builds one when the recipe's `train.distill` > 0, the teacher being the model as handed to
+    it (the uncompressed network when fine-tuning a trained checkpoint).
+    """
+
+    def __init__(self, teacher, weight: float, temperature: float = 1.0):
+        self.teacher, self.weight, self.temperature = teacher.eval(), float(weight), float(temperature)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def on_train_start(self, trainer):
+        self.teacher.to(trainer.device)
+
+    def extra_loss(self, trainer, inputs, outputs, targets):
+        with torch.no_grad():
+            teacher = logits_of(self.teacher(inputs)).float()
+        student = logits_of(outputs).float()
+        t = self.temperature
+        kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                      reduction="batchmean")
+        return self.weight * t * t * kl

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.hooks import Hook
+from ..engine.hooks import Distillation, Hook
 from ..errors import UserError
 from ..nn import EncodedWeight, pq_blocks, set_module
 from ..registry import register_method
 from . import hessian as hess
 from .base import LayerSolution, LayerwiseConfig, LayerwiseMethod
-from .distill import distill, distillation_loss, outputs_of
+from .distill import distill, outputs_of
 from .fuse import fold_batchnorm, unfold_bias
 from .pq_kmeans import weighted_kmeans
 from .pq_refine import polish_assignments, refit_codebook
@@ -193,19 +193,6 @@ class _CodebookGroups(Hook):
         return [{"params": self.params}]
 
 
-class _TeacherDistillation(Hook):
-    """Extra loss `weight` * KL(teacher || student) on each training batch, the teacher being the original
-    network in eval mode (Stock et al. 2020 fine-tune centroids by distillation from it)."""
-
-    def __init__(self, teacher: nn.Module, weight: float):
-        self.teacher, self.weight = teacher.eval(), weight
-
-    def extra_loss(self, trainer, inputs, outputs, targets):
-        with torch.no_grad():
-            teacher = self.teacher(inputs)
-        return self.weight * distillation_loss(outputs, teacher, "kl")
-
-
 @register_method("kmeans", KMeansConfig)
 class KMeansPQ(LayerwiseMethod):
     """Baseline for PQ: weight-space k-means of the same blocks with the same K (no activations)."""
@@ -276,7 +263,9 @@ class PQ(KMeansPQ):
             train_cfg = dataclasses.replace(ctx.train, epochs=self.config.finetune_epochs, lr=self.config.finetune_lr)
             hooks = [_CodebookGroups(params)]
             if self.config.finetune_distill > 0:
-                hooks.append(_TeacherDistillation(self.reference, self.config.finetune_distill))
+                # KL(teacher || student) with the original network as teacher (Stock et al. 2020 fine-tune
+                # the centroids by distillation from it)
+                hooks.append(Distillation(self.reference, self.config.finetune_distill))
             ctx.fit(model, hooks=hooks, config=train_cfg)
             model.eval()
             self._finish_trainable(model, trainables)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,7 +55,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def settings_key(row: dict) -> tuple:
-    return (row["row"], float(row["epochs"]), row.get("train_subset"), row.get("seed", 0))
+    return (row["row"], float(row["epochs"]), row.get("train_subset"), row.get("seed", 0), row.get("tag"))
 
 
 def prepared(recipe_name: str, model: nn.Module, calib_batch) -> nn.Module:
@@ -99,19 +101,23 @@ def step_time(args, fp: nn.Module, batch) -> dict:
 
 def run_row(args, row_id: str, bits: str, target: float, fp: nn.Module, fp_top1: float, loaders) -> dict:
     train_loader, test_loader = loaders
-    overrides = [f"train.epochs={args.epochs}", f"train.seed={args.seed}"]
+    overrides = [f"train.epochs={args.epochs}", f"train.seed={args.seed}"] + list(args.set)
     start = time.perf_counter()
     # no per-epoch validation: one evaluation of the converted (integer-code) model at the end
     # the run folder keeps last.pt after every epoch: an interrupted row resumes at its last finished epoch
     run_dir = REPO / "runs/qat_cifar10" / f"{row_id}-e{args.epochs:g}-s{args.seed}" \
-        f"{'' if args.train_subset is None else f'-sub{args.train_subset:g}'}"
+        f"{'' if args.train_subset is None else f'-sub{args.train_subset:g}'}{'' if args.tag is None else '-' + args.tag}"
     result = deepshrink.compress(fp, row_id, train_data=train_loader, overrides=overrides, out_dir=run_dir,
                                  resume=True)
     seconds = time.perf_counter() - start
     result.metrics.update(evaluate(result.model, test_loader))
     drop = fp_top1 - result.metrics["top1"]
     reduced = args.epochs < 8 or args.train_subset is not None
-    return {"row": row_id, "method": result.method, "bits": bits, "epochs": args.epochs,
+    return {"row": row_id, "tag": args.tag, "overrides": list(args.set), "method": result.method, "bits": bits,
+            "params": dataclasses.asdict(result.recipe.method_config()),
+            "train": {k: v for k, v in dataclasses.asdict(result.recipe.train).items()
+                      if k in ("optimizer", "lr", "weight_decay", "schedule", "distill", "distill_temperature")},
+            "epochs": args.epochs,
             "train_subset": args.train_subset, "seed": args.seed, "train_images": args.train_images,
             "fp_top1": fp_top1, "top1": result.metrics["top1"], "drop": round(drop, 2), "target_drop": target,
             "met": drop <= target, "budget": "REDUCED (not the table's 8 epochs on 50k images)" if reduced else "full",
@@ -127,11 +133,17 @@ def main() -> None:
     parser.add_argument("--train-subset", type=float, default=None, help="stratified ratio of the 50k images")
     parser.add_argument("--only", default=None, help="comma-separated row ids: " + ",".join(r[0] for r in ROWS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override on top of the row's built-in recipe (a tuning run; give --tag)")
+    parser.add_argument("--commit", action="store_true", help="git-commit the results file after each row")
+    parser.add_argument("--tag", default=None, help="label of a tuning variant, kept apart from the table's rows")
     parser.add_argument("--step-time", action="store_true", help="only measure training-step time")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.set and args.tag is None:
+        parser.error("--set changes the recipe: name the variant with --tag")
     torch.manual_seed(args.seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
 
@@ -160,13 +172,19 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {[r[0] for r in ROWS]}")
     for row_id, bits, target in ROWS:
-        key = (row_id, float(args.epochs), args.train_subset, args.seed)
+        key = (row_id, float(args.epochs), args.train_subset, args.seed, args.tag)
         if row_id not in wanted or key in done:
             continue
         row = run_row(args, row_id, bits, target, fp, fp_top1, (train_loader, test_loader))
         with path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
+        if args.commit:
+            rel = str(path.relative_to(REPO))
+            label = row_id if args.tag is None else f"{row_id} ({args.tag})"
+            subprocess.run(["git", "add", rel], cwd=REPO, check=False)
+            subprocess.run(["git", "commit", "-q", "-m", f"QAT results: {label}, {args.epochs:g} epochs", "--", rel],
+                           cwd=REPO, check=False)
 
 
 if __name__ == "__main__":

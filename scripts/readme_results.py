@@ -75,17 +75,19 @@ def target_tables(results_root: Path) -> list[str]:
     latest = {}
     for row in qat:
         if row.get("row") != "fp":
-            latest[(row["row"], row.get("epochs"), row.get("train_subset"), row.get("seed"))] = row
+            latest[(row["row"], row.get("epochs"), row.get("train_subset"), row.get("seed"), row.get("tag"))] = row
     if latest:
         out += ["### QAT on the shared ResNet-20 (CIFAR-10 JPEG), fine-tuned from it", "",
                 f"Full precision: {_num(fp)}% top-1. Rows by `benchmarks/qat_cifar10.py` (each row's command is "
                 "in `benchmarks/results/qat_cifar10.jsonl`); the table's budget is 8 epochs on the 50k images.", "",
                 "| row | bits W/A(/G) | epochs | budget | top-1 | drop | target drop | | note |",
                 "|---|---|---:|---|---:|---:|---:|---|---|"]
-        for row in sorted(latest.values(), key=lambda r: (r["row"], r.get("epochs") or 0)):
-            out.append(f"| {row['row']} | {row.get('bits', '')} | {_num(row.get('epochs'), 'g')} | "
+        for row in sorted(latest.values(), key=lambda r: (r["row"], r.get("epochs") or 0, r.get("tag") or "")):
+            label = row["row"] if row.get("tag") is None else f"{row['row']} ({row['tag']})"
+            note = row.get("note") or "; ".join(row.get("overrides") or [])
+            out.append(f"| {label} | {row.get('bits', '')} | {_num(row.get('epochs'), 'g')} | "
                        f"{row.get('budget', '').split(' (')[0].lower()} | {_num(row.get('top1'))} | {_num(row.get('drop'))} | "
-                       f"{_num(row.get('target_drop'), 'g')} | {_met(row)} | {row.get('note', '')} |")
+                       f"{_num(row.get('target_drop'), 'g')} | {_met(row)} | {note} |")
         out.append("")
     layerwise = {r["row"]: r for r in read_results(results_root / "layerwise_cifar10.jsonl") if "top1" in r}
     if layerwise:

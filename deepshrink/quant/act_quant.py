@@ -57,6 +57,47 @@ class _LazyInit(nn.Module):
         raise NotImplementedError
 
 
+@register_packable("dorefa_activation_scaled")
+class ScaledDoReFaActivation(Packable, _LazyInit):
+    """DoReFa's k-bit activation on [0, s] instead of [0, 1]: s * quantize_k(clip(x / s, 0, 1)), s a fixed
+    (not learned) range, given or set from the first batch (its 99.9th percentile of max(x, 0)).
+
+    Deviation from Zhou et al. 2016, for fine-tuning: the paper trains from scratch, so its activations
+    learn to live in [0, 1]; a trained float network's activations reach ~20, and clipping them to [0, 1]
+    starts fine-tuning far from the float model (ResNet-20: loss 2.69 vs 0.32). With BatchNorm after the
+    quantized conv, the rescaled network is the paper's with the producer's BN scaled by 1 / s (the next
+    BN normalises the factor away), so only the starting point changes, not the quantizer's form.
+    """
+
+    def __init__(self, bits: int, scale: float | None = None):
+        super().__init__()
+        self.bits = int(bits)
+        self.register_buffer("scale", torch.ones(1) if scale is None else torch.full((1,), float(scale)))
+        if scale is not None:
+            self.initialized.fill_(True)
+
+    def init_from(self, x):
+        self.scale.fill_(percentile_999(x))
+
+    def pack_config(self) -> dict:
+        return {"bits": self.bits}
+
+    def forward(self, x):
+        self._maybe_init(x)
+        return P.dorefa_activation(x / self.scale, self.bits) * self.scale
+
+    def codes(self, x) -> torch.Tensor:
+        """Integer codes 0..2^k-1 (value = scale * code / (2^k - 1))."""
+        return P.dorefa_activation_codes(x / self.scale, self.bits)
+
+
+def percentile_999(x: torch.Tensor) -> float:
+    """The 99.9th percentile of max(x, 0) (at least 1e-3): a range that ignores the rare outliers."""
+    flat = x.clamp(min=0).reshape(-1)
+    k = max(1, int(0.999 * flat.numel()))
+    return max(float(flat.kthvalue(k).values), 1e-3)
+
+
 @register_packable("pact_activation")
 class PACTActivation(Packable, _LazyInit):
     """PACT (Choi et al. 2018, Eq. 1-3): y = clip(x, 0, alpha), k-bit uniform on [0, alpha], alpha learned.
@@ -75,9 +116,7 @@ class PACTActivation(Packable, _LazyInit):
             self.initialized.fill_(True)
 
     def init_from(self, x):
-        flat = x.clamp(min=0).reshape(-1)
-        k = max(1, int(0.999 * flat.numel()))
-        self.alpha.fill_(max(float(flat.kthvalue(k).values), 1e-3))
+        self.alpha.fill_(percentile_999(x))
 
     def pack_config(self) -> dict:
         return {"bits": self.bits}

@@ -163,3 +163,42 @@ def test_calibration_sets_pact_alpha_from_batch_normalised_activations_and_keeps
     assert alphas and alphas == pytest.approx(expected)
     assert not model.training
     assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+
+
+def test_dorefa_calibrated_range_quantizes_on_0_s_with_s_the_999th_percentile(tmp_path):
+    """act_range='calibrate': clip to [0, s], s fixed from the calibration batch, 2^k levels on it,
+    and the packed file keeps s."""
+    from deepshrink.api import load, pack
+    from deepshrink.quant.act_quant import ScaledDoReFaActivation
+
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long))]
+    recipe = load_recipe({"method": "dorefa", "params": {"weight_bits": 4, "act_bits": 2, "act_range": "calibrate"},
+                          "train": {**TINY_TRAIN, "epochs": 0}})
+    model = deepshrink.create_model("resnet20", shortcut="B", num_classes=4)
+    handler = METHODS.get("dorefa").handler_cls(recipe, select_layers(model, recipe))
+    qmodel = handler.compress(model, CompressContext(train_data=data, train=recipe.train))
+    acts = [m for m in qmodel.modules() if isinstance(m, ScaledDoReFaActivation)]
+    assert len(acts) == 20 and all(bool(a.initialized) for a in acts)
+    captured = {}
+    layer = next(m for m in qmodel.modules() if any(c is acts[0] for c in m.children()))
+    layer.register_forward_pre_hook(lambda mod, args: captured.setdefault("x", args[0].detach()))
+    qmodel.train()(data[0][0])
+    flat = captured["x"].clamp(min=0).flatten()
+    s = float(flat.kthvalue(int(0.999 * flat.numel())).values)  # independent percentile
+    assert acts[0].scale.item() == pytest.approx(s, rel=1e-6)
+    y = acts[0](torch.linspace(-1, 2 * s, 101))
+    levels = torch.unique(y)
+    assert len(levels) == 4 and levels.min() == 0 and levels.max() == pytest.approx(s)  # 2 bits on [0, s]
+    assert torch.allclose(levels, torch.arange(4) * s / 3)
+    converted = handler.convert(qmodel).eval()
+    pack(converted, tmp_path / "m.dsz")
+    loaded = load(tmp_path / "m.dsz").eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(data[0][0]), converted(data[0][0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "auto", True])
+def test_dorefa_bad_act_range_is_refused(bad):
+    with pytest.raises(UserError, match="act_range must be a number > 0"):
+        load_recipe({"method": "dorefa", "params": {"act_range": bad}})

@@ -100,6 +100,8 @@ def target_tables(results_root: Path) -> list[str]:
         for row in layerwise.values():
             recipe = row.get("recipe", {})
             params = [f"{k}={v}" for k, v in recipe.get("params", {}).items()]
+            params += [f"train.{k}={v}" for k, v in recipe.get("train", {}).items()
+                       if k not in ("epochs", "batch_size", "log_every")]  # what changes the result
             params += [f"{o['pattern']}: " + " ".join(f"{k}={v}" for k, v in o["params"].items())
                        for o in recipe.get("layers", [])]
             params = ", ".join(params)

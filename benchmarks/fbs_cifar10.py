@@ -4,9 +4,16 @@ Run (heavy: hold the shared lock)::
 
     flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/fbs_cifar10.py --epochs 2
 
-Writes benchmarks/results/fbs_cifar10.json (+ .md). Latency: batch 1, one thread, the dense model,
-the dense model with BN folded into its convs (the fair baseline: FBSBlock folds BN too) and the FBS
-model, called in turn in the same loop (so load on the machine hits all three alike); medians.
+Latency only (seconds, light; no fine-tuning: predictors calibrated on 8 batches, or a saved model)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fbs_cifar10.py --latency-only [--load fbs.dsz]
+
+Writes benchmarks/results/fbs_cifar10.json (fbs_latency.json with --latency-only). Latency: batch 1,
+one thread, medians, every model called in turn in the same loop (so load on the machine hits all
+alike): the dense model; the dense model with BN folded into its convs (FBSBlock folds BN too); the
+dense model compiled like the FBS one (TorchScript + freeze, which also folds BN: the same-toolchain
+baseline); the FBS model as a module (`fbs_eager`) and compiled with `script_for_latency` (`fbs`,
+the deployment form). Calibrated-only and fine-tuned FBS models run exactly the same ops and shapes.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from deepshrink.data import get_dataset, make_loader
 from deepshrink.engine import evaluate
 from deepshrink.prune.fbs_gate import calibrate_predictors
 from deepshrink.prune.fbs import apply_fbs, convert_fbs
+from deepshrink.prune.fbs_infer import script_for_latency
 from deepshrink.config import load_recipe, select_layers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +81,87 @@ def batch1_latency(models: dict[str, nn.Module], images: torch.Tensor, rounds: i
     return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
+def latency_models(dense: nn.Module, fbs_model: nn.Module) -> dict[str, nn.Module]:
+    """The models `batch1_latency` compares (see the module docstring)."""
+    return {"dense": dense, "dense_bn_folded": fold_all_bn(dense),
+            "dense_torchscript_frozen": script_for_latency(copy.deepcopy(dense)),
+            "fbs_eager": fbs_model, "fbs": script_for_latency(fbs_model)}
+
+
+def measure(args, dense: nn.Module, fbs_model: nn.Module, batch: torch.Tensor) -> tuple[int, int, dict]:
+    """(dense MACs, FBS MACs) per image on `batch`, then batch-1 latencies on one thread (+ profile)."""
+    if args.save:
+        deepshrink.pack(fbs_model, args.save)
+    dense_macs = profile(dense, inputs=batch).totals["macs"]
+    fbs_macs = profile(fbs_model, inputs=batch).totals["macs"]
+    torch.set_num_threads(1)
+    models = latency_models(dense, fbs_model)
+    if args.profile:
+        print_profile(models, batch[:1])
+    return dense_macs, fbs_macs, batch1_latency(models, batch, args.rounds)
+
+
+def latency_report(latency: dict[str, float]) -> dict:
+    """Latencies (ms) and the FBS model's speedup against each dense baseline."""
+    return {"batch1_latency_ms_1thread": {k: round(v, 3) for k, v in latency.items()},
+            "latency_speedup": {"vs_dense": round(latency["dense"] / latency["fbs"], 3),
+                                "vs_dense_bn_folded": round(latency["dense_bn_folded"] / latency["fbs"], 3),
+                                "vs_dense_torchscript_frozen":
+                                    round(latency["dense_torchscript_frozen"] / latency["fbs"], 3),
+                                "fbs_eager_vs_dense": round(latency["dense"] / latency["fbs_eager"], 3)}}
+
+
+def print_profile(models: dict[str, nn.Module], image: torch.Tensor, calls: int = 200) -> None:
+    """Where each model's batch-1 time goes: torch.profiler's per-op table (self CPU time)."""
+    from torch.profiler import profile as torch_profile
+
+    with torch.inference_mode():
+        for name, model in models.items():
+            for _ in range(20):
+                model(image)
+            with torch_profile() as prof:
+                for _ in range(calls):
+                    model(image)
+            print(f"--- {name}: per-op self CPU time over {calls} calls")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def shown(path: str) -> str:
+    """`path` relative to the repository when inside it, for the command recorded in a result file."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def write_report(report: dict, out: str) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+def latency_only(args, dense: nn.Module, train_loader, batch: torch.Tensor) -> None:
+    """MACs and batch-1 latency of an FBS model loaded from `--load`, or calibrated without fine-tuning."""
+    if args.load:
+        fbs_model, source = deepshrink.load(args.load).eval(), f"loaded from {args.load}"
+    else:
+        fbs_model = copy.deepcopy(dense)
+        recipe = load_recipe({"method": "fbs", "params": {"keep_ratio": args.keep_ratio}})
+        apply_fbs(fbs_model, {n: args.keep_ratio for n in select_layers(fbs_model, recipe)})
+        calibrate_predictors(fbs_model, train_loader, 8)
+        fbs_model, source = convert_fbs(fbs_model.eval()), "predictors calibrated on 8 batches, no fine-tuning"
+    dense_macs, fbs_macs, latency = measure(args, dense, fbs_model, batch)
+    write_report({"command": f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fbs_cifar10.py --latency-only "
+                             f"--keep-ratio {args.keep_ratio} --rounds {args.rounds}"
+                             + (f" --load {args.load}" if args.load else "") + f" --out {shown(args.out)}"
+                             + (f" --save {args.save}" if args.save else ""),
+                  "model": "resnet20 (option B), shared checkpoint", "keep_ratio": args.keep_ratio,
+                  "fbs_model": source,
+                  "macs_per_image": {"dense": dense_macs, "fbs": fbs_macs, "ratio": round(dense_macs / fbs_macs, 3)},
+                  **latency_report(latency),
+                  "targets": {"latency_speedup_vs_dense>=1.4": latency["dense"] / latency["fbs"] >= 1.4}},
+                 args.out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=str(Path.home() / ".cache/deepshrink/cifar10-jpeg"))
@@ -81,10 +170,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--lr", type=float, default=0.005)
     parser.add_argument("--schedule-fraction", type=float, default=0.5, help="fraction of steps for d: 1 -> keep")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="train.distill: weight of knowledge distillation from the dense model (0: off)")
     parser.add_argument("--rounds", type=int, default=1000, help="latency samples per model")
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images only (smoke runs)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks/results/fbs_cifar10.json"))
+    parser.add_argument("--latency-only", action="store_true",
+                        help="MACs + latency only: no fine-tuning, no accuracy (see --load)")
+    parser.add_argument("--load", default=None, help="with --latency-only: a packed FBS model (.dsz) to time")
+    parser.add_argument("--save", default=None, help="pack the FBS model (.dsz) here, to re-time it with --load")
+    parser.add_argument("--profile", action="store_true", help="also print a per-op profile of each model")
+    parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/fbs_cifar10.json, "
+                                                    "or fbs_latency.json with --latency-only)")
     args = parser.parse_args()
+    if args.load and not args.latency_only:
+        parser.error("--load times a saved model: use it with --latency-only")
+    if args.out is None:
+        args.out = str(REPO / "benchmarks/results" / ("fbs_latency.json" if args.latency_only else "fbs_cifar10.json"))
 
     torch.manual_seed(0)
     train = get_dataset("cifar10", "train", root=args.data_root)
@@ -97,10 +198,14 @@ def main() -> None:
     dense = deepshrink.create_model("resnet20", shortcut="B")
     dense.load_state_dict(torch.load(args.checkpoint, weights_only=True))
     dense.eval()
+    if args.latency_only:
+        batch = next(iter(test_loader))[0][:256]  # (256, 3, 32, 32) real test images
+        return latency_only(args, dense, train_loader, batch)
     dense_top1 = evaluate(dense, test_loader)["top1"]
 
     recipe = {"method": "fbs", "params": {"keep_ratio": args.keep_ratio, "schedule_fraction": args.schedule_fraction},
-              "train": {"epochs": args.epochs, "lr": args.lr, "schedule": "cosine", "batch_size": 128}}
+              "train": {"epochs": args.epochs, "lr": args.lr, "schedule": "cosine", "batch_size": 128,
+                        "distill": args.distill}}
 
     # the same gating with no fine-tuning at all (predictors calibrated only), for reference
     untuned = copy.deepcopy(dense)
@@ -112,35 +217,26 @@ def main() -> None:
     result = deepshrink.compress(dense, recipe, train_data=train_loader, val_data=test_loader)
     fbs_model = result.model.eval()
     fine_tune_seconds = time.perf_counter() - start
-
     batch = next(iter(test_loader))[0][:256]  # (256, 3, 32, 32) real test images
-    dense_macs = profile(dense, inputs=batch).totals["macs"]
-    fbs_macs = profile(fbs_model, inputs=batch).totals["macs"]
-
-    torch.set_num_threads(1)
-    latency = batch1_latency({"dense": dense, "dense_bn_folded": fold_all_bn(dense), "fbs": fbs_model},
-                             batch, args.rounds)
+    dense_macs, fbs_macs, latency = measure(args, dense, fbs_model, batch)
     report = {
         "command": f"flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/fbs_cifar10.py "
                    f"--epochs {args.epochs} --keep-ratio {args.keep_ratio} --lr {args.lr} "
-                   f"--schedule-fraction {args.schedule_fraction} --out {args.out}",
+                   f"--schedule-fraction {args.schedule_fraction} --distill {args.distill} --out {shown(args.out)}"
+                   + (f" --save {args.save}" if args.save else ""),
         "model": "resnet20 (option B), shared checkpoint", "keep_ratio": args.keep_ratio,
         "fine_tune": {"epochs": args.epochs, "lr": args.lr, "schedule": "cosine", "batch_size": 128,
-                      "keep_ratio_schedule": f"1.0 -> d over the first {args.schedule_fraction:g} of the steps", "seconds": round(fine_tune_seconds, 1)},
+                      "keep_ratio_schedule": f"1.0 -> d over the first {args.schedule_fraction:g} of the steps",
+                      "distill": args.distill, "seconds": round(fine_tune_seconds, 1)},
         "dense_top1": dense_top1, "fbs_top1_no_finetune": untuned_top1, "fbs_top1": result.metrics["top1"],
         "top1_drop": round(dense_top1 - result.metrics["top1"], 2),
         "macs_per_image": {"dense": dense_macs, "fbs": fbs_macs, "ratio": round(dense_macs / fbs_macs, 3)},
-        "batch1_latency_ms_1thread": {k: round(v, 3) for k, v in latency.items()},
-        "latency_speedup": {"vs_dense": round(latency["dense"] / latency["fbs"], 3),
-                            "vs_dense_bn_folded": round(latency["dense_bn_folded"] / latency["fbs"], 3)},
+        **latency_report(latency),
         "targets": {"macs_ratio>=2": dense_macs / fbs_macs >= 2,
                     "top1_drop<=2.0": dense_top1 - result.metrics["top1"] <= 2.0,
                     "latency_speedup_vs_dense>=1.4": latency["dense"] / latency["fbs"] >= 1.4},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ a pool, a flatten into a Linear), so this module returns a dense (N, C_out, H', 
 in the suppressed channels, and the next layer reads all of them. (`FBSBlock` also skips the reads
 inside a residual block, where it knows the next layer.)
 
+`forward` compiles with TorchScript (`fbs_infer.script_for_latency` scripts a whole model).
+
 The BatchNorm that followed a gated conv is folded into it; its slot holds a `FoldedNorm` (an identity
 that `deepshrink.pack` / `deepshrink.load` know how to rebuild).
 
@@ -100,19 +102,24 @@ class FBSConv(Packable, nn.Module):
         g = F.relu(F.linear(channel_saliency_input(x), self.phi, self.rho))  # (N, C_out)
         gate, index = g.topk(self.n_kept, dim=1)  # (N, k), (N, k)
         per_sample = self.n_kept * self.weight[0].numel()
-        chunk = max(1, GATHER_BUDGET // per_sample)
+        if torch.jit.is_scripting():  # TorchScript reads no module globals; the default budget
+            budget = 1 << 24
+        else:
+            budget = GATHER_BUDGET
+        chunk = max(1, budget // per_sample)
         return torch.cat([self._kept_only(x[i : i + chunk], gate[i : i + chunk], index[i : i + chunk])
                           for i in range(0, x.shape[0], chunk)])
 
     def _kept_only(self, x: torch.Tensor, gate: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Compute the kept channels of each sample in one grouped conv, scatter them into zeros."""
         n, k = index.shape
-        weight = self.weight[index].reshape(n * k, self.in_channels, *self.kernel_size)  # (n k, C_in, kh, kw)
+        weight = self.weight[index].reshape(n * k, self.in_channels, self.kernel_size[0],  # (n k, C_in, kh, kw)
+                                            self.kernel_size[1])
         bias = self.bias[index].reshape(n * k)  # (n k,)
-        y = F.conv2d(x.reshape(1, n * self.in_channels, *x.shape[2:]), weight, bias,  # (1, n k, H', W')
+        y = F.conv2d(x.reshape(1, n * self.in_channels, x.shape[2], x.shape[3]), weight, bias,  # (1, n k, H', W')
                      self.stride, self.padding, self.dilation, groups=n)
-        y = y.view(n, k, *y.shape[2:]) * gate[:, :, None, None]  # (n, k, H', W')
-        out = y.new_zeros(n, self.out_channels, *y.shape[2:])  # (n, C_out, H', W')
+        y = y.view(n, k, y.shape[2], y.shape[3]) * gate[:, :, None, None]  # (n, k, H', W')
+        out = y.new_zeros(n, self.out_channels, y.shape[2], y.shape[3])  # (n, C_out, H', W')
         return out.scatter_(1, index[:, :, None, None].expand_as(y), y)
 
     def dense_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,9 @@ what the tests compare against.
 
 At batch 1 on a CPU each op runs on a tiny tensor, so the per-op overhead rivals the MACs; for latency,
 compile the whole converted model with `script_for_latency` (TorchScript + freeze: no Python between
-blocks, and the stem's BatchNorm folded into its conv), which computes the same function.
+blocks, and the stem's BatchNorm folded into its conv), which computes the same function. Stride-1
+gathered convs on maps of at least NNPACK_MIN_PIXELS pixels run on NNPACK (Winograd), which at batch 1
+beats PyTorch's default im2col + GEMM there (PyTorch itself picks NNPACK only for batches of 16+).
 
 Example::
 
@@ -49,16 +51,35 @@ def fold_bn(conv: nn.Conv2d, bn: nn.Module | None) -> tuple[torch.Tensor, torch.
     return conv.weight * scale[:, None, None, None], beta + (bias - bn.running_mean) * scale
 
 
+# Winograd (NNPACK) beats im2col + GEMM for a batch-1 stride-1 conv only on large feature maps: measured
+# on one AVX-512 thread (ResNet-20 kept-channel shapes), 16->8 at 32x32 52 vs 88 us, 32->16 at 16x16 42 vs
+# 68 us, but 64->32 at 8x8 93 vs 66 us and stride 2 slower too. Fixed rule: output at least this many pixels.
+NNPACK_MIN_PIXELS = 256
+
+
+def conv_uses_nnpack(stride: int, weight: torch.Tensor) -> bool:
+    """Whether a stage's gathered conv may run on NNPACK: this build has it, the conv is stride 1, and the
+    weight is fp32 on the CPU (NNPACK's only case); `skip_forward` adds the feature-map size rule.
+
+    `is_available()` also initialises NNPACK, without which its conv op fails: every FBSBlock calls this
+    when it is built or moved, before any forward."""
+    return (stride == 1 and weight.dtype == torch.float32 and weight.device.type == "cpu"
+            and torch.backends.nnpack.is_available())
+
+
 def skip_forward(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torch.Tensor], phis: List[torch.Tensor],
                  phis_t: List[torch.Tensor], rhos: List[torch.Tensor], strides: List[int], paddings: List[int],
-                 kept: List[int], nonneg_input: bool, shortcut: torch.Tensor) -> torch.Tensor:
+                 kept: List[int], nonneg_input: bool, shortcut: torch.Tensor,
+                 nnpack_min_pixels: List[int]) -> torch.Tensor:
     """One sample (1, C, H, W) through a gated chain: per stage, gather kept rows (outputs) and kept
     columns (inputs), conv, scale by the gate; then add into the shortcut's kept channels and ReLU.
 
     Written for batch-1 latency, where each op runs on a tiny tensor and the number of ops matters as
     much as the MACs: s(x) is a 1-D sum over (N, H, W) with 1/HW folded into addmv's alpha (no (1, C)
     rows to select from), ReLU is in place before topk, the weight gathers go rows first (the second
-    gather then reads k rows, not C), the gate scales the conv output in place.
+    gather then reads k rows, not C), the gate scales the conv output in place. Where the feature map has
+    at least `nnpack_min_pixels[i]` pixels (-1: never; see `conv_uses_nnpack`), the conv runs on NNPACK
+    (Winograd: the same conv up to fp32 rounding) instead of im2col + GEMM.
     (TorchScript-compiled below when available.)
     """
     h = x
@@ -77,8 +98,12 @@ def skip_forward(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torc
         weight = weights[i].index_select(0, index)  # (k, C_in, kh, kw)
         if i > 0:
             weight = weight.index_select(1, kept_in)  # (k, k_in, kh, kw)
-        h = F.conv2d(h, weight, biases[i].index_select(0, index), [strides[i], strides[i]],
-                     [paddings[i], paddings[i]])
+        bias = biases[i].index_select(0, index)
+        min_pixels = nnpack_min_pixels[i]  # -1: never; stride 1, so the output map is the input's size
+        if min_pixels >= 0 and h.shape[2] * h.shape[3] >= min_pixels:
+            h = torch._nnpack_spatial_convolution(h, weight, bias, [paddings[i], paddings[i]], [1, 1])
+        else:
+            h = F.conv2d(h, weight, bias, [strides[i], strides[i]], [paddings[i], paddings[i]])
         h.mul_(gate.view(-1, 1, 1))  # (1, k, H', W')
         if i < last:
             h.relu_()
@@ -186,6 +211,8 @@ class FBSBlock(Packable, nn.Module):
         self._strides = [int(s["stride"]) for s in self.stages]
         self._paddings = [int(s["padding"]) for s in self.stages]
         self._kept = [self._kept_count(i) for i in range(n)]
+        self._nnpack_min_pixels = [NNPACK_MIN_PIXELS if conv_uses_nnpack(self._strides[i], self._weights[i])
+                                   else -1 for i in range(n)]
         # never an empty list, whose element type TorchScript could not infer
         self._shortcut_params = ([self.shortcut_weight, self.shortcut_bias] if self.shortcut == "projection"
                                  else [self.weight0.new_zeros(0)])
@@ -213,10 +240,12 @@ class FBSBlock(Packable, nn.Module):
         shortcut = self._shortcut(x)
         if x.shape[0] == 1:
             return _skip_forward(x, self._weights, self._biases, self._phis, self._phis_t, self._rhos,
-                                 self._strides, self._paddings, self._kept, self.nonneg_input, shortcut)
+                                 self._strides, self._paddings, self._kept, self.nonneg_input, shortcut,
+                                 self._nnpack_min_pixels)
         return torch.cat([_skip_forward(x[n : n + 1], self._weights, self._biases, self._phis, self._phis_t,
                                         self._rhos, self._strides, self._paddings, self._kept,
-                                        self.nonneg_input, shortcut[n : n + 1]) for n in range(x.shape[0])])
+                                        self.nonneg_input, shortcut[n : n + 1], self._nnpack_min_pixels)
+                          for n in range(x.shape[0])])
 
     def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same function computed densely with masked channels (the training-form semantics)."""
@@ -260,7 +289,7 @@ def script_for_latency(model: nn.Module) -> torch.jit.ScriptModule:
     overhead between the blocks, and freezing inlines the buffers as constants and folds any
     conv -> BatchNorm pair left outside the blocks (the stem) into one conv. The result is a frozen
     copy (later changes to `model` do not reach it) and is not packable: pack the eager model and
-    compile it after `deepshrink.load`. On ResNet-20 at keep ratio 0.5 it runs batch 1 about 1.4x
+    compile it after `deepshrink.load`. On ResNet-20 at keep ratio 0.5 it runs batch 1 about 1.3x
     faster than the eager converted model (benchmarks/fbs_cifar10.py). Example::
 
         fast = script_for_latency(deepshrink.load("fbs.dsz"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import deepshrink
@@ -10,7 +11,7 @@ from deepshrink.config import load_recipe, select_layers
 from deepshrink.errors import UserError
 from deepshrink.prune.fbs import apply_fbs, convert_fbs
 from deepshrink.prune.fbs_gate import calibrate_predictors
-from deepshrink.prune.fbs_infer import FBSBlock, script_for_latency
+from deepshrink.prune.fbs_infer import NNPACK_MIN_PIXELS, FBSBlock, script_for_latency
 
 
 def _calibrated_fbs_resnet20(shortcut: str, keep_ratio: float = 0.5) -> nn.Module:
@@ -82,6 +83,27 @@ def test_packed_model_compiles_after_load_and_reproduces_outputs(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="this torch build has no NNPACK")
+def test_nnpack_conv_path_matches_f_conv2d_and_stays_off_where_it_does_not_apply():
+    model = _calibrated_fbs_resnet20("B")
+    wide, strided = model.layer1[0], model.layer2[0]  # 32x32 stride 1 / first conv stride 2
+    assert wide._nnpack_min_pixels == [NNPACK_MIN_PIXELS, NNPACK_MIN_PIXELS]
+    assert strided._nnpack_min_pixels[0] == -1  # NNPACK is slower at stride 2: never used there
+    x = torch.relu(torch.randn(1, 16, 32, 32))
+    with torch.no_grad():
+        fast = wide(x)
+        wide._nnpack_min_pixels = [-1, -1]  # the same block on F.conv2d
+        assert torch.allclose(fast, wide(x), atol=1e-5, rtol=1e-4)
+        assert torch.allclose(fast, wide.dense_forward(x), atol=1e-5, rtol=1e-4)
+        # the op itself against F.conv2d on a kept-channel shape, bias included
+        weight, bias = torch.randn(8, 16, 3, 3), torch.randn(8)
+        assert torch.allclose(torch._nnpack_spatial_convolution(x, weight, bias, [1, 1], [1, 1]),
+                              F.conv2d(x, weight, bias, 1, 1), atol=1e-4, rtol=1e-4)
+        wide.double()  # NNPACK is fp32 only: a double block falls back to F.conv2d
+        assert wide._nnpack_min_pixels == [-1, -1]
+        assert torch.allclose(wide(x.double()), wide.dense_forward(x.double()), atol=1e-10)
 
 
 class _KeywordOnly(nn.Module):

@@ -85,8 +85,11 @@ class Distillation(Hook):
     def extra_loss(self, trainer, inputs, outputs, targets):
         with torch.no_grad():
             teacher = logits_of(self.teacher(inputs)).float()
-        student = logits_of(outputs).float()
-        t = self.temperature
-        kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
-                      reduction="batchmean")
-        return self.weight * t * t * kl
+        return self.weight * kd_loss(logits_of(outputs).float(), teacher, self.temperature)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch (Hinton et al. 2015)."""
+    t = temperature
+    return t * t * F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                            reduction="batchmean")

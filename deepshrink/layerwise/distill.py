@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.hooks import kd_loss
+
 
 def outputs_of(model: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """The model's outputs on every batch (no grad, eval mode)."""
@@ -26,8 +28,7 @@ def outputs_of(model: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tens
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "kl":
-        return F.kl_div(F.log_softmax(student, dim=1), F.log_softmax(teacher, dim=1), log_target=True,
-                        reduction="batchmean")
+        return kd_loss(student, teacher)
     return F.mse_loss(student, teacher)
 
 

@@ -11,11 +11,12 @@ packable activation quantizers. Map:
     binary.py, ternary.py, dorefa.py, lsq.py, pact.py   the methods
 """
 from . import binary, dorefa, lsq, pact, ternary  # noqa: F401  (registers the methods)
-from .act_quant import DoReFaActivation, LSQActivation, PACTActivation, ScaledDoReFaActivation, XNORActivation
+from .act_quant import (DoReFaActivation, LSQActivation, PACTActivation, ScaledDoReFaActivation,
+                        XNORActivation)
 from .layers import QConv2d, QLinear, quantize_layer
 from .qat import QATConfig, QATMethod, calibrate, check_bits
 from .weight_quant import BinaryWeight, DoReFaWeight, LSQWeight, TernaryWeight, TTQWeight, WeightQuantizer
 
 __all__ = ["BinaryWeight", "DoReFaActivation", "DoReFaWeight", "LSQActivation", "LSQWeight", "PACTActivation",
-           "QATConfig", "QATMethod", "QConv2d", "QLinear", "ScaledDoReFaActivation", "TTQWeight", "TernaryWeight", "WeightQuantizer",
-           "XNORActivation", "calibrate", "check_bits", "quantize_layer"]
+           "QATConfig", "QATMethod", "QConv2d", "QLinear", "ScaledDoReFaActivation", "TTQWeight", "TernaryWeight",
+           "WeightQuantizer", "XNORActivation", "calibrate", "check_bits", "quantize_layer"]

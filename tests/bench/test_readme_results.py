@@ -70,3 +70,25 @@ def test_issue_tables_show_each_row_against_its_target(tmp_path, script):
     assert "| bwn | 1/32 | 8 | full | 85.50 | 1.08 | 1.5 | met | first try |" in text
     assert "| pq12x | pq | layer1.*: n_centroids=32 | 82.20 | 4.38 | 2 | **missed** | 14.04 | 33.9 |" in text
     assert "resnet18_224" not in text
+
+
+def test_step_time_and_issue6_tables(tmp_path, script):
+    results = tmp_path / "results"
+    results.mkdir()
+    step = {"command": "qat --step-time", "step": "one step", "batch_size": 128, "threads": 1, "rounds": 7,
+            "median_ms": {"fp": 500.0, "xnor": 800.0}, "ratio_vs_fp": {"xnor": 1.6}, "target": "<= 1.5x",
+            "met": {"xnor": False}}
+    (results / "qat_step_time.json").write_text(json.dumps(step))
+    fbs = {"fine_tune": {"epochs": 14, "lr": 0.01, "distill": 1.0}, "fbs_top1": 84.0, "top1_drop": 2.58,
+           "macs_per_image": {"ratio": 2.638}, "latency_speedup": {"vs_dense": 1.9},
+           "targets": {"top1_drop<=2.0": False, "macs_ratio>=2": True}}
+    (results / "fbs_cifar10_e14.json").write_text(json.dumps(fbs))
+    meta = {"command": "mq", "float_top1": 85.29, "results": {
+        "bwn/ste": {"runs": [{"final_top1": 83.76}, {"final_top1": None, "diverged": "nan"}], "diverged_runs": 1}}}
+    (results / "metaquant_x.json").write_text(json.dumps(meta))
+    text = script.section(results, tmp_path)
+    assert "| xnor | 800.0 | 1.600 | **missed** |" in text
+    assert ("| fbs_cifar10_e14.json | 14 | 0.01 | 1 | 84.00 | 2.58 | 2.64 | 1.90 | "
+            "top1_drop<=2.0: **missed**, macs_ratio>=2: met |") in text
+    assert "| metaquant_x.json | 85.29 | bwn/ste | 83.76, diverged | 1 |" in text
+    assert "Co-Prune" not in text  # no file, no section

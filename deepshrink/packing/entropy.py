@@ -39,8 +39,14 @@ def shannon_bits(symbols: np.ndarray) -> float:
 def quantize_frequencies(counts: np.ndarray) -> np.ndarray:
     """Frequencies summing to 2^15, at least 1 for every symbol that occurs."""
     counts = np.asarray(counts, dtype=np.int64)
-    freqs = np.where(counts > 0, np.maximum(1, np.round(counts * _M / counts.sum())), 0).astype(np.int64)
-    freqs[np.argmax(freqs)] += _M - freqs.sum()
+    freqs = np.where(counts > 0, np.maximum(1, np.floor(counts * _M / counts.sum())), 0).astype(np.int64)
+    excess = int(freqs.sum()) - _M  # > 0 only through the max(1, .) of rare symbols
+    while excess > 0:  # take it from the largest frequencies, none below 1 (a pass per 1 taken from each)
+        order = np.argsort(-freqs, kind="stable")[:excess]
+        order = order[freqs[order] > 1]
+        freqs[order] -= 1
+        excess -= len(order)
+    freqs[np.argmax(freqs)] -= excess  # excess <= 0 here: the rounding remainder goes to the commonest
     return freqs
 
 

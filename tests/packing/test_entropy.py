@@ -57,3 +57,16 @@ def test_a_corrupt_rans_stream_is_reported_not_decoded_silently():
     payload[-7] ^= 0x10
     with pytest.raises(ValueError, match="corrupt|ends early"):
         rans_decode(bytes(payload), symbols.size)
+
+
+@pytest.mark.parametrize("counts", [np.ones(299, np.int64),  # an empty stream's flat model: 110 each rounded
+                                    np.r_[10**9, np.ones(20_000, np.int64)],  # rare symbols each forced to 1
+                                    np.ones(1 << 15, np.int64)])
+def test_quantized_frequencies_stay_positive_when_rare_symbols_overflow_the_scale(counts):
+    freqs = quantize_frequencies(counts)
+    assert freqs.sum() == 1 << 15 and (freqs >= 1).all()
+
+
+def test_empty_stream_round_trips_for_any_alphabet():
+    for alphabet in (1, 2, 299, 300):
+        assert rans_decode(rans_encode(np.zeros(0, np.int64), alphabet), 0).size == 0

@@ -12,6 +12,7 @@ beside its target drop, met or missed.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -113,8 +114,6 @@ def target_tables(results_root: Path) -> list[str]:
 
 
 def _json(path: Path) -> dict | None:
-    import json
-
     return json.loads(path.read_text()) if path.is_file() else None
 
 

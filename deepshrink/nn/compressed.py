@@ -121,3 +121,12 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+
+
+@register_packable("identity")
+class PackableIdentity(Packable, nn.Identity):
+    """A module a method removed from the network (e.g. XNOR-Net's `drop_relu`), kept as a packable
+    pass-through so that `deepshrink.load` rebuilds the compressed network, not the original one."""
+
+    def pack_config(self) -> dict:
+        return {}

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch.fx
 from torch import nn
 
+from ..errors import UserError
+from ..nn import set_module
+from ..nn.compressed import PackableIdentity
 from ..registry import register_method
 from .act_quant import XNORActivation
 from .qat import QATConfig, QATMethod
@@ -30,9 +34,11 @@ class BWNConfig(QATConfig):
 
 @dataclass
 class XNORConfig(BWNConfig):
-    """act_bn: put a BatchNorm before each binary activation (the paper's BN -> sign -> conv order)."""
+    """act_bn: put a BatchNorm before each binary activation (the paper's BN -> sign -> conv order).
+    drop_relu: remove every ReLU whose output feeds binary layers only (see `relus_feeding_only`)."""
 
     act_bn: bool = True
+    drop_relu: bool = False
 
 
 @register_method("bwn", BWNConfig)
@@ -45,10 +51,43 @@ class BWN(QATMethod):
 
 @register_method("xnor", XNORConfig)
 class XNOR(BWN):
-    """XNOR-Net: 1-bit weights and 1-bit inputs with the scaling map K."""
+    """XNOR-Net: 1-bit weights and 1-bit inputs with the scaling map K.
+
+    `drop_relu: true` follows the paper's block (BN -> sign -> binary conv -> pool), where sign is the
+    only non-linearity: a ReLU right before a binary activation would map every negative input to
+    one value and stop its gradient (the STE 1{|x| <= 1} then passes only positive inputs). A ReLU
+    whose output also feeds something else (a ResNet's identity path) is kept.
+    """
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        if self.config.drop_relu:
+            for name in relus_feeding_only(model, set(self.layer_configs)):
+                set_module(model, name, PackableIdentity())
+        return super().prepare(model)
 
     def input_quantizer(self, cfg, layer):
         if isinstance(layer, nn.Conv2d):
             return XNORActivation(layer.in_channels, layer.kernel_size, layer.stride, layer.padding,
                                   layer.dilation, conv=True, bn=cfg.act_bn)
         return XNORActivation(layer.in_features, conv=False, bn=cfg.act_bn)
+
+
+def relus_feeding_only(model: nn.Module, layer_names: set[str]) -> list[str]:
+    """Names of the nn.ReLU modules whose output goes, at every call, only to modules in `layer_names`.
+
+    Found by tracing the model with torch.fx (a ReLU called twice qualifies only if both calls do).
+    Example: on a CIFAR ResNet with every block conv selected, each block's `relu1` (before `conv2`)
+    qualifies; `relu2` (after the residual sum, read by the next block's identity path) does not.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # any tracing failure: data-dependent control flow, unsupported ops
+        raise UserError(f"xnor: drop_relu needs a model torch.fx can trace, and tracing failed ({exc}); "
+                        "set drop_relu: false") from exc
+    modules = dict(model.named_modules())
+    verdict: dict[str, bool] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and type(modules.get(node.target)) is nn.ReLU:
+            only = bool(node.users) and all(u.op == "call_module" and u.target in layer_names for u in node.users)
+            verdict[node.target] = verdict.get(node.target, True) and only
+    return [name for name, only in verdict.items() if only]

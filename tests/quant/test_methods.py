@@ -202,3 +202,44 @@ def test_dorefa_calibrated_range_quantizes_on_0_s_with_s_the_999th_percentile(tm
 def test_dorefa_bad_act_range_is_refused(bad):
     with pytest.raises(UserError, match="act_range must be a number > 0"):
         load_recipe({"method": "dorefa", "params": {"act_range": bad}})
+
+
+def test_xnor_drop_relu_removes_exactly_the_relus_that_feed_binary_layers_only(tmp_path):
+    from deepshrink.api import load, pack
+    from deepshrink.nn.compressed import PackableIdentity
+
+    torch.manual_seed(0)
+    model = deepshrink.create_model("resnet20", shortcut="B", num_classes=4)
+    x = torch.randn(4, 3, 16, 16)
+    recipe = load_recipe({"method": "xnor", "params": {"drop_relu": True}, "train": {**TINY_TRAIN, "epochs": 0}})
+    handler = METHODS.get("xnor").handler_cls(recipe, select_layers(model, recipe))
+    qmodel = handler.compress(model, CompressContext(train_data=[(x, torch.zeros(4, dtype=torch.long))],
+                                                     train=recipe.train))
+    removed = sorted(n for n, m in qmodel.named_modules() if isinstance(m, PackableIdentity))
+    # each block's relu1 reads into conv2 only; a stage's last relu2 feeds the next stage's conv1 and its
+    # (binary, option B) 1x1 downsample only; the other relu2s also feed an identity path, and the
+    # stem's relu and layer3's last relu2 feed float layers: kept
+    assert removed == sorted([f"layer{s}.{b}.relu1" for s in (1, 2, 3) for b in range(3)]
+                             + ["layer1.2.relu2", "layer2.2.relu2"])
+    assert isinstance(qmodel.relu, nn.ReLU) and isinstance(qmodel.layer3[2].relu2, nn.ReLU)
+    converted = handler.convert(qmodel).eval()
+    pack(converted, tmp_path / "m.dsz")
+    loaded = load(tmp_path / "m.dsz").eval()
+    assert isinstance(loaded.layer1[0].relu1, PackableIdentity)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), converted(x), atol=1e-5)
+
+
+def test_xnor_drop_relu_on_an_untraceable_model_names_the_fix():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.conv2 = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            return self.conv2(self.relu(self.conv(x))) if x.sum() > 0 else x
+
+    recipe = load_recipe({"method": "xnor", "params": {"drop_relu": True}, "keep_first_last": False})
+    handler = METHODS.get("xnor").handler_cls(recipe, select_layers(DataDependent(), recipe))
+    with pytest.raises(UserError, match="drop_relu needs a model torch.fx can trace.*set drop_relu: false"):
+        handler.prepare(DataDependent())

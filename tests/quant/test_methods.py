@@ -32,8 +32,8 @@ def tiny_data(n_batches=2, batch=8):
             for _ in range(n_batches)]
 
 
-def run_handler(name, model, data, epochs=1):
-    recipe = load_recipe({"method": name, "train": {**TINY_TRAIN, "epochs": epochs}})
+def run_handler(name, model, data, epochs=1, params=None):
+    recipe = load_recipe({"method": name, "params": params or {}, "train": {**TINY_TRAIN, "epochs": epochs}})
     handler = METHODS.get(name).handler_cls(recipe, select_layers(model, recipe))
     model = handler.compress(model, CompressContext(train_data=data, train=recipe.train))
     return handler, model
@@ -211,10 +211,8 @@ def test_xnor_drop_relu_removes_exactly_the_relus_that_feed_binary_layers_only(t
     torch.manual_seed(0)
     model = deepshrink.create_model("resnet20", shortcut="B", num_classes=4)
     x = torch.randn(4, 3, 16, 16)
-    recipe = load_recipe({"method": "xnor", "params": {"drop_relu": True}, "train": {**TINY_TRAIN, "epochs": 0}})
-    handler = METHODS.get("xnor").handler_cls(recipe, select_layers(model, recipe))
-    qmodel = handler.compress(model, CompressContext(train_data=[(x, torch.zeros(4, dtype=torch.long))],
-                                                     train=recipe.train))
+    handler, qmodel = run_handler("xnor", model, [(x, torch.zeros(4, dtype=torch.long))], epochs=0,
+                                  params={"drop_relu": True})
     removed = sorted(n for n, m in qmodel.named_modules() if isinstance(m, PackableIdentity))
     # each block's relu1 reads into conv2 only; a stage's last relu2 feeds the next stage's conv1 and its
     # (binary, option B) 1x1 downsample only; the other relu2s also feed an identity path, and the

@@ -179,11 +179,16 @@ def main() -> None:
     parser.add_argument("--load", default=None, help="with --latency-only: a packed FBS model (.dsz) to time")
     parser.add_argument("--save", default=None, help="pack the FBS model (.dsz) here, to re-time it with --load")
     parser.add_argument("--profile", action="store_true", help="also print a per-op profile of each model")
+    parser.add_argument("--run-dir", default=None,
+                        help="the fine-tune's run folder (last.pt after every epoch); with --resume, continue it")
+    parser.add_argument("--resume", action="store_true", help="continue the fine-tune from RUN_DIR/last.pt")
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/fbs_cifar10.json, "
                                                     "or fbs_latency.json with --latency-only)")
     args = parser.parse_args()
     if args.load and not args.latency_only:
         parser.error("--load times a saved model: use it with --latency-only")
+    if args.resume and not args.run_dir:
+        parser.error("--resume continues a run folder: give it with --run-dir")
     if args.out is None:
         args.out = str(REPO / "benchmarks/results" / ("fbs_latency.json" if args.latency_only else "fbs_cifar10.json"))
 
@@ -214,16 +219,22 @@ def main() -> None:
     untuned_top1 = evaluate(convert_fbs(untuned.eval()), test_loader)["top1"]
 
     start = time.perf_counter()
-    result = deepshrink.compress(dense, recipe, train_data=train_loader, val_data=test_loader)
+    result = deepshrink.compress(dense, recipe, train_data=train_loader, val_data=test_loader,
+                                 out_dir=args.run_dir, resume=args.resume)
     fbs_model = result.model.eval()
     fine_tune_seconds = time.perf_counter() - start
+    if args.run_dir:  # a resumed run: every epoch's time from the run's log, not only this process's
+        logs = list(Path(args.run_dir).rglob("metrics.jsonl"))
+        rows = [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.strip()]
+        fine_tune_seconds = sum(row.get("epoch_seconds", 0.0) for row in rows) or fine_tune_seconds
     batch = next(iter(test_loader))[0][:256]  # (256, 3, 32, 32) real test images
     dense_macs, fbs_macs, latency = measure(args, dense, fbs_model, batch)
     report = {
         "command": f"flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/fbs_cifar10.py "
                    f"--epochs {args.epochs} --keep-ratio {args.keep_ratio} --lr {args.lr} "
                    f"--schedule-fraction {args.schedule_fraction} --distill {args.distill} --out {shown(args.out)}"
-                   + (f" --save {args.save}" if args.save else ""),
+                   + (f" --save {args.save}" if args.save else "")
+                   + (f" --run-dir {args.run_dir} [--resume]" if args.run_dir else ""),
         "model": "resnet20 (option B), shared checkpoint", "keep_ratio": args.keep_ratio,
         "fine_tune": {"epochs": args.epochs, "lr": args.lr, "schedule": "cosine", "batch_size": 128,
                       "keep_ratio_schedule": f"1.0 -> d over the first {args.schedule_fraction:g} of the steps",

@@ -175,6 +175,13 @@ class CoPruneHook(Hook):
     def on_train_end(self, trainer):
         self.apply_stage(len(self.alphas) - 1)  # the final mask, also when training stopped early
 
+    def state_dict(self) -> dict:
+        # the masks are model buffers (in last.pt already); a resumed run must not recompute them mid-stage
+        return {"steps": self.steps, "stage": self.stage}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.stage = int(state["steps"]), int(state["stage"])
+
 
 @register_method("coprune", CoPruneConfig)
 class CoPrune(Method):

@@ -132,6 +132,12 @@ class FBSHook(Hook):
         for gate, (_, end) in self.targets.items():
             gate.keep_ratio = end
 
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}  # the schedule's position: a resumed run must not restart it at d = 1
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+
 
 # Residual shortcut projections stay dense: the residual sum needs every channel of the block output.
 SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})

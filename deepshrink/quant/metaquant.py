@@ -205,6 +205,27 @@ class MetaQuantHook(Hook):
         for q in self.quantizers:
             q.meta_grad = q.applied_grad = q.quant_grad = q.pre = q.latent = None
 
+    STEP_STATE = ("applied_grad", "pre", "quant_grad")  # what step t+1's look-ahead weight reads from step t
+
+    def state_dict(self) -> dict:
+        """The meta network, its optimizer, the LSTM memory and each layer's last-step tensors: a resumed
+        run continues exactly (the meta network lives outside the model, so last.pt's weights miss it)."""
+        steps = [{"lr": q.lr, **{k: getattr(q, k) for k in self.STEP_STATE if getattr(q, k) is not None}}
+                 for q in self.quantizers]
+        return {"meta_net": self.meta_net.state_dict(), "hidden": dict(self.meta_net.hidden),
+                "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else {},
+                "quantizers": steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.meta_net.load_state_dict(state["meta_net"])
+        self.meta_net.hidden = {k: tuple(v) for k, v in state["hidden"].items()}
+        if state["meta_optimizer"]:
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        for q, saved in zip(self.quantizers, state["quantizers"]):
+            q.lr = float(saved["lr"])
+            for key in self.STEP_STATE:
+                setattr(q, key, saved.get(key))
+
 
 @register_method("metaquant", MetaQuantConfig)
 class MetaQuant(QATMethod):
@@ -221,6 +242,7 @@ class MetaQuant(QATMethod):
             quant = getattr(module, "weight_quant", None)
             if isinstance(quant, MetaWeight):
                 quant.key = name
+                object.__setattr__(quant, "latent", module.weight)  # before any forward (a resumed step reads it)
                 self.quantizers.append(quant)
         self.meta_net = MetaNetwork(self.config.meta_net, self.config.hidden_size)
         return model

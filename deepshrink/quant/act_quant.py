@@ -135,14 +135,30 @@ class LSQActivation(Packable, _LazyInit):
     first batch, step-gradient scale 1/sqrt(N_F Q_P) with N_F the features per sample.
 
     Unsigned (Q_N = 0, Q_P = 2^b - 1) unless `signed`, which `None` decides from the first batch
-    (any negative input -> signed).
+    (any negative input -> signed). The decision is a buffer, so a checkpoint reloaded into a fresh
+    module (resume, best.pt) keeps a signed grid signed.
     """
 
     def __init__(self, bits: int, signed: bool | None = None):
         super().__init__()
         self.bits = int(bits)
+        self.register_buffer("signed_code", torch.tensor(-1, dtype=torch.int8))  # -1 undecided, 0 no, 1 yes
         self.signed = signed
         self.step = nn.Parameter(torch.ones(1))
+
+    @property
+    def signed(self) -> bool | None:
+        code = int(self.signed_code)
+        return None if code < 0 else bool(code)
+
+    @signed.setter
+    def signed(self, value: bool | None) -> None:
+        self.signed_code.fill_(-1 if value is None else int(bool(value)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state saved before the flag was a buffer: keep the flag this module was built with
+        state_dict.setdefault(prefix + "signed_code", self.signed_code.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def q_range(self) -> tuple[int, int]:

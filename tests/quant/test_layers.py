@@ -67,6 +67,18 @@ def test_lsq_activation_initialises_from_the_first_batch_and_round_trips():
     assert torch.equal(clone(x), act(x)) and bool(clone.initialized)
 
 
+def test_lsq_activation_signedness_survives_a_checkpoint_into_a_fresh_module():
+    """A signed grid decided from the first batch must stay signed after load_state_dict (resume, best.pt)."""
+    act = LSQActivation(bits=3)
+    x = torch.randn(4, 8, 5, 5)  # negative inputs: signed grid, Q_N = -4
+    act(x)
+    assert act.signed is True and act.q_range == (4, 3)  # (Q_N, Q_P): the grid runs -Q_N..Q_P
+    fresh = LSQActivation(bits=3)
+    fresh.load_state_dict(act.state_dict())
+    assert fresh.signed is True and torch.equal(fresh(x), act(x))
+    assert (fresh(x) < 0).any()
+
+
 def test_activation_quantizers_are_registered_packables():
     for name in ("dorefa_activation", "pact_activation", "lsq_activation", "xnor_activation"):
         assert PACKABLE.get(name).packable_name == name

@@ -2,7 +2,8 @@
 import pytest
 from torch import nn
 
-from deepshrink.config import Recipe, TrainConfig, _apply_override, load_recipe, select_layers
+from deepshrink.config import Recipe, TrainConfig, _apply_override, list_recipes, load_recipe, select_layers
+from deepshrink.registry import METHODS
 from deepshrink.errors import UserError
 
 
@@ -75,3 +76,12 @@ def test_recipe_without_method_is_refused(tmp_path):
 def test_unknown_method_lists_registered_methods():
     with pytest.raises(UserError, match="unknown method 'nosuchmethod'; choose one of"):
         load_recipe({"method": "nosuchmethod"})
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_builtin_recipe_validates_against_its_method(name):
+    """A typo or an out-of-range value in a shipped recipe file fails here, not in a user's run."""
+    recipe = load_recipe(name)
+    entry = METHODS.get(recipe.method)
+    assert isinstance(recipe.method_config(), entry.config_cls)
+    assert recipe.train.epochs >= 1

@@ -6,8 +6,8 @@ per-channel scale, so layer l costs k_l * k_{l-1} * kh * kw * H * W MACs instead
 (FBS Sec. 3: suppressed output channels are neither computed nor read by the next layer). The last conv's
 kept channels are added into the shortcut with `index_add`.
 
-Samples run one at a time (the gathered weights differ per sample); at batch 1, the case FBS speeds up,
-that is the whole batch. `dense_forward` computes the same result by masking a dense computation and is
+At batch 1, the case FBS speeds up, `skip_forward` runs the sample alone; a larger batch stacks the
+per-sample gathered weights into one grouped conv (`skip_forward_batch`, groups = N). `dense_forward` computes the same result by masking a dense computation and is
 what the tests compare against.
 
 At batch 1 on a CPU each op runs on a tiny tensor, so the per-op overhead rivals the MACs; for latency,
@@ -111,12 +111,50 @@ def skip_forward(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torc
     return shortcut.index_add(1, kept_in, h).relu_()  # (1, C_out, H', W')
 
 
+def skip_forward_batch(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torch.Tensor],
+                       phis_t: List[torch.Tensor], rhos: List[torch.Tensor], strides: List[int],
+                       paddings: List[int], kept: List[int], nonneg_input: bool,
+                       shortcut: torch.Tensor) -> torch.Tensor:
+    """N samples (N, C, H, W) at once, each still computing only its own kept channels: the per-sample
+    gathered weights are stacked into one grouped conv (groups = N), so a batch costs the MACs of N
+    batch-1 calls without N rounds of per-op overhead (`deepshrink eval` on a test set, say).
+    """
+    n = x.shape[0]
+    h = x
+    kept_in = torch.zeros(0, dtype=torch.long, device=x.device)
+    last = len(weights) - 1
+    for i in range(len(weights)):
+        kh, kw = weights[i].shape[2], weights[i].shape[3]
+        if i > 0:  # h is a ReLU output: |h| = h; each sample's predictor reads its kept inputs only
+            phi = phis_t[i][kept_in]  # (N, k_in, C_out)
+            g = torch.baddbmm(rhos[i].expand(n, 1, -1), h.mean([2, 3]).unsqueeze(1), phi).squeeze(1).relu()
+        else:
+            s = h.mean([2, 3]) if nonneg_input else h.abs().mean([2, 3])  # (N, C_in)
+            g = torch.addmm(rhos[i], s, phis_t[i]).relu()  # (N, C_out)
+        gate, index = g.topk(kept[i], dim=1)  # (N, k), (N, k)
+        weight = weights[i][index]  # (N, k, C_in, kh, kw)
+        if i > 0:
+            weight = weight.gather(2, kept_in[:, None, :, None, None].expand(n, kept[i], kept_in.shape[1], kh, kw))
+        bias = biases[i][index]  # (N, k)
+        c_in = weight.shape[2]
+        h = F.conv2d(h.reshape(1, n * c_in, h.shape[2], h.shape[3]),  # (1, N * k_in, H, W)
+                     weight.reshape(n * kept[i], c_in, kh, kw), bias.reshape(-1),
+                     [strides[i], strides[i]], [paddings[i], paddings[i]], [1, 1], n)
+        h = h.reshape(n, kept[i], h.shape[2], h.shape[3]) * gate[:, :, None, None]  # (N, k, H', W')
+        if i < last:
+            h = h.relu()
+        kept_in = index
+    index = kept_in[:, :, None, None].expand(n, kept_in.shape[1], h.shape[2], h.shape[3])
+    return shortcut.scatter_add(1, index, h).relu()  # (N, C_out, H', W')
+
+
 try:  # TorchScript removes Python's per-op overhead (~10% of a batch-1 block); optional
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated, still works
         _skip_forward = torch.jit.script(skip_forward)
-except Exception:  # noqa: BLE001  (any scripting failure: the eager function computes the same)
-    _skip_forward = skip_forward
+        _skip_forward_batch = torch.jit.script(skip_forward_batch)
+except Exception:  # noqa: BLE001  (any scripting failure: the eager functions compute the same)
+    _skip_forward, _skip_forward_batch = skip_forward, skip_forward_batch
 
 
 @register_packable("fbs_block")
@@ -242,10 +280,8 @@ class FBSBlock(Packable, nn.Module):
             return _skip_forward(x, self._weights, self._biases, self._phis, self._phis_t, self._rhos,
                                  self._strides, self._paddings, self._kept, self.nonneg_input, shortcut,
                                  self._nnpack_min_pixels)
-        return torch.cat([_skip_forward(x[n : n + 1], self._weights, self._biases, self._phis, self._phis_t,
-                                        self._rhos, self._strides, self._paddings, self._kept,
-                                        self.nonneg_input, shortcut[n : n + 1], self._nnpack_min_pixels)
-                          for n in range(x.shape[0])])
+        return _skip_forward_batch(x, self._weights, self._biases, self._phis_t, self._rhos, self._strides,
+                                   self._paddings, self._kept, self.nonneg_input, shortcut)
 
     def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same function computed densely with masked channels (the training-form semantics)."""

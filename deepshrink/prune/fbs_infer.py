@@ -7,8 +7,8 @@ per-channel scale, so layer l costs k_l * k_{l-1} * kh * kw * H * W MACs instead
 kept channels are added into the shortcut with `index_add`.
 
 At batch 1, the case FBS speeds up, `skip_forward` runs the sample alone; a larger batch stacks the
-per-sample gathered weights into one grouped conv (`skip_forward_batch`, groups = N). `dense_forward` computes the same result by masking a dense computation and is
-what the tests compare against.
+per-sample gathered weights into one grouped conv (`skip_forward_batch`, groups = N). `dense_forward`
+computes the same result by masking a dense computation and is what the tests compare against.
 
 At batch 1 on a CPU each op runs on a tiny tensor, so the per-op overhead rivals the MACs; for latency,
 compile the whole converted model with `script_for_latency` (TorchScript + freeze: no Python between

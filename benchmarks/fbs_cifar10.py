@@ -30,6 +30,7 @@ import deepshrink
 from deepshrink.analysis.complexity import profile
 from deepshrink.data import get_dataset, make_loader
 from deepshrink.engine import evaluate
+from deepshrink.engine.runlog import RunLog
 from deepshrink.prune.fbs_gate import calibrate_predictors
 from deepshrink.prune.fbs import apply_fbs, convert_fbs
 from deepshrink.prune.fbs_infer import script_for_latency
@@ -224,9 +225,9 @@ def main() -> None:
     fbs_model = result.model.eval()
     fine_tune_seconds = time.perf_counter() - start
     if args.run_dir:  # a resumed run: every epoch's time from the run's log, not only this process's
-        logs = list(Path(args.run_dir).rglob("metrics.jsonl"))
-        rows = [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.strip()]
-        fine_tune_seconds = sum(row.get("epoch_seconds", 0.0) for row in rows) or fine_tune_seconds
+        log = RunLog(args.run_dir, progress=False)
+        log.load_history()
+        fine_tune_seconds = sum(row.get("epoch_seconds", 0.0) for row in log.history) or fine_tune_seconds
     batch = next(iter(test_loader))[0][:256]  # (256, 3, 32, 32) real test images
     dense_macs, fbs_macs, latency = measure(args, dense, fbs_model, batch)
     report = {

@@ -210,8 +210,8 @@ class MetaQuantHook(Hook):
     def state_dict(self) -> dict:
         """The meta network, its optimizer, the LSTM memory and each layer's last-step tensors: a resumed
         run continues exactly (the meta network lives outside the model, so last.pt's weights miss it)."""
-        steps = [{"lr": q.lr, **{k: getattr(q, k) for k in self.STEP_STATE if getattr(q, k) is not None}}
-                 for q in self.quantizers]
+        # q.lr is not saved: before_step sets it from the optimizer whenever it sets a meta gradient
+        steps = [{k: getattr(q, k) for k in self.STEP_STATE if getattr(q, k) is not None} for q in self.quantizers]
         return {"meta_net": self.meta_net.state_dict(), "hidden": dict(self.meta_net.hidden),
                 "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else {},
                 "quantizers": steps}
@@ -222,7 +222,6 @@ class MetaQuantHook(Hook):
         if state["meta_optimizer"]:
             self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         for q, saved in zip(self.quantizers, state["quantizers"]):
-            q.lr = float(saved["lr"])
             for key in self.STEP_STATE:
                 setattr(q, key, saved.get(key))
 

@@ -176,11 +176,13 @@ class CoPruneHook(Hook):
         self.apply_stage(len(self.alphas) - 1)  # the final mask, also when training stopped early
 
     def state_dict(self) -> dict:
-        # the masks are model buffers (in last.pt already); a resumed run must not recompute them mid-stage
-        return {"steps": self.steps, "stage": self.stage}
+        return {"steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps, self.stage = int(state["steps"]), int(state["stage"])
+        # the masks are model buffers (in last.pt already): mark the stage of the last step done as applied,
+        # so a resumed run recomputes them only where a new stage starts, not mid-stage
+        self.steps = int(state["steps"])
+        self.stage = self.stage_of(self.steps - 1) if self.steps > 0 else -1
 
 
 @register_method("coprune", CoPruneConfig)

@@ -17,7 +17,7 @@ TRAIN = {"epochs": 3, "lr": 0.01, "deterministic": True, "seed": 1}
 CASES = {
     "fbs": {"method": "fbs", "params": {"keep_ratio": 0.5, "keep_ratio_start": 1.0, "schedule_fraction": 0.9,
                                         "calib_batches": 1}},
-    "coprune": {"method": "coprune", "params": {"keep_ratio": 0.3, "stages": 3}},
+    "coprune": {"method": "coprune", "params": {"keep_ratio": 0.3, "stages": 2}},  # resumes mid-stage
     "metaquant": {"method": "metaquant", "params": {"quantizer": "bwn", "meta_net": "lstmfc"}},
 }
 

@@ -42,6 +42,20 @@ def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def groups_with_own_lr(model: nn.Module, weight_decay: float, params, lr: float, name: str) -> list[dict]:
+    """`default_param_groups` with `params` moved into a group of their own: learning rate `lr`, no decay.
+
+    For parameters that need another step size than the rest of the network (FBS's saliency
+    predictors, TTQ's scales); the group's `lr` is its base rate, scaled by the schedule like the others.
+    """
+    own = list(params)
+    moved = {id(p) for p in own}
+    groups = default_param_groups(model, weight_decay)
+    for group in groups:
+        group["params"] = [p for p in group["params"] if id(p) not in moved]
+    return groups + [{"params": own, "lr": float(lr), "weight_decay": 0.0, "name": name}]
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, param_groups: list[dict] | None = None):
     """SGD (momentum, Nesterov), Adam or AdamW over `param_groups` (default: `default_param_groups`).
 

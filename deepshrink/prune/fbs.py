@@ -104,16 +104,11 @@ class FBSHook(Hook):
 
     def param_groups(self, trainer, model):
         """The default groups, with the saliency predictors (phi, rho) in their own, slower group."""
-        from ..engine.optim import default_param_groups
+        from ..engine.optim import groups_with_own_lr
 
-        predictor = {id(p) for gate in self.targets for p in gate.predictor.parameters()}
-        groups = default_param_groups(model, trainer.config.weight_decay)
-        for group in groups:
-            group["params"] = [p for p in group["params"] if id(p) not in predictor]
-        groups.append({"params": [p for gate in self.targets for p in gate.predictor.parameters()],
-                       "lr": trainer.config.lr * self.predictor_lr_scale, "weight_decay": 0.0,
-                       "name": "fbs_predictors"})
-        return groups
+        predictors = [p for gate in self.targets for p in gate.predictor.parameters()]
+        return groups_with_own_lr(model, trainer.config.weight_decay, predictors,
+                                  trainer.config.lr * self.predictor_lr_scale, "fbs_predictors")
 
     def before_step(self, trainer, inputs, targets):
         progress = self.steps / self.total_steps

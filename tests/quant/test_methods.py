@@ -124,6 +124,33 @@ def test_bad_recipes_name_the_problem():
         load_recipe({"method": "pact", "params": {"act_bits": 32}})
 
 
+def test_ttq_scale_lr_steps_the_scales_alone_at_their_own_rate():
+    """One SGD step from the same start: W_p/W_n move by scale_lr * gradient (twice the rate, twice the
+    move), the latent weights by train.lr whatever scale_lr is."""
+    def one_step(scale_lr):
+        model = tiny_model()
+        recipe = load_recipe({"method": "ttq", "params": {"scale_lr": scale_lr},
+                              "train": {**TINY_TRAIN, "max_steps_per_epoch": 1, "weight_decay": 0.0}})
+        handler = METHODS.get("ttq").handler_cls(recipe, select_layers(model, recipe))
+        start = copy.deepcopy(handler.prepare(copy.deepcopy(model)))
+        trained = handler.compress(model, CompressContext(train_data=tiny_data(1), train=recipe.train))
+        return start.state_dict(), trained.state_dict()
+
+    (start, small), (_, large) = one_step(1e-3), one_step(2e-3)
+    scale_keys = [k for k in start if k.endswith((".w_p", ".w_n"))]
+    latent_keys = [k for k in start if k.endswith(".weight") and k.rsplit(".", 1)[0] + ".weight_quant.w_p" in start]
+    assert scale_keys and latent_keys
+    for key in scale_keys:
+        moved = small[key] - start[key]
+        assert moved.abs().item() > 0
+        assert torch.allclose(large[key] - start[key], 2 * moved, rtol=1e-4)
+    for key in latent_keys:
+        assert not torch.equal(small[key], start[key])
+        assert torch.allclose(large[key], small[key], atol=1e-7)
+    with pytest.raises(UserError, match=r"ttq: scale_lr must be a number in \(0.0, 10.0\)"):
+        load_recipe({"method": "ttq", "params": {"scale_lr": -1}})
+
+
 @pytest.mark.parametrize("name", QAT_METHODS)
 def test_packed_file_reproduces_the_converted_model(name, tmp_path):
     from deepshrink.api import load, pack

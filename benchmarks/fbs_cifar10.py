@@ -227,7 +227,7 @@ def main() -> None:
     if args.run_dir:  # a resumed run: every epoch's time from the run's log, not only this process's
         log = RunLog(args.run_dir, progress=False)
         log.load_history()
-        fine_tune_seconds = sum(row.get("epoch_seconds", 0.0) for row in log.history) or fine_tune_seconds
+        fine_tune_seconds = log.epoch_seconds() or fine_tune_seconds
     batch = next(iter(test_loader))[0][:256]  # (256, 3, 32, 32) real test images
     dense_macs, fbs_macs, latency = measure(args, dense, fbs_model, batch)
     report = {

@@ -31,6 +31,7 @@ import deepshrink
 from deepshrink.config import load_recipe, select_layers
 from deepshrink.data import get_dataset, make_loader, subset
 from deepshrink.engine import evaluate
+from deepshrink.engine.runlog import RunLog
 from deepshrink.quant import calibrate
 from deepshrink.registry import METHODS
 
@@ -110,6 +111,8 @@ def run_row(args, row_id: str, bits: str, target: float, fp: nn.Module, fp_top1:
     result = deepshrink.compress(fp, row_id, train_data=train_loader, overrides=overrides, out_dir=run_dir,
                                  resume=True)
     seconds = time.perf_counter() - start
+    log = RunLog(run_dir, progress=False)
+    log.load_history()  # every epoch's time, also those of a process that was interrupted and resumed
     result.metrics.update(evaluate(result.model, test_loader))
     drop = fp_top1 - result.metrics["top1"]
     reduced = args.epochs < 8 or args.train_subset is not None
@@ -121,7 +124,8 @@ def run_row(args, row_id: str, bits: str, target: float, fp: nn.Module, fp_top1:
             "train_subset": args.train_subset, "seed": args.seed, "train_images": args.train_images,
             "fp_top1": fp_top1, "top1": result.metrics["top1"], "drop": round(drop, 2), "target_drop": target,
             "met": drop <= target, "budget": "REDUCED (not the table's 8 epochs on 50k images)" if reduced else "full",
-            "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+            "seconds": round(seconds, 1), "train_seconds": round(log.epoch_seconds(), 1),
+            "threads": torch.get_num_threads(),
             "command": "flock /tmp/deepshrink-heavy.lock .venv/bin/python " + " ".join(sys.argv)}
 
 

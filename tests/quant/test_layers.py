@@ -2,6 +2,7 @@
 import copy
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,6 +66,25 @@ def test_lsq_activation_initialises_from_the_first_batch_and_round_trips():
     clone = PACKABLE.get("lsq_activation").from_pack_config(act.pack_config())
     clone.load_state_dict(act.state_dict())
     assert torch.equal(clone(x), act(x)) and bool(clone.initialized)
+
+
+def test_lsq_mse_init_step_has_the_least_quantization_error_on_the_first_batch():
+    from deepshrink.quant import primitives as P
+    from deepshrink.quant.act_quant import lsq_mse_step
+
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(16, 8, 6, 6)) ** 2  # long-tailed, like post-ReLU activations
+
+    def error(step):
+        return float((P.lsq_quantize(x, torch.as_tensor(step), 0, 3, 1.0) - x).pow(2).mean())
+
+    act = LSQActivation(bits=2, init="mse")
+    act(x)
+    step, paper = float(act.step.detach()), float(P.lsq_init_step(x, 3))
+    assert step != pytest.approx(paper, rel=0.02)
+    assert error(step) < error(paper)
+    assert error(step) <= min(error(0.95 * step), error(1.05 * step))  # a minimum, not just better
+    assert float(lsq_mse_step(x, 0, 3)) == step
 
 
 def test_lsq_activation_signedness_survives_a_checkpoint_into_a_fresh_module():

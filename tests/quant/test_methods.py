@@ -118,10 +118,20 @@ def test_bad_recipes_name_the_problem():
         load_recipe({"method": "lsq", "params": {"bitz": 2}})
     with pytest.raises(UserError, match=r"lsq: weight_bits must be an integer in 2\.\.16"):
         load_recipe("lsq-w2a2", overrides=["weight_bits=1"])
+    with pytest.raises(UserError, match="lsq: act_init must be one of paper, mse; got 'msa'"):
+        load_recipe({"method": "lsq", "params": {"act_init": "msa"}})
     with pytest.raises(UserError, match=r"ttq: threshold must be a number in \(0.0, 1.0\)"):
         load_recipe({"method": "ttq", "params": {"threshold": 1.5}})
     with pytest.raises(UserError, match="pact: act_bits must be an integer in 1..16; got 32"):
         load_recipe({"method": "pact", "params": {"act_bits": 32}})
+
+
+def test_lsq_act_init_reaches_every_activation_quantizer():
+    from deepshrink.quant import LSQActivation
+
+    handler, model = run_handler("lsq", tiny_model(), tiny_data(), epochs=0, params={"act_init": "mse"})
+    acts = [m for m in model.modules() if isinstance(m, LSQActivation)]
+    assert acts and all(a.init == "mse" and bool(a.initialized) for a in acts)
 
 
 def test_ttq_scale_lr_steps_the_scales_alone_at_their_own_rate():

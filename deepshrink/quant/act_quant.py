@@ -158,7 +158,7 @@ class LSQActivation(Packable, _LazyInit):
     module (resume, best.pt) keeps a signed grid signed.
 
     `init="mse"` (a deviation, off by default) starts instead from the step that minimises the
-    quantization error on the first batch (`lsq_mse_step`); the paper's init is what LSQ learns from.
+    quantization error on the first batch (`lsq_mse_step`); the paper's init stays the default.
     """
 
     def __init__(self, bits: int, signed: bool | None = None, init: str = "paper"):

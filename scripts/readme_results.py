@@ -83,8 +83,11 @@ def target_tables(results_root: Path) -> list[str]:
                 "in `benchmarks/results/qat_cifar10.jsonl`); the table's budget is 8 epochs on the 50k images.", "",
                 "| row | bits W/A(/G) | epochs | budget | top-1 | drop | target drop | | note |",
                 "|---|---|---:|---|---:|---:|---:|---|---|"]
-        for row in sorted(latest.values(), key=lambda r: (r["row"], r.get("epochs") or 0, r.get("tag") or "")):
-            label = row["row"] if row.get("tag") is None else f"{row['row']} ({row['tag']})"
+        for row in sorted(latest.values(),
+                          key=lambda r: (r["row"], r.get("epochs") or 0, r.get("tag") or "", r.get("seed") or 0)):
+            variant = [row["tag"]] if row.get("tag") is not None else []
+            variant += [f"seed {row['seed']}"] if row.get("seed") not in (None, 0) else []
+            label = row["row"] + (f" ({', '.join(variant)})" if variant else "")
             note = row.get("note") or "; ".join(row.get("overrides") or [])
             out.append(f"| {label} | {row.get('bits', '')} | {_num(row.get('epochs'), 'g')} | "
                        f"{row.get('budget', '').split(' (')[0].lower()} | {_num(row.get('top1'))} | {_num(row.get('drop'))} | "

@@ -56,7 +56,9 @@ def test_issue_tables_show_each_row_against_its_target(tmp_path, script):
            {"row": "bwn", "bits": "1/32", "epochs": 1.0, "budget": "REDUCED (not 8 epochs)", "top1": 78.18,
             "drop": 8.4, "target_drop": 1.5, "met": False},
            {"row": "bwn", "bits": "1/32", "epochs": 8.0, "budget": "full", "top1": 85.5, "drop": 1.08,
-            "target_drop": 1.5, "met": True, "note": "first try"}]
+            "target_drop": 1.5, "met": True, "note": "first try"},
+           {"row": "bwn", "bits": "1/32", "epochs": 8.0, "seed": 1, "tag": "kd", "budget": "full", "top1": 85.1,
+            "drop": 1.48, "target_drop": 1.5, "met": True, "note": "second seed"}]
     (results / "qat_cifar10.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qat))
     layerwise = [{"row": "pq12x", "recipe": {"method": "pq", "params": {},
                                              "layers": [{"pattern": "layer1.*", "params": {"n_centroids": 32}}]},
@@ -68,6 +70,7 @@ def test_issue_tables_show_each_row_against_its_target(tmp_path, script):
     assert "Full precision: 86.58% top-1." in text
     assert "| bwn | 1/32 | 1 | reduced | 78.18 | 8.40 | 1.5 | **missed** |" in text
     assert "| bwn | 1/32 | 8 | full | 85.50 | 1.08 | 1.5 | met | first try |" in text
+    assert "| bwn (kd, seed 1) | 1/32 | 8 | full | 85.10 | 1.48 | 1.5 | met | second seed |" in text
     assert "| pq12x | pq | layer1.*: n_centroids=32 | 82.20 | 4.38 | 2 | **missed** | 14.04 | 33.9 |" in text
     assert "resnet18_224" not in text
 

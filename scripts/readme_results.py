@@ -89,8 +89,9 @@ def target_tables(results_root: Path) -> list[str]:
             variant += [f"seed {row['seed']}"] if row.get("seed") not in (None, 0) else []
             label = row["row"] + (f" ({', '.join(variant)})" if variant else "")
             note = row.get("note") or "; ".join(row.get("overrides") or [])
-            out.append(f"| {label} | {row.get('bits', '')} | {_num(row.get('epochs'), 'g')} | "
-                       f"{row.get('budget', '').split(' (')[0].lower()} | {_num(row.get('top1'))} | {_num(row.get('drop'))} | "
+            budget = row.get("budget", "").split(" (")[0].lower()
+            out.append(f"| {label} | {row.get('bits', '')} | {_num(row.get('epochs'), 'g')} | {budget} | "
+                       f"{_num(row.get('top1'))} | {_num(row.get('drop'))} | "
                        f"{_num(row.get('target_drop'), 'g')} | {_met(row)} | {note} |")
         out.append("")
     layerwise = {r["row"]: r for r in read_results(results_root / "layerwise_cifar10.jsonl") if "top1" in r}

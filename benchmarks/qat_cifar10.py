@@ -59,7 +59,7 @@ def settings_key(row: dict) -> tuple:
     return (row["row"], float(row["epochs"]), row.get("train_subset"), row.get("seed", 0), row.get("tag"))
 
 
-def prepared(recipe_name: str, model: nn.Module, calib_batch) -> nn.Module:
+def prepared(recipe_name: str | dict, model: nn.Module, calib_batch) -> nn.Module:
     """The quantized training form of `model` under a recipe, quantizers initialised, not trained."""
     recipe = load_recipe(recipe_name)
     handler = METHODS.get(recipe.method).handler_cls(recipe, select_layers(model, recipe))

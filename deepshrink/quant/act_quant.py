@@ -225,14 +225,17 @@ class XNORActivation(Packable, nn.Module):
     `beta` (training only, set each step by `AnnealBinaryInputs`; None otherwise): while set, a
     training forward returns tanh(beta * BN(x)) with its exact gradient instead of sign with the STE.
     Evaluation, `codes` and the packed layer always use sign.
+    `approx_grad` (training only): sign's gradient is Bi-Real Net's ApproxSign derivative
+    (`P.sign_approx`) instead of the paper's clipped STE.
     """
 
     bits = 1
 
     def __init__(self, num_features: int, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0),
-                 dilation=(1, 1), conv: bool = True, bn: bool = True):
+                 dilation=(1, 1), conv: bool = True, bn: bool = True, approx_grad: bool = False):
         super().__init__()
         self.num_features, self.conv, self.has_bn = int(num_features), bool(conv), bool(bn)
+        self.approx_grad = bool(approx_grad)
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
         bn_cls = nn.BatchNorm2d if conv else nn.BatchNorm1d
@@ -255,7 +258,7 @@ class XNORActivation(Packable, nn.Module):
         self._cache = (x, normalized)
         if self.training and self.beta is not None:
             return torch.tanh(self.beta * normalized)
-        return P.sign_ste(normalized)
+        return P.sign_approx(normalized) if self.approx_grad else P.sign_ste(normalized)
 
     def scale_output(self, x, y):
         """y * K. K is a constant of the backward pass: the paper's training (Algorithm 1) sends

@@ -38,15 +38,20 @@ class XNORConfig(BWNConfig):
     """act_bn: put a BatchNorm before each binary activation (the paper's BN -> sign -> conv order).
     drop_relu: remove every ReLU whose output feeds binary layers only (see `relus_feeding_only`).
     anneal: fraction of the training steps during which binary inputs are tanh(beta * x), beta rising
-    geometrically from anneal_from to anneal_to (see `AnnealBinaryInputs`); 0 (the paper) is off."""
+    geometrically from anneal_from to anneal_to (see `AnnealBinaryInputs`); 0 (the paper) is off.
+    act_grad: the binary inputs' gradient, "clip" (the paper's STE 1{|x| <= 1}) or "approx" (Bi-Real
+    Net's ApproxSign derivative max(0, 2 - 2|x|), Liu et al. 2018: a stated deviation)."""
 
     act_bn: bool = True
     drop_relu: bool = False
     anneal: float = 0.0
     anneal_from: float = 1.0
     anneal_to: float = 10.0
+    act_grad: str = "clip"
 
     def __post_init__(self):
+        if self.act_grad not in ("clip", "approx"):
+            raise UserError(f"xnor: act_grad must be 'clip' or 'approx'; got {self.act_grad!r}")
         if self.anneal != 0:
             check_range("xnor", "anneal", self.anneal, 0.0, 1.0)
         check_range("xnor", "anneal_from", self.anneal_from, 0.0, 1000.0)
@@ -87,10 +92,11 @@ class XNOR(BWN):
         return super().prepare(model)
 
     def input_quantizer(self, cfg, layer):
+        approx = cfg.act_grad == "approx"
         if isinstance(layer, nn.Conv2d):
             return XNORActivation(layer.in_channels, layer.kernel_size, layer.stride, layer.padding,
-                                  layer.dilation, conv=True, bn=cfg.act_bn)
-        return XNORActivation(layer.in_features, conv=False, bn=cfg.act_bn)
+                                  layer.dilation, conv=True, bn=cfg.act_bn, approx_grad=approx)
+        return XNORActivation(layer.in_features, conv=False, bn=cfg.act_bn, approx_grad=approx)
 
 
 class AnnealBinaryInputs(Hook):

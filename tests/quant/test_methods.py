@@ -333,3 +333,16 @@ def test_xnor_anneal_sets_beta_per_step_and_clears_it_after_training(monkeypatch
 def test_bad_anneal_settings_are_refused(params, message):
     with pytest.raises(UserError, match=message):
         load_recipe({"method": "xnor", "params": params})
+
+
+def test_xnor_act_grad_approx_reaches_every_binary_input_and_a_bad_value_is_refused():
+    _, qmodel = run_handler("xnor", tiny_model(), tiny_data(), epochs=0, params={"act_grad": "approx"})
+    acts = [m for m in qmodel.modules() if isinstance(m, XNORActivation)]
+    assert len(acts) == 3 and all(a.approx_grad for a in acts)
+    x = torch.tensor([[0.5, -0.75, 2.0]], requires_grad=True)
+    acts[-1].eval()  # the fc1 input (BatchNorm1d at its initial statistics: identity up to eps)
+    acts[-1].bn = nn.Identity()
+    acts[-1](x).sum().backward()
+    assert x.grad.tolist() == [[1.0, 0.5, 0.0]]
+    with pytest.raises(UserError, match="act_grad must be 'clip' or 'approx'; got 'tanh'"):
+        load_recipe({"method": "xnor", "params": {"act_grad": "tanh"}})

@@ -110,14 +110,9 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
     return _SignSTE.apply(x)
 
 
-class _SignApprox(torch.autograd.Function):
-    """sign(x) forward; backward g * max(0, 2 - 2|x|): the derivative of Bi-Real Net's ApproxSign
-    (Liu et al. 2018, Eq. 5), a piecewise-quadratic fit of sign, in place of the clipped STE."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return binary_sign(x)
+class _SignApprox(_SignSTE):
+    """sign(x) forward (as _SignSTE); backward g * max(0, 2 - 2|x|): the derivative of Bi-Real Net's
+    ApproxSign (Liu et al. 2018, Eq. 5), a piecewise-quadratic fit of sign, in place of the clipped STE."""
 
     @staticmethod
     def backward(ctx, grad):

@@ -222,9 +222,6 @@ class XNORActivation(Packable, nn.Module):
     this module, so every binary conv reads BN -> sign -> conv, and keep the network's own BN/ReLU
     and pooling where they are; without it, sign() of a post-ReLU input would be all +1.
 
-    `beta` (training only, set each step by `AnnealBinaryInputs`; None otherwise): while set, a
-    training forward returns tanh(beta * BN(x)) with its exact gradient instead of sign with the STE.
-    Evaluation, `codes` and the packed layer always use sign.
     `approx_grad` (training only): sign's gradient is Bi-Real Net's ApproxSign derivative
     (`P.sign_approx`) instead of the paper's clipped STE.
     """
@@ -241,7 +238,6 @@ class XNORActivation(Packable, nn.Module):
         bn_cls = nn.BatchNorm2d if conv else nn.BatchNorm1d
         self.bn = bn_cls(num_features) if bn else nn.Identity()
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.beta: float | None = None
 
     def pack_config(self) -> dict:
         return dict(num_features=self.num_features, kernel_size=list(self.kernel_size),
@@ -256,8 +252,6 @@ class XNORActivation(Packable, nn.Module):
     def forward(self, x):
         normalized = self.bn(x)
         self._cache = (x, normalized)
-        if self.training and self.beta is not None:
-            return torch.tanh(self.beta * normalized)
         return P.sign_approx(normalized) if self.approx_grad else P.sign_ste(normalized)
 
     def scale_output(self, x, y):

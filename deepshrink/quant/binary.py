@@ -16,13 +16,12 @@ from dataclasses import dataclass
 import torch.fx
 from torch import nn
 
-from ..engine.hooks import Hook
 from ..errors import UserError
 from ..nn import set_module
 from ..nn.compressed import PackableIdentity
 from ..registry import register_method
 from .act_quant import XNORActivation
-from .qat import QATConfig, QATMethod, check_range
+from .qat import QATConfig, QATMethod
 from .weight_quant import BinaryWeight
 
 
@@ -37,27 +36,16 @@ class BWNConfig(QATConfig):
 class XNORConfig(BWNConfig):
     """act_bn: put a BatchNorm before each binary activation (the paper's BN -> sign -> conv order).
     drop_relu: remove every ReLU whose output feeds binary layers only (see `relus_feeding_only`).
-    anneal: fraction of the training steps during which binary inputs are tanh(beta * x), beta rising
-    geometrically from anneal_from to anneal_to (see `AnnealBinaryInputs`); 0 (the paper) is off.
     act_grad: the binary inputs' gradient, "clip" (the paper's STE 1{|x| <= 1}) or "approx" (Bi-Real
     Net's ApproxSign derivative max(0, 2 - 2|x|), Liu et al. 2018: a stated deviation)."""
 
     act_bn: bool = True
     drop_relu: bool = False
-    anneal: float = 0.0
-    anneal_from: float = 1.0
-    anneal_to: float = 10.0
     act_grad: str = "clip"
 
     def __post_init__(self):
         if self.act_grad not in ("clip", "approx"):
             raise UserError(f"xnor: act_grad must be 'clip' or 'approx'; got {self.act_grad!r}")
-        if self.anneal != 0:
-            check_range("xnor", "anneal", self.anneal, 0.0, 1.0)
-        check_range("xnor", "anneal_from", self.anneal_from, 0.0, 1000.0)
-        check_range("xnor", "anneal_to", self.anneal_to, 0.0, 1000.0)
-        if self.anneal_to < self.anneal_from:
-            raise UserError(f"xnor: anneal_to ({self.anneal_to}) must be >= anneal_from ({self.anneal_from})")
 
 
 @register_method("bwn", BWNConfig)
@@ -81,10 +69,6 @@ class XNOR(BWN):
     the pretrained network's features survive binarisation better with their ReLUs in place.
     """
 
-    def hooks(self):
-        cfg = self.config
-        return [AnnealBinaryInputs(cfg.anneal, cfg.anneal_from, cfg.anneal_to)] if cfg.anneal else []
-
     def prepare(self, model: nn.Module) -> nn.Module:
         if self.config.drop_relu:
             for name in relus_feeding_only(model, set(self.layer_configs)):
@@ -97,36 +81,6 @@ class XNOR(BWN):
             return XNORActivation(layer.in_channels, layer.kernel_size, layer.stride, layer.padding,
                                   layer.dilation, conv=True, bn=cfg.act_bn, approx_grad=approx)
         return XNORActivation(layer.in_features, conv=False, bn=cfg.act_bn, approx_grad=approx)
-
-
-class AnnealBinaryInputs(Hook):
-    """Binary inputs reached by continuation: for the first `fraction` of the training steps every
-    XNORActivation's training forward is tanh(beta * x) (exact gradient), beta = beta_from *
-    (beta_to / beta_from) ** (step / (fraction * total_steps)); from then on sign(x) with the STE.
-
-    A deviation from XNOR-Net's training (which uses sign throughout), after the tanh(beta x)
-    continuation of Lahoud et al. 2019, "Self-Binarizing Networks": fine-tuning a float network, the
-    first steps see a smooth function of its inputs rather than their sign. The trained network, its
-    evaluation and its packed form are unchanged: binary inputs, the paper's scaling map K.
-    """
-
-    def __init__(self, fraction: float, beta_from: float, beta_to: float):
-        self.fraction, self.beta_from, self.beta_to = float(fraction), float(beta_from), float(beta_to)
-
-    def beta(self, step: int, total_steps: int) -> float | None:
-        progress = step / max(1.0, self.fraction * total_steps)
-        return None if progress >= 1 else self.beta_from * (self.beta_to / self.beta_from) ** progress
-
-    def _set(self, model: nn.Module, beta: float | None) -> None:
-        for module in model.modules():
-            if isinstance(module, XNORActivation):
-                module.beta = beta
-
-    def before_step(self, trainer, inputs, targets):
-        self._set(trainer.model, self.beta(trainer.step, trainer.total_steps))
-
-    def on_train_end(self, trainer):
-        self._set(trainer.model, None)
 
 
 def relus_feeding_only(model: nn.Module, layer_names: set[str]) -> list[str]:

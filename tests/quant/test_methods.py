@@ -1,7 +1,6 @@
 """One conformance test over every registered QAT method, plus recipe overrides and bad-recipe errors."""
 import copy
 import io
-import math
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ from deepshrink.errors import UserError
 from deepshrink.methods import CompressContext
 from deepshrink.nn import CompressedConv2d, CompressedLinear
 from deepshrink.quant.act_quant import XNORActivation
-from deepshrink.quant.binary import AnnealBinaryInputs
 from deepshrink.registry import METHODS
 
 QAT_METHODS = [name for name in deepshrink.list_methods() if METHODS.get(name).handler_cls.kind == "qat"]
@@ -283,65 +281,12 @@ def test_xnor_drop_relu_on_an_untraceable_model_names_the_fix():
         handler.prepare(DataDependent())
 
 
-# ----------------------------------------------------------------- XNOR-Net anneal (tanh continuation)
-def test_beta_rises_geometrically_then_switches_to_sign():
-    hook = AnnealBinaryInputs(0.5, 1.0, 100.0)
-    assert hook.beta(0, 40) == 1.0
-    assert math.isclose(hook.beta(10, 40), 10.0)  # half of the 20 annealed steps: sqrt(100)
-    assert hook.beta(19, 40) < 100.0
-    assert hook.beta(20, 40) is None and hook.beta(39, 40) is None
-
-
-def test_training_forward_is_tanh_with_its_exact_gradient_and_evaluation_stays_sign():
-    torch.manual_seed(0)
-    act = XNORActivation(3, bn=False).train()
-    x = torch.randn(2, 3, 4, 4, requires_grad=True)
-    act.beta = 3.0
-    y = act(x)
-    assert torch.allclose(y, torch.tanh(3.0 * x))
-    y.sum().backward()
-    assert torch.allclose(x.grad, 3.0 * (1 - torch.tanh(3.0 * x) ** 2), atol=1e-6)
-    act.eval()
-    assert set(act(x).unique().tolist()) == {-1.0, 1.0}
-
-
-def test_xnor_anneal_sets_beta_per_step_and_clears_it_after_training(monkeypatch):
-    seen: dict[int, list] = {}
-    forward = XNORActivation.forward
-
-    def spy(self, x):
-        if self.training:
-            seen.setdefault(id(self), []).append(self.beta)
-        return forward(self, x)
-
-    monkeypatch.setattr(XNORActivation, "forward", spy)
-    # two epochs of two steps, half of them annealed: beta 1, then 100 ** (1/2); then sign (None)
-    _, qmodel = run_handler("xnor", tiny_model(), tiny_data(n_batches=2), epochs=2,
-                            params={"anneal": 0.5, "anneal_from": 1.0, "anneal_to": 100.0})
-    acts = [m for m in qmodel.modules() if isinstance(m, XNORActivation)]
-    assert len(acts) == 3 and all(a.beta is None for a in acts)  # cleared: evaluation and packing use sign
-    for act in acts:
-        assert seen[id(act)] == [1.0, pytest.approx(10.0), None, None]
-
-
-@pytest.mark.parametrize("params,message", [
-    ({"anneal": 1.0}, "anneal must be a number in"),
-    ({"anneal": -0.1}, "anneal must be a number in"),
-    ({"anneal": 0.5, "anneal_from": 5.0, "anneal_to": 2.0}, "anneal_to .* must be >= anneal_from"),
-    ({"anneal_from": 0}, "anneal_from must be a number in"),
-])
-def test_bad_anneal_settings_are_refused(params, message):
-    with pytest.raises(UserError, match=message):
-        load_recipe({"method": "xnor", "params": params})
-
-
 def test_xnor_act_grad_approx_reaches_every_binary_input_and_a_bad_value_is_refused():
     _, qmodel = run_handler("xnor", tiny_model(), tiny_data(), epochs=0, params={"act_grad": "approx"})
     acts = [m for m in qmodel.modules() if isinstance(m, XNORActivation)]
     assert len(acts) == 3 and all(a.approx_grad for a in acts)
     x = torch.tensor([[0.5, -0.75, 2.0]], requires_grad=True)
-    acts[-1].eval()  # the fc1 input (BatchNorm1d at its initial statistics: identity up to eps)
-    acts[-1].bn = nn.Identity()
+    acts[-1].bn = nn.Identity()  # fc1's binary input, its BatchNorm taken out to test sign's gradient alone
     acts[-1](x).sum().backward()
     assert x.grad.tolist() == [[1.0, 0.5, 0.0]]
     with pytest.raises(UserError, match="act_grad must be 'clip' or 'approx'; got 'tanh'"):

@@ -224,15 +224,19 @@ class XNORActivation(Packable, nn.Module):
 
     `approx_grad` (training only): sign's gradient is Bi-Real Net's ApproxSign derivative
     (`P.sign_approx`) instead of the paper's clipped STE.
+    `shortcut`: `scale_output` also adds the layer's real-valued input x when the output has its
+    shape (Bi-Real Net's identity shortcut around each binary conv, Liu et al. 2018, Sec. 3.1; there
+    it is added after the conv's BatchNorm, here before it, inside the layer). Not in XNOR-Net.
     """
 
     bits = 1
 
     def __init__(self, num_features: int, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0),
-                 dilation=(1, 1), conv: bool = True, bn: bool = True, approx_grad: bool = False):
+                 dilation=(1, 1), conv: bool = True, bn: bool = True, approx_grad: bool = False,
+                 shortcut: bool = False):
         super().__init__()
         self.num_features, self.conv, self.has_bn = int(num_features), bool(conv), bool(bn)
-        self.approx_grad = bool(approx_grad)
+        self.approx_grad, self.shortcut = bool(approx_grad), bool(shortcut)
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
         bn_cls = nn.BatchNorm2d if conv else nn.BatchNorm1d
@@ -242,7 +246,7 @@ class XNORActivation(Packable, nn.Module):
     def pack_config(self) -> dict:
         return dict(num_features=self.num_features, kernel_size=list(self.kernel_size),
                     stride=list(self.stride), padding=list(self.padding), dilation=list(self.dilation),
-                    conv=self.conv, bn=self.has_bn)
+                    conv=self.conv, bn=self.has_bn, shortcut=self.shortcut)
 
     def _normalized(self, x):
         if self._cache is not None and self._cache[0] is x:
@@ -255,7 +259,7 @@ class XNORActivation(Packable, nn.Module):
         return P.sign_approx(normalized) if self.approx_grad else P.sign_ste(normalized)
 
     def scale_output(self, x, y):
-        """y * K. K is a constant of the backward pass: the paper's training (Algorithm 1) sends
+        """y * K (+ x with `shortcut`). K is a constant of the backward pass: the paper's training (Algorithm 1) sends
         gradients to the inputs through sign's STE only."""
         with torch.no_grad():
             normalized = self._normalized(x)
@@ -263,7 +267,8 @@ class XNORActivation(Packable, nn.Module):
             k = abs_mean if not self.conv else P.xnor_scaling_map(
                 abs_mean, self.kernel_size, self.stride, self.padding, self.dilation)  # (N, 1, H', W')
         self._cache = None
-        return y * k
+        out = y * k
+        return out + x if self.shortcut and x.shape == out.shape else out
 
     def codes(self, x) -> torch.Tensor:
         return P.binary_codes(self.bn(x))

@@ -291,3 +291,21 @@ def test_xnor_act_grad_approx_reaches_every_binary_input_and_a_bad_value_is_refu
     assert x.grad.tolist() == [[1.0, 0.5, 0.0]]
     with pytest.raises(UserError, match="act_grad must be 'clip' or 'approx'; got 'tanh'"):
         load_recipe({"method": "xnor", "params": {"act_grad": "tanh"}})
+
+
+def test_xnor_real_shortcut_reaches_the_layers_and_the_packed_model_keeps_it(tmp_path):
+    from deepshrink.api import load, pack
+
+    torch.manual_seed(0)
+    model = deepshrink.create_model("resnet20", shortcut="B", num_classes=4)
+    x = torch.randn(4, 3, 16, 16)
+    handler, qmodel = run_handler("xnor", model, [(x, torch.zeros(4, dtype=torch.long))], epochs=0,
+                                  params={"real_shortcut": True})
+    acts = {n: m for n, m in qmodel.named_modules() if isinstance(m, XNORActivation)}
+    assert acts and all(a.shortcut for a in acts.values())
+    converted = handler.convert(qmodel).eval()
+    pack(converted, tmp_path / "m.dsz")
+    loaded = load(tmp_path / "m.dsz").eval()
+    assert all(m.shortcut for m in loaded.modules() if isinstance(m, XNORActivation))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), converted(x), atol=1e-5)

@@ -242,15 +242,28 @@ def test_dorefa_bad_act_range_is_refused(bad):
         load_recipe({"method": "dorefa", "params": {"act_range": bad}})
 
 
-def test_xnor_drop_relu_removes_exactly_the_relus_that_feed_binary_layers_only(tmp_path):
-    from deepshrink.api import load, pack
-    from deepshrink.nn.compressed import PackableIdentity
-
+def xnor_resnet20(params):
+    """A small option-B ResNet-20 through the xnor handler (no training), and an input batch."""
     torch.manual_seed(0)
     model = deepshrink.create_model("resnet20", shortcut="B", num_classes=4)
     x = torch.randn(4, 3, 16, 16)
-    handler, qmodel = run_handler("xnor", model, [(x, torch.zeros(4, dtype=torch.long))], epochs=0,
-                                  params={"drop_relu": True})
+    handler, qmodel = run_handler("xnor", model, [(x, torch.zeros(4, dtype=torch.long))], epochs=0, params=params)
+    return handler, qmodel, x
+
+
+def converted_and_reloaded(handler, qmodel, path):
+    """The handler's inference form of `qmodel` and the same packed to `path` and loaded back."""
+    from deepshrink.api import load, pack
+
+    converted = handler.convert(qmodel).eval()
+    pack(converted, path)
+    return converted, load(path).eval()
+
+
+def test_xnor_drop_relu_removes_exactly_the_relus_that_feed_binary_layers_only(tmp_path):
+    from deepshrink.nn.compressed import PackableIdentity
+
+    handler, qmodel, x = xnor_resnet20({"drop_relu": True})
     removed = sorted(n for n, m in qmodel.named_modules() if isinstance(m, PackableIdentity))
     # each block's relu1 reads into conv2 only; a stage's last relu2 feeds the next stage's conv1 and its
     # (binary, option B) 1x1 downsample only; the other relu2s also feed an identity path, and the
@@ -258,9 +271,7 @@ def test_xnor_drop_relu_removes_exactly_the_relus_that_feed_binary_layers_only(t
     assert removed == sorted([f"layer{s}.{b}.relu1" for s in (1, 2, 3) for b in range(3)]
                              + ["layer1.2.relu2", "layer2.2.relu2"])
     assert isinstance(qmodel.relu, nn.ReLU) and isinstance(qmodel.layer3[2].relu2, nn.ReLU)
-    converted = handler.convert(qmodel).eval()
-    pack(converted, tmp_path / "m.dsz")
-    loaded = load(tmp_path / "m.dsz").eval()
+    converted, loaded = converted_and_reloaded(handler, qmodel, tmp_path / "m.dsz")
     assert isinstance(loaded.layer1[0].relu1, PackableIdentity)
     with torch.no_grad():
         assert torch.allclose(loaded(x), converted(x), atol=1e-5)
@@ -294,18 +305,10 @@ def test_xnor_act_grad_approx_reaches_every_binary_input_and_a_bad_value_is_refu
 
 
 def test_xnor_real_shortcut_reaches_the_layers_and_the_packed_model_keeps_it(tmp_path):
-    from deepshrink.api import load, pack
-
-    torch.manual_seed(0)
-    model = deepshrink.create_model("resnet20", shortcut="B", num_classes=4)
-    x = torch.randn(4, 3, 16, 16)
-    handler, qmodel = run_handler("xnor", model, [(x, torch.zeros(4, dtype=torch.long))], epochs=0,
-                                  params={"real_shortcut": True})
-    acts = {n: m for n, m in qmodel.named_modules() if isinstance(m, XNORActivation)}
-    assert acts and all(a.shortcut for a in acts.values())
-    converted = handler.convert(qmodel).eval()
-    pack(converted, tmp_path / "m.dsz")
-    loaded = load(tmp_path / "m.dsz").eval()
+    handler, qmodel, x = xnor_resnet20({"real_shortcut": True})
+    acts = [m for m in qmodel.modules() if isinstance(m, XNORActivation)]
+    assert acts and all(a.shortcut for a in acts)
+    converted, loaded = converted_and_reloaded(handler, qmodel, tmp_path / "m.dsz")
     assert all(m.shortcut for m in loaded.modules() if isinstance(m, XNORActivation))
     with torch.no_grad():
         assert torch.allclose(loaded(x), converted(x), atol=1e-5)

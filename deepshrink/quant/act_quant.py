@@ -222,8 +222,6 @@ class XNORActivation(Packable, nn.Module):
     this module, so every binary conv reads BN -> sign -> conv, and keep the network's own BN/ReLU
     and pooling where they are; without it, sign() of a post-ReLU input would be all +1.
 
-    `approx_grad` (training only): sign's gradient is Bi-Real Net's ApproxSign derivative
-    (`P.sign_approx`) instead of the paper's clipped STE.
     `shortcut`: `scale_output` also adds the layer's real-valued input x when the output has its
     shape (Bi-Real Net's identity shortcut around each binary conv, Liu et al. 2018, Sec. 3.1; there
     it is added after the conv's BatchNorm, here before it, inside the layer). Not in XNOR-Net.
@@ -232,11 +230,10 @@ class XNORActivation(Packable, nn.Module):
     bits = 1
 
     def __init__(self, num_features: int, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0),
-                 dilation=(1, 1), conv: bool = True, bn: bool = True, approx_grad: bool = False,
-                 shortcut: bool = False):
+                 dilation=(1, 1), conv: bool = True, bn: bool = True, shortcut: bool = False):
         super().__init__()
         self.num_features, self.conv, self.has_bn = int(num_features), bool(conv), bool(bn)
-        self.approx_grad, self.shortcut = bool(approx_grad), bool(shortcut)
+        self.shortcut = bool(shortcut)
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
         bn_cls = nn.BatchNorm2d if conv else nn.BatchNorm1d
@@ -256,11 +253,11 @@ class XNORActivation(Packable, nn.Module):
     def forward(self, x):
         normalized = self.bn(x)
         self._cache = (x, normalized)
-        return P.sign_approx(normalized) if self.approx_grad else P.sign_ste(normalized)
+        return P.sign_ste(normalized)
 
     def scale_output(self, x, y):
-        """y * K (+ x with `shortcut`). K is a constant of the backward pass: the paper's training (Algorithm 1) sends
-        gradients to the inputs through sign's STE only."""
+        """y * K (+ x with `shortcut`). K is a constant of the backward pass: the paper's training
+        (Algorithm 1) sends gradients to the inputs through sign's STE only."""
         with torch.no_grad():
             normalized = self._normalized(x)
             abs_mean = normalized.abs().mean(dim=1, keepdim=True)  # (N, 1, H, W) or (N, 1)

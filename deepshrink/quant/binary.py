@@ -36,19 +36,12 @@ class BWNConfig(QATConfig):
 class XNORConfig(BWNConfig):
     """act_bn: put a BatchNorm before each binary activation (the paper's BN -> sign -> conv order).
     drop_relu: remove every ReLU whose output feeds binary layers only (see `relus_feeding_only`).
-    act_grad: the binary inputs' gradient, "clip" (the paper's STE 1{|x| <= 1}) or "approx" (Bi-Real
-    Net's ApproxSign derivative max(0, 2 - 2|x|), Liu et al. 2018: a stated deviation).
     real_shortcut: add each binary layer's real-valued input to its output where the shapes match
     (Bi-Real Net's shortcut, Liu et al. 2018; not in XNOR-Net: see `XNORActivation`)."""
 
     act_bn: bool = True
     drop_relu: bool = False
-    act_grad: str = "clip"
     real_shortcut: bool = False
-
-    def __post_init__(self):
-        if self.act_grad not in ("clip", "approx"):
-            raise UserError(f"xnor: act_grad must be 'clip' or 'approx'; got {self.act_grad!r}")
 
 
 @register_method("bwn", BWNConfig)
@@ -79,7 +72,7 @@ class XNOR(BWN):
         return super().prepare(model)
 
     def input_quantizer(self, cfg, layer):
-        common = dict(bn=cfg.act_bn, approx_grad=cfg.act_grad == "approx", shortcut=cfg.real_shortcut)
+        common = dict(bn=cfg.act_bn, shortcut=cfg.real_shortcut)
         if isinstance(layer, nn.Conv2d):
             return XNORActivation(layer.in_channels, layer.kernel_size, layer.stride, layer.padding,
                                   layer.dilation, conv=True, **common)

@@ -110,21 +110,6 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
     return _SignSTE.apply(x)
 
 
-class _SignApprox(_SignSTE):
-    """sign(x) forward (as _SignSTE); backward g * max(0, 2 - 2|x|): the derivative of Bi-Real Net's
-    ApproxSign (Liu et al. 2018, Eq. 5), a piecewise-quadratic fit of sign, in place of the clipped STE."""
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (2 - 2 * x.abs()).clamp_(min=0)
-
-
-def sign_approx(x: torch.Tensor) -> torch.Tensor:
-    """Binary sign with Bi-Real Net's ApproxSign gradient max(0, 2 - 2|x|)."""
-    return _SignApprox.apply(x)
-
-
 # ----------------------------------------------------------------------------- BWN / XNOR-Net
 def bwn_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
     """BWN's optimal scale (Rastegari et al. 2016, Eq. 4): alpha* = ||W||_l1 / n = mean |W|.

@@ -292,18 +292,6 @@ def test_xnor_drop_relu_on_an_untraceable_model_names_the_fix():
         handler.prepare(DataDependent())
 
 
-def test_xnor_act_grad_approx_reaches_every_binary_input_and_a_bad_value_is_refused():
-    _, qmodel = run_handler("xnor", tiny_model(), tiny_data(), epochs=0, params={"act_grad": "approx"})
-    acts = [m for m in qmodel.modules() if isinstance(m, XNORActivation)]
-    assert len(acts) == 3 and all(a.approx_grad for a in acts)
-    x = torch.tensor([[0.5, -0.75, 2.0]], requires_grad=True)
-    acts[-1].bn = nn.Identity()  # fc1's binary input, its BatchNorm taken out to test sign's gradient alone
-    acts[-1](x).sum().backward()
-    assert x.grad.tolist() == [[1.0, 0.5, 0.0]]
-    with pytest.raises(UserError, match="act_grad must be 'clip' or 'approx'; got 'tanh'"):
-        load_recipe({"method": "xnor", "params": {"act_grad": "tanh"}})
-
-
 def test_xnor_real_shortcut_reaches_the_layers_and_the_packed_model_keeps_it(tmp_path):
     handler, qmodel, x = xnor_resnet20({"real_shortcut": True})
     acts = [m for m in qmodel.modules() if isinstance(m, XNORActivation)]

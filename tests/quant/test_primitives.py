@@ -193,12 +193,3 @@ def test_xnor_scaling_map_is_box_filtered_channel_mean():
     padded = np.pad(a.numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)))
     assert np.isclose(k[1, 0, 2, 3].item(), padded[1, 0, 2:5, 3:6].mean(), atol=1e-6)
     assert k.shape == (2, 1, 6, 6)
-
-
-def test_sign_approx_forward_is_sign_and_gradient_is_bireal_approxsign_derivative():
-    x = torch.tensor([-2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.75, 1.5], requires_grad=True)
-    y = P.sign_approx(x)
-    assert y.tolist() == [-1, -1, -1, -1, 1, 1, 1, 1]
-    y.backward(torch.ones_like(x))
-    # d/dx of ApproxSign (Liu et al. 2018, Eq. 5): 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere
-    assert x.grad.tolist() == [0.0, 0.0, 1.0, 1.5, 2.0, 1.5, 0.5, 0.0]

@@ -148,6 +148,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.set and args.tag is None:
         parser.error("--set changes the recipe: name the variant with --tag")
+    if any(s.partition("=")[0].strip() == "train.batch_size" for s in args.set):
+        parser.error("every row trains from one loader at batch 128; train.batch_size cannot be overridden here")
     torch.manual_seed(args.seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
 

@@ -30,6 +30,10 @@ def test_xnor_conv_is_binary_conv_times_alpha_and_k():
         assert torch.allclose(layer(x), binary * alpha * k, atol=1e-5)
         converted = layer.to_compressed()
         assert torch.allclose(converted(x), layer(x), atol=1e-6)
+        no_k = XNORActivation(4, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bn=False,
+                              scaling_map=False)
+        assert torch.allclose(quantize_layer(copy.deepcopy(conv), BinaryWeight(), no_k).eval()(x), binary * alpha,
+                              atol=1e-5)  # scaling_map=False: the binary conv times alpha only
 
 
 def test_xnor_real_shortcut_adds_the_input_where_the_shape_allows():

@@ -222,9 +222,6 @@ class XNORActivation(Packable, nn.Module):
     this module, so every binary conv reads BN -> sign -> conv, and keep the network's own BN/ReLU
     and pooling where they are; without it, sign() of a post-ReLU input would be all +1.
 
-    `shortcut`: `scale_output` also adds the layer's real-valued input x when the output has its
-    shape (Bi-Real Net's identity shortcut around each binary conv, Liu et al. 2018, Sec. 3.1; there
-    it is added after the conv's BatchNorm, here before it, inside the layer). Not in XNOR-Net.
     `scaling_map=False` leaves K out (output y, the weights' alpha kept), as Bi-Real Net and XNOR-Net++
     do: a BatchNorm after the layer already rescales each channel. Not the paper's layer.
     """
@@ -232,11 +229,10 @@ class XNORActivation(Packable, nn.Module):
     bits = 1
 
     def __init__(self, num_features: int, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0),
-                 dilation=(1, 1), conv: bool = True, bn: bool = True, shortcut: bool = False,
-                 scaling_map: bool = True):
+                 dilation=(1, 1), conv: bool = True, bn: bool = True, scaling_map: bool = True):
         super().__init__()
         self.num_features, self.conv, self.has_bn = int(num_features), bool(conv), bool(bn)
-        self.shortcut, self.scaling_map = bool(shortcut), bool(scaling_map)
+        self.scaling_map = bool(scaling_map)
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
         bn_cls = nn.BatchNorm2d if conv else nn.BatchNorm1d
@@ -246,7 +242,7 @@ class XNORActivation(Packable, nn.Module):
     def pack_config(self) -> dict:
         return dict(num_features=self.num_features, kernel_size=list(self.kernel_size),
                     stride=list(self.stride), padding=list(self.padding), dilation=list(self.dilation),
-                    conv=self.conv, bn=self.has_bn, shortcut=self.shortcut, scaling_map=self.scaling_map)
+                    conv=self.conv, bn=self.has_bn, scaling_map=self.scaling_map)
 
     def _normalized(self, x):
         if self._cache is not None and self._cache[0] is x:
@@ -259,11 +255,11 @@ class XNORActivation(Packable, nn.Module):
         return P.sign_ste(normalized)
 
     def scale_output(self, x, y):
-        """y * K (+ x with `shortcut`). K is a constant of the backward pass: the paper's training
+        """y * K (y with `scaling_map=False`). K is a constant of the backward pass: the paper's training
         (Algorithm 1) sends gradients to the inputs through sign's STE only."""
         out = y * self._k(x) if self.scaling_map else y
         self._cache = None
-        return out + x if self.shortcut and x.shape == out.shape else out
+        return out
 
     @torch.no_grad()
     def _k(self, x):

@@ -36,13 +36,10 @@ class BWNConfig(QATConfig):
 class XNORConfig(BWNConfig):
     """act_bn: put a BatchNorm before each binary activation (the paper's BN -> sign -> conv order).
     drop_relu: remove every ReLU whose output feeds binary layers only (see `relus_feeding_only`).
-    real_shortcut: add each binary layer's real-valued input to its output where the shapes match
-    (Bi-Real Net's shortcut, Liu et al. 2018; not in XNOR-Net: see `XNORActivation`).
     scaling_map: scale binary outputs by the paper's K (default); false leaves it out (a deviation)."""
 
     act_bn: bool = True
     drop_relu: bool = False
-    real_shortcut: bool = False
     scaling_map: bool = True
 
 
@@ -74,7 +71,7 @@ class XNOR(BWN):
         return super().prepare(model)
 
     def input_quantizer(self, cfg, layer):
-        common = dict(bn=cfg.act_bn, shortcut=cfg.real_shortcut, scaling_map=cfg.scaling_map)
+        common = dict(bn=cfg.act_bn, scaling_map=cfg.scaling_map)
         if isinstance(layer, nn.Conv2d):
             return XNORActivation(layer.in_channels, layer.kernel_size, layer.stride, layer.padding,
                                   layer.dilation, conv=True, **common)

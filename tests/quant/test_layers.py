@@ -36,25 +36,6 @@ def test_xnor_conv_is_binary_conv_times_alpha_and_k():
                               atol=1e-5)  # scaling_map=False: the binary conv times alpha only
 
 
-def test_xnor_real_shortcut_adds_the_input_where_the_shape_allows():
-    torch.manual_seed(0)
-    same = nn.Conv2d(4, 4, 3, padding=1, bias=False)
-    act = XNORActivation(4, same.kernel_size, same.stride, same.padding, same.dilation, bn=False, shortcut=True)
-    plain = XNORActivation(4, same.kernel_size, same.stride, same.padding, same.dilation, bn=False)
-    x = torch.randn(2, 4, 6, 6)
-    with torch.no_grad():
-        with_shortcut = quantize_layer(same, BinaryWeight(), act).eval()
-        without = quantize_layer(copy.deepcopy(same), BinaryWeight(), plain).eval()
-        assert torch.allclose(with_shortcut(x), without(x) + x, atol=1e-6)
-        down = nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False)  # output 3x3: no shortcut possible
-        strided = XNORActivation(4, down.kernel_size, down.stride, down.padding, down.dilation, bn=False,
-                                 shortcut=True)
-        strided_plain = XNORActivation(4, down.kernel_size, down.stride, down.padding, down.dilation, bn=False)
-        assert torch.equal(quantize_layer(down, BinaryWeight(), strided).eval()(x),
-                           quantize_layer(copy.deepcopy(down), BinaryWeight(), strided_plain).eval()(x))
-        assert torch.allclose(with_shortcut.to_compressed()(x), without(x) + x, atol=1e-6)
-
-
 def test_gradient_bits_quantize_the_output_gradient_only():
     torch.manual_seed(0)
     layer = QLinear.from_float(nn.Linear(5, 7, bias=False), WeightQuantizer(), grad_bits=2)

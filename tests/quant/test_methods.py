@@ -292,11 +292,11 @@ def test_xnor_drop_relu_on_an_untraceable_model_names_the_fix():
         handler.prepare(DataDependent())
 
 
-def test_xnor_real_shortcut_reaches_the_layers_and_the_packed_model_keeps_it(tmp_path):
-    handler, qmodel, x = xnor_resnet20({"real_shortcut": True})
+def test_xnor_without_scaling_map_reaches_the_layers_and_the_packed_model_keeps_it(tmp_path):
+    handler, qmodel, x = xnor_resnet20({"scaling_map": False})
     acts = [m for m in qmodel.modules() if isinstance(m, XNORActivation)]
-    assert acts and all(a.shortcut for a in acts)
+    assert acts and not any(a.scaling_map for a in acts)
     converted, loaded = converted_and_reloaded(handler, qmodel, tmp_path / "m.dsz")
-    assert all(m.shortcut for m in loaded.modules() if isinstance(m, XNORActivation))
+    assert not any(m.scaling_map for m in loaded.modules() if isinstance(m, XNORActivation))
     with torch.no_grad():
         assert torch.allclose(loaded(x), converted(x), atol=1e-5)

@@ -222,8 +222,9 @@ class XNORActivation(Packable, nn.Module):
     this module, so every binary conv reads BN -> sign -> conv, and keep the network's own BN/ReLU
     and pooling where they are; without it, sign() of a post-ReLU input would be all +1.
 
-    `scaling_map=False` leaves K out (output y, the weights' alpha kept), as Bi-Real Net and XNOR-Net++
-    do: a BatchNorm after the layer already rescales each channel. Not the paper's layer.
+    `scaling_map=False` leaves K out (output y, the weights' alpha kept), as Bi-Real Net does (XNOR-Net++
+    learns its scales instead of computing K): a BatchNorm after the layer already rescales each
+    channel. Not the paper's layer; measured in deepshrink/recipes/xnor-kd.yaml.
     """
 
     bits = 1

@@ -36,7 +36,8 @@ class BWNConfig(QATConfig):
 class XNORConfig(BWNConfig):
     """act_bn: put a BatchNorm before each binary activation (the paper's BN -> sign -> conv order).
     drop_relu: remove every ReLU whose output feeds binary layers only (see `relus_feeding_only`).
-    scaling_map: scale binary outputs by the paper's K (default); false leaves it out (a deviation)."""
+    scaling_map: scale binary outputs by the paper's K (default); false leaves it out (a deviation, see
+    `XNORActivation`)."""
 
     act_bn: bool = True
     drop_relu: bool = False

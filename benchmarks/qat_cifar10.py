@@ -106,8 +106,9 @@ def run_row(args, row_id: str, bits: str, target: float, fp: nn.Module, fp_top1:
     start = time.perf_counter()
     # no per-epoch validation: one evaluation of the converted (integer-code) model at the end
     # the run folder keeps last.pt after every epoch: an interrupted row resumes at its last finished epoch
-    run_dir = REPO / "runs/qat_cifar10" / f"{row_id}-e{args.epochs:g}-s{args.seed}" \
-        f"{'' if args.train_subset is None else f'-sub{args.train_subset:g}'}{'' if args.tag is None else '-' + args.tag}"
+    subset = "" if args.train_subset is None else f"-sub{args.train_subset:g}"
+    tag = "" if args.tag is None else f"-{args.tag}"
+    run_dir = REPO / "runs/qat_cifar10" / f"{row_id}-e{args.epochs:g}-s{args.seed}{subset}{tag}"
     result = deepshrink.compress(fp, row_id, train_data=train_loader, overrides=overrides, out_dir=run_dir,
                                  resume=True)
     seconds = time.perf_counter() - start

@@ -232,14 +232,15 @@ def quantize_k(r: torch.Tensor, bits: int) -> torch.Tensor:
 def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """DoReFa k-bit weights.
 
-    k = 1 (Eq. 7-8): r_o = sign(r_i) * E(|r_i|) (layer-wise mean; sign with identity STE).
+    k = 1 (Eq. 7-8): r_o = sign(r_i) * E(|r_i|) (layer-wise mean); backward identity, dL/dr_i = dL/dr_o.
     k > 1 (Eq. 9):   r_o = 2 quantize_k( tanh(r_i) / (2 max|tanh(r_i)|) + 1/2 ) - 1.
     """
     if bits >= 32:
         return w
     if bits == 1:
-        scale = w.abs().mean()
-        return scale * straight_through(w, binary_sign(w))
+        # Eq. 8: dc/dr_i = dc/dr_o, the identity through the whole of Eq. 7 (sign *and* scale), so the
+        # latent weights get the output gradient unchanged (not E|W| * g, nor a path through E|W|)
+        return straight_through(w, w.abs().mean() * binary_sign(w))
     t = torch.tanh(w)
     return 2 * quantize_k(t / (2 * t.abs().max()) + 0.5, bits) - 1
 

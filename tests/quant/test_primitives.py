@@ -101,6 +101,15 @@ def test_dorefa_one_bit_weight_is_mean_abs_times_sign(weight):
     assert torch.allclose(q, weight.abs().mean() * torch.sign(weight))
 
 
+def test_dorefa_one_bit_weight_backward_is_identity_eq8():
+    """Eq. 8: the latent weights receive the output gradient unchanged (no E|W| factor, no path
+    through the mean)."""
+    weight = torch.randn(16, 8, 3, 3, requires_grad=True)
+    upstream = torch.randn(16, 8, 3, 3)
+    P.dorefa_weight(weight, 1).backward(upstream)
+    assert torch.equal(weight.grad, upstream)
+
+
 @pytest.mark.parametrize("bits", [1, 2, 4])
 def test_dorefa_activation_clip_grid_and_ste(bits):
     x = torch.linspace(-1, 2, 301, requires_grad=True)

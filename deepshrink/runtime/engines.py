@@ -1,6 +1,7 @@
 """The engine registry: name -> Engine, the interface every run-time backend implements.
 
-An engine is stateless; `prepare` builds a `Runner` for one model, batch shape and thread count.
+An engine is stateless; `prepare` builds a `Runner` for one model, batch shape and thread count
+(and, for engines that calibrate activation ranges, calibration images).
 Modules that define engines register themselves on import; the registry imports them lazily
 (`_ENGINE_MODULES`) so that a missing optional dependency (onnxruntime, a compiler for the native
 bit kernels) only makes that engine unavailable, with its reason.
@@ -52,7 +53,11 @@ class Engine:
         """None when this engine can run `model`; otherwise one line naming the first obstacle."""
         return None
 
-    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1) -> Runner:
+    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1,
+                calibration: torch.Tensor | None = None) -> Runner:
+        """A runner of `model` for batches shaped like `example` on `threads` threads. `calibration`:
+        images (N, C, H, W) from the training data, for engines that set activation ranges from data
+        (the integer engine, ONNX Runtime's PTQ); others ignore it. None: they calibrate on `example`."""
         raise NotImplementedError  # pragma: no cover - interface
 
 

@@ -1,0 +1,132 @@
+"""Native bit kernels: binary and ternary convolution on packed sign bits, built on first use.
+
+The C++ sources next to this file are compiled once with PyTorch's extension tooling (ninja, the
+system C++ compiler) into a cache folder (``$DEEPSHRINK_KERNELS_BUILD``, else
+``~/.cache/deepshrink/kernels``); later imports load the cached library. One binary holds three code
+paths: ``avx512`` (VPOPCNTDQ), ``avx2`` (vpshufb popcount) and ``portable``. The fastest one this CPU
+runs is used unless ``DEEPSHRINK_BITS_PATH`` names another. Without a compiler `native()` returns
+None, says why on one stderr line, and the package keeps running compressed layers on the float path.
+
+Bit convention: bit 1 is -1, bit 0 is +1 (a value's IEEE sign bit, so -0.0 packs as -1 like
+`deepshrink.quant.primitives.binary_sign`); 64 channels per int64 word, channels-last, zero bits in
+the padding of the last word.
+
+Example::
+
+    from deepshrink import kernels
+    if kernels.native() is not None:
+        bits = kernels.pack_activations(x)              # (N, H, W, ceil(C / 64)) int64
+        planes = kernels.pack_weights(codes, groups=1)  # from EncodedWeight 'binary' codes
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+PATHS = ("avx512", "avx2", "portable")
+PATH_ENV = "DEEPSHRINK_BITS_PATH"
+_SOURCES = ("bits_paths.cpp", "bits_ops.cpp")
+_HEADERS = ("bits.h",)
+_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]  # no -march: the SIMD paths carry target attributes
+
+_state: dict = {}
+
+
+def _build_dir() -> Path:
+    root = os.environ.get("DEEPSHRINK_KERNELS_BUILD") or Path.home() / ".cache" / "deepshrink" / "kernels"
+    return Path(root)
+
+
+def build():
+    """Compile (or load the cached build of) the extension; raises on failure. `scripts/setup.sh` calls it."""
+    from torch.utils import cpp_extension
+
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in _SOURCES + _HEADERS + tuple(_FLAGS):
+        digest.update((here / name).read_bytes() if name.endswith((".cpp", ".h")) else name.encode())
+    name = f"deepshrink_bits_{digest.hexdigest()[:12]}"  # a source or flag change is a new library
+    folder = _build_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(name=name, sources=[str(here / s) for s in _SOURCES], extra_cflags=_FLAGS,
+                              extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
+
+
+def native():
+    """The compiled extension, or None (after one line on stderr saying why) when it cannot be built."""
+    if "module" not in _state:
+        try:
+            _state["module"], _state["reason"] = build(), None
+        except Exception as exc:  # no compiler, no ninja, no headers: any build failure means the float path
+            _state["module"], _state["reason"] = None, f"native bit kernels unavailable ({_summary(exc)})"
+            print(f"deepshrink: {_state['reason']}; binary layers run on the float path", file=sys.stderr)
+    return _state["module"]
+
+
+def _summary(exc: Exception) -> str:
+    """The compiler's first error line when there is one (a build log's first line is its command)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    errors = [line for line in lines if "error" in line.lower() and not line.startswith(("[", "c++", "g++"))]
+    return (errors or lines)[0][:200]
+
+
+def unavailable_reason() -> str | None:
+    """None when the extension is loaded; else the one-line reason."""
+    native()
+    return _state["reason"]
+
+
+def supported_paths() -> list[str]:
+    """The code paths this CPU can run, fastest first ([] without the extension)."""
+    module = native()
+    return list(module.supported_paths()) if module is not None else []
+
+
+def resolve_path(path: str | None = None) -> str:
+    """The path to run: `path` if given, else $DEEPSHRINK_BITS_PATH, else the fastest this CPU supports.
+
+    Raises UserError naming the choices for an unknown path, or one this CPU cannot run.
+    """
+    chosen = path or os.environ.get(PATH_ENV) or None
+    supported = supported_paths()
+    if not supported:
+        raise UserError(unavailable_reason() or "native bit kernels unavailable")
+    if chosen is None:
+        return supported[0]
+    source = "" if path else f" (from ${PATH_ENV})"
+    if chosen not in PATHS:
+        raise UserError(f"unknown bit-kernel path {chosen!r}{source}; one of {', '.join(PATHS)}")
+    if chosen not in supported:
+        raise UserError(f"this CPU cannot run the {chosen} bit-kernel path{source}; it supports "
+                        f"{', '.join(supported)}")
+    return chosen
+
+
+def active_path() -> str | None:
+    """The path kernels run on now (honouring $DEEPSHRINK_BITS_PATH), or None without the extension."""
+    return resolve_path() if native() is not None else None
+
+
+def pack_activations(x: torch.Tensor, groups: int = 1, scale: torch.Tensor | None = None,
+                     shift: torch.Tensor | None = None, path: str | None = None) -> torch.Tensor:
+    """Sign bits of `x * scale + shift` (per channel; identity when None) as (N, H, W, groups * words).
+
+    x is (N, C, H, W) (any memory format) or (N, C) (packed as a 1x1 image); each group of C / groups
+    channels starts a new word, words = ceil(C / groups / 64).
+    """
+    return native().pack_activations(x, groups, scale, shift, resolve_path(path))
+
+
+def pack_weights(codes: torch.Tensor, groups: int = 1, ternary: bool = False) -> tuple[torch.Tensor, ...]:
+    """Bit planes of integer weight codes (O, C/groups, KH, KW) or (O, C/groups).
+
+    Binary codes {0, 1} (1 = +1, as in EncodedWeight 'binary') give (sign, empty, empty); ternary codes
+    {-1, 0, 1} give (sign, nonzero mask, non-zero count per (output channel, tap)).
+    """
+    return tuple(native().pack_weights(codes, groups, ternary))

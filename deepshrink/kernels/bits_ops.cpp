@@ -1,0 +1,244 @@
+// Drivers of the bit kernels: packing activations and weights, and binary/ternary convolution on
+// packed operands with its epilogue fused (per-channel multiply-add, residual, ReLU, and the next
+// binary layer's sign packed straight from the output). Linear layers run as 1x1 convolutions on a
+// 1x1 image. The per-path inner loops live in bits_paths.cpp.
+//
+// Layouts (all contiguous):
+//   packed activations  (N, H, W, G * words)        int64, words = ceil(C / G / 64) per group
+//   packed weights      (G, KH, KW, words, lanes)   int64, lanes = output channels of a group rounded
+//                                                   up to 8; bit c % 64 of word c / 64 is input channel c
+//   float activations   (N, C, H, W) in channels_last memory format
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bits.h"
+
+namespace deepshrink_bits {
+namespace {
+
+Path parse_path(const std::string& name) {
+  Path path;
+  if (name == "avx512") path = Path::avx512;
+  else if (name == "avx2") path = Path::avx2;
+  else if (name == "portable") path = Path::portable;
+  else TORCH_CHECK(false, "unknown bit-kernel path '", name, "'; one of avx512, avx2, portable");
+  TORCH_CHECK(cpu_supports(path), "this CPU cannot run the ", name, " bit-kernel path");
+  return path;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+const float* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<float>() : nullptr;
+}
+
+std::optional<at::Tensor> checked_vector(const std::optional<at::Tensor>& t, int64_t n, const char* what) {
+  if (!t.has_value()) return t;
+  TORCH_CHECK(t->numel() == n, what, " has ", t->numel(), " values, expected ", n);
+  return t->to(at::kFloat).contiguous();
+}
+
+}  // namespace
+
+std::vector<std::string> supported_paths() {
+  std::vector<std::string> names;
+  if (cpu_supports(Path::avx512)) names.push_back("avx512");
+  if (cpu_supports(Path::avx2)) names.push_back("avx2");
+  names.push_back("portable");
+  return names;
+}
+
+// Sign bits of x * scale + shift (per channel), packed per group of C / groups channels.
+at::Tensor pack_activations(const at::Tensor& x_in, int64_t groups, const std::optional<at::Tensor>& scale_in,
+                            const std::optional<at::Tensor>& shift_in, const std::string& path_name) {
+  const Path path = parse_path(path_name);
+  TORCH_CHECK(x_in.dim() == 4 || x_in.dim() == 2, "pack_activations expects (N, C, H, W) or (N, C)");
+  TORCH_CHECK(scale_in.has_value() == shift_in.has_value(), "give both scale and shift or neither");
+  at::Tensor x = x_in.dim() == 2 ? x_in.reshape({x_in.size(0), x_in.size(1), 1, 1}) : x_in;
+  x = x.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  TORCH_CHECK(groups >= 1 && channels % groups == 0, "channels ", channels, " not divisible by groups ", groups);
+  const int64_t group_channels = channels / groups, words = ceil_div(group_channels, 64);
+  const auto scale = checked_vector(scale_in, channels, "scale");
+  const auto shift = checked_vector(shift_in, channels, "shift");
+  at::Tensor out = at::empty({n, height, width, groups * words}, x.options().dtype(at::kLong));
+  const float* xp = x.data_ptr<float>();
+  const float *sp = data_or_null(scale), *tp = data_or_null(shift);
+  auto* op = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const PackFn pack = pack_fn(path);
+  at::parallel_for(0, n * height * width, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t c0 = g * group_channels;
+        pack(xp + p * channels + c0, sp ? sp + c0 : nullptr, tp ? tp + c0 : nullptr, group_channels,
+             op + (p * groups + g) * words);
+      }
+  });
+  return out;
+}
+
+// Weight bit planes from integer codes (O, C/G, KH, KW) or (O, C/G): binary codes {0, 1} (1 = +1) give
+// one sign plane; ternary codes {-1, 0, 1} give a sign plane, a non-zero mask plane and the number of
+// non-zero weights per (output channel, tap), which the convolution needs at image borders.
+std::vector<at::Tensor> pack_weights(const at::Tensor& codes_in, int64_t groups, bool ternary) {
+  at::Tensor codes = codes_in.dim() == 2 ? codes_in.reshape({codes_in.size(0), codes_in.size(1), 1, 1}) : codes_in;
+  TORCH_CHECK(codes.dim() == 4, "weight codes must be (O, C/G, KH, KW) or (O, C/G)");
+  codes = codes.to(at::kLong).contiguous();
+  const int64_t out_ch = codes.size(0), group_channels = codes.size(1), kh = codes.size(2), kw = codes.size(3);
+  TORCH_CHECK(groups >= 1 && out_ch % groups == 0, "output channels ", out_ch, " not divisible by groups ", groups);
+  const int64_t group_out = out_ch / groups, lanes = ceil_div(group_out, 8) * 8;
+  const int64_t words = ceil_div(group_channels, 64), taps = kh * kw;
+  const auto opts = codes.options().dtype(at::kLong);
+  at::Tensor sign = at::zeros({groups, kh, kw, words, lanes}, opts);
+  at::Tensor mask = ternary ? at::zeros_like(sign) : at::empty({0}, opts);
+  at::Tensor tap_nonzero = ternary ? at::zeros({out_ch, taps}, opts.dtype(at::kInt)) : at::empty({0}, opts);
+  const int64_t* cp = codes.data_ptr<int64_t>();
+  auto* sp = reinterpret_cast<uint64_t*>(sign.data_ptr<int64_t>());
+  auto* mp = ternary ? reinterpret_cast<uint64_t*>(mask.data_ptr<int64_t>()) : nullptr;
+  int32_t* np = ternary ? tap_nonzero.data_ptr<int32_t>() : nullptr;
+  for (int64_t o = 0; o < out_ch; ++o) {
+    const int64_t g = o / group_out, lane = o % group_out;
+    for (int64_t c = 0; c < group_channels; ++c)
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t code = cp[(o * group_channels + c) * taps + t];
+        TORCH_CHECK(ternary ? (code >= -1 && code <= 1) : (code == 0 || code == 1), "weight code ", code,
+                    " out of range for ", ternary ? "ternary" : "binary", " weights");
+        const int64_t index = ((g * taps + t) * words + c / 64) * lanes + lane;
+        const uint64_t bit = uint64_t{1} << (c % 64);
+        if (ternary) {
+          if (code == -1) sp[index] |= bit;
+          if (code != 0) { mp[index] |= bit; np[o * taps + t] += 1; }
+        } else if (code == 0) {
+          sp[index] |= bit;
+        }
+      }
+  }
+  return {sign, mask, tap_nonzero};
+}
+
+struct ConvShape {
+  int64_t in_ch, out_ch, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+};
+
+// Binary (or ternary) convolution of packed activations with packed weights. For output channel o at
+// an output position with valid taps T: dot = valid(T) - 2 * popcount, valid(T) = (C/G) * |T| for
+// binary weights and the non-zero weights under T for ternary ones, so zero padding contributes 0.
+// Epilogue: y = dot * scale[o] + shift[o] (+ residual) (ReLU); returns [float y or empty, packed
+// sign(y * pack_scale + pack_shift) over pack_groups or empty].
+std::vector<at::Tensor> conv(const at::Tensor& x, const at::Tensor& sign, const at::Tensor& mask,
+                             const at::Tensor& tap_nonzero, std::vector<int64_t> shape_args,
+                             const at::Tensor& scale_in, const at::Tensor& shift_in,
+                             const std::optional<at::Tensor>& residual_in, bool relu, bool out_float,
+                             int64_t pack_groups, const std::optional<at::Tensor>& pack_scale_in,
+                             const std::optional<at::Tensor>& pack_shift_in, const std::string& path_name) {
+  const Path path = parse_path(path_name);
+  TORCH_CHECK(shape_args.size() == 11, "shape is (C, O, KH, KW, SH, SW, PH, PW, DH, DW, G)");
+  const ConvShape s{shape_args[0], shape_args[1], shape_args[2], shape_args[3], shape_args[4], shape_args[5],
+                    shape_args[6], shape_args[7], shape_args[8], shape_args[9], shape_args[10]};
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kLong && x.is_contiguous(), "x must be packed activations");
+  const bool ternary = mask.numel() > 0;
+  const int64_t n = x.size(0), height = x.size(1), width = x.size(2), x_words = x.size(3);
+  const int64_t group_channels = s.in_ch / s.groups, words = ceil_div(group_channels, 64);
+  TORCH_CHECK(x_words == s.groups * words, "packed input has ", x_words, " words per position, expected ",
+              s.groups * words);
+  const int64_t group_out = s.out_ch / s.groups, lanes = ceil_div(group_out, 8) * 8, taps_all = s.kh * s.kw;
+  TORCH_CHECK(sign.numel() == s.groups * taps_all * words * lanes, "packed weights do not match the shape");
+  const int64_t out_h = (height + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
+  const int64_t out_w = (width + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+  TORCH_CHECK(out_h > 0 && out_w > 0, "convolution output would be empty");
+  const at::Tensor scale = scale_in.to(at::kFloat).contiguous(), shift = shift_in.to(at::kFloat).contiguous();
+  TORCH_CHECK(scale.numel() == s.out_ch && shift.numel() == s.out_ch, "scale and shift need one value per output channel");
+  std::optional<at::Tensor> residual;
+  if (residual_in.has_value()) {
+    TORCH_CHECK(residual_in->dim() == 4 && residual_in->size(0) == n && residual_in->size(1) == s.out_ch &&
+                residual_in->size(2) == out_h && residual_in->size(3) == out_w, "residual must match the output");
+    residual = residual_in->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  const bool packing = pack_groups > 0;
+  TORCH_CHECK(!packing || s.out_ch % pack_groups == 0, "pack_groups must divide the output channels");
+  const int64_t pack_channels = packing ? s.out_ch / pack_groups : 0, pack_words = ceil_div(pack_channels, 64);
+  const auto pack_scale = checked_vector(pack_scale_in, s.out_ch, "pack_scale");
+  const auto pack_shift = checked_vector(pack_shift_in, s.out_ch, "pack_shift");
+
+  const auto fopts = x.options().dtype(at::kFloat);
+  at::Tensor y = out_float ? at::empty({n, s.out_ch, out_h, out_w}, fopts.memory_format(at::MemoryFormat::ChannelsLast))
+                           : at::empty({0}, fopts);
+  at::Tensor packed = packing ? at::empty({n, out_h, out_w, pack_groups * pack_words}, x.options())
+                              : at::empty({0}, x.options());
+  const auto* xp = reinterpret_cast<const uint64_t*>(x.data_ptr<int64_t>());
+  const auto* wp = reinterpret_cast<const uint64_t*>(sign.data_ptr<int64_t>());
+  const auto* mp = ternary ? reinterpret_cast<const uint64_t*>(mask.data_ptr<int64_t>()) : nullptr;
+  const int32_t* nz = ternary ? tap_nonzero.data_ptr<int32_t>() : nullptr;
+  const float *sc = scale.data_ptr<float>(), *sh = shift.data_ptr<float>();
+  const float* rp = residual.has_value() ? residual->data_ptr<float>() : nullptr;
+  const float *ps = data_or_null(pack_scale), *pt = data_or_null(pack_shift);
+  float* yp = out_float ? y.data_ptr<float>() : nullptr;
+  auto* pp = packing ? reinterpret_cast<uint64_t*>(packed.data_ptr<int64_t>()) : nullptr;
+  const CountFn count = count_fn(path);
+  const PackFn pack = pack_fn(path);
+  const int64_t group_weights = taps_all * words * lanes;
+
+  at::parallel_for(0, n * out_h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> counts(s.groups * lanes);
+    std::vector<int64_t> x_off(taps_all), w_off(taps_all), tap_id(taps_all);
+    std::vector<float> row(s.out_ch);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t img = r / out_h, oh = r % out_h;
+      const uint64_t* x_img = xp + img * height * width * x_words;
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        int n_taps = 0;
+        for (int64_t i = 0; i < s.kh; ++i) {
+          const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+          if (ih < 0 || ih >= height) continue;
+          for (int64_t j = 0; j < s.kw; ++j) {
+            const int64_t iw = ow * s.sw - s.pw + j * s.dw;
+            if (iw < 0 || iw >= width) continue;
+            x_off[n_taps] = (ih * width + iw) * x_words;
+            w_off[n_taps] = (i * s.kw + j) * words * lanes;
+            tap_id[n_taps++] = i * s.kw + j;
+          }
+        }
+        const TapList taps{x_off.data(), w_off.data(), n_taps};
+        for (int64_t g = 0; g < s.groups; ++g)
+          count(x_img + g * words, wp + g * group_weights, mp ? mp + g * group_weights : nullptr, taps,
+                static_cast<int>(words), lanes, static_cast<int>(lanes / 8), counts.data() + g * lanes);
+        const int64_t pos = (r * out_w + ow);
+        for (int64_t o = 0; o < s.out_ch; ++o) {
+          const int64_t g = o / group_out;
+          int64_t valid = group_channels * n_taps;
+          if (nz) {
+            valid = 0;
+            for (int t = 0; t < n_taps; ++t) valid += nz[o * taps_all + tap_id[t]];
+          }
+          const int64_t dot = valid - 2 * static_cast<int64_t>(counts[g * lanes + o % group_out]);
+          float v = static_cast<float>(dot) * sc[o] + sh[o];
+          if (rp) v += rp[pos * s.out_ch + o];
+          if (relu && v < 0.0f) v = 0.0f;
+          row[o] = v;
+        }
+        if (yp) std::copy(row.begin(), row.end(), yp + pos * s.out_ch);
+        if (pp)
+          for (int64_t g = 0; g < pack_groups; ++g) {
+            const int64_t c0 = g * pack_channels;
+            pack(row.data() + c0, ps ? ps + c0 : nullptr, pt ? pt + c0 : nullptr, pack_channels,
+                 pp + (pos * pack_groups + g) * pack_words);
+          }
+      }
+    }
+  });
+  return {y, packed};
+}
+
+}  // namespace deepshrink_bits
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace deepshrink_bits;
+  m.def("supported_paths", &supported_paths, "bit-kernel paths this CPU can run, fastest first");
+  m.def("pack_activations", &pack_activations, "sign bits of x * scale + shift, 64 channels per word");
+  m.def("pack_weights", &pack_weights, "weight bit planes from binary or ternary codes");
+  m.def("conv", &conv, "binary/ternary convolution on packed operands with a fused epilogue");
+}

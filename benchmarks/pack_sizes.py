@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                 "file_bytes": report["totals"]["file_bytes"],
                 "ratio_vs_fp32_params": round(fp32_param_bytes / report["totals"]["file_bytes"], 2),
                 "ratio_vs_fp32_state": round(fp32_state_bytes / report["totals"]["file_bytes"], 2),
-                "top1_before_pack": metrics["top1_in_memory"], "top1_from_file": metrics["top1"],
+                "top1_before_pack": metrics["val_top1_in_memory"], "top1_from_file": metrics["top1"],
                 "test_images": 10 * args.test_per_class if args.test_per_class else 10_000,
                 "theoretical_bytes": round(report["totals"]["theoretical_bytes"]),
                 "container_bytes": report["totals"]["overhead_bytes"],

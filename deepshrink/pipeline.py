@@ -54,18 +54,24 @@ def build_model(name: str, model_args=None, base=None, num_classes=None, in_chan
 
 @dataclass
 class DataBundle:
-    train: object
-    val: object
-    calib: object
-    dataset: object  # the training split, for num_classes / in_channels / image_size
+    train: object  # the training split minus the validation part
+    val: object  # held out of the training split: every choice reads it
+    test: object  # scored once, at the end
+    calib: object  # drawn from the training part
+    dataset: object  # the training part, for num_classes / in_channels / image_size
 
 
 def build_data(name: str, root=None, download=False, batch_size=128, eval_batch_size=500,
-               calib: CalibConfig | None = None, seed=0, train_subset=None, augment=True) -> DataBundle:
-    """Train / test loaders and the stratified calibration subset (1% of the training set by default)."""
-    from .data import get_dataset, make_loader, subset
+               calib: CalibConfig | None = None, seed=0, train_subset=None, augment=True,
+               rank: int = 0, world_size: int = 1) -> DataBundle:
+    """Train / validation / test loaders and the stratified calibration subset (1% of the training part).
 
-    train_set = get_dataset(name, "train", root=root, download=download)
+    The validation split is held out of the training split (`deepshrink.data.splits`); `train_subset`
+    (a ratio, or a total image count) limits the training part after that."""
+    from .data import get_dataset, make_loader, subset
+    from .data.splits import train_val_split
+
+    train_set, val_set = train_val_split(get_dataset(name, "train", root=root, download=download))
     test_set = get_dataset(name, "test", root=root, download=download)
     calib = calib or CalibConfig()
     calib_set = subset(train_set, ratio=None if calib.per_class else calib.ratio, per_class=calib.per_class,
@@ -75,8 +81,10 @@ def build_data(name: str, root=None, download=False, batch_size=128, eval_batch_
                            per_class=None if train_subset <= 1 else int(train_subset) // train_set.num_classes,
                            seed=seed)
     return DataBundle(
-        train=make_loader(train_set, batch_size, train=True, seed=seed, augment=augment),
-        val=make_loader(test_set, eval_batch_size, train=False),
+        train=make_loader(train_set, batch_size, train=True, seed=seed, augment=augment, rank=rank,
+                          world_size=world_size),
+        val=make_loader(val_set, eval_batch_size, train=False),
+        test=make_loader(test_set, eval_batch_size, train=False),
         calib=make_loader(calib_set, calib.batch_size, train=False),
         dataset=train_set,
     )
@@ -108,16 +116,20 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
         or Path(recipe).exists() else _named_recipe(recipe, overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from .engine import distributed
+
     bundle = data_bundle or build_data(data, data_root, download, recipe.train.batch_size,
                                        recipe.train.eval_batch_size, recipe.calib, recipe.train.seed,
-                                       train_subset)
+                                       train_subset, augment=recipe.train.augment, rank=distributed.rank(),
+                                       world_size=distributed.world_size())
     ds = bundle.dataset
     net = build_model(model, model_args, base, num_classes=ds.num_classes, in_channels=ds.in_channels)
     input_size = (ds.in_channels, *_hw(ds.image_size))
     metrics = {"method": recipe.method, "model": model, "data": data, "seed": recipe.train.seed,
                "epochs": recipe.train.epochs, "version": __version__, "fp32_bytes": fp32_bytes(net)}
     if evaluate_base:
-        metrics["base_top1"] = api.evaluate(net, bundle.val, device=device)["top1"]
+        metrics["base_val_top1"] = api.evaluate(net, bundle.val, device=device)["top1"]
+        metrics["base_top1"] = api.evaluate(net, bundle.test, device=device)["top1"]
     (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     result = api.compress(net, recipe, train_data=bundle.train, val_data=bundle.val, calib_data=bundle.calib,
                           out_dir=out_dir / "train", device=device, inplace=True, resume=resume)
@@ -125,9 +137,11 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
     api.pack(result.model, packed)
     reloaded = api.load(packed)
     from_file = api.evaluate(reloaded, bundle.val, device=device)
+    test = api.evaluate(reloaded, bundle.test, device=device)  # the one look at the test set
     totals = profile(reloaded, input_size).totals
     metrics.update(
-        top1=from_file["top1"], top5=from_file["top5"], top1_in_memory=result.metrics.get("top1"),
+        top1=test["top1"], top5=test["top5"], val_top1=from_file["top1"], val_top5=from_file["top5"],
+        val_top1_in_memory=result.metrics.get("top1"),
         compress_seconds=round(result.metrics["compress_seconds"], 2),
         file_bytes=os.path.getsize(packed),
         macs=totals.get("macs"), bops=totals.get("bops"), packed=str(packed),

@@ -19,7 +19,7 @@ def test_compress_cli_writes_a_run_folder_whose_figures_come_from_the_packed_fil
     # only the 300->100 layer is binary (1 bit + a scale per filter); first and last layers stay fp32
     payload = 4 * (64 * 300 + 300 + 100 + 100 * 10 + 10) + 300 * 100 // 8 + 4 * 100
     assert payload <= metrics["file_bytes"] <= payload * 1.02 + 4096
-    assert metrics["top1"] == pytest.approx(metrics["top1_in_memory"], abs=1e-6)
+    assert metrics["val_top1"] == pytest.approx(metrics["val_top1_in_memory"], abs=1e-6)
 
 
 def test_compress_cli_refuses_both_recipe_and_method(tmp_path, capsys):

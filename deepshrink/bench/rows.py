@@ -16,8 +16,8 @@ from .suite import Suite
 
 # run_compress's figures -> the names results.jsonl uses
 _RENAME = {"file_bytes": "bytes"}
-_KEEP = ("top1", "top5", "file_bytes", "ratio", "macs", "bops", "compress_seconds", "epochs", "fp32_bytes",
-         "top1_in_memory", "kind")
+_KEEP = ("top1", "top5", "val_top1", "val_top5", "file_bytes", "ratio", "macs", "bops", "compress_seconds",
+         "epochs", "fp32_bytes", "val_top1_in_memory", "kind")
 
 
 def run_row(task: RowTask) -> dict:
@@ -53,18 +53,20 @@ def measure_baseline(task: RowTask) -> dict:
     packed = task.out_dir / "model.dsz"
     api.pack(net, packed)
     reloaded = api.load(packed)
-    from_file = api.evaluate(reloaded, bundle.val)
+    val = api.evaluate(reloaded, bundle.val)
+    from_file = api.evaluate(reloaded, bundle.test)
     size = ds.image_size if not isinstance(ds.image_size, int) else (ds.image_size, ds.image_size)
     totals = profile(reloaded, (ds.in_channels, *size)).totals
     file_bytes = os.path.getsize(packed)
-    return {"top1": from_file["top1"], "top5": from_file["top5"], "bytes": file_bytes,
+    return {"top1": from_file["top1"], "top5": from_file["top5"], "val_top1": val["top1"],
+            "val_top5": val["top5"], "bytes": file_bytes,
             "ratio": round(fp32_bytes(net) / file_bytes, 3), "macs": totals.get("macs"),
             "bops": totals.get("bops"), "compress_seconds": 0.0, "epochs": 0, "fp32_bytes": fp32_bytes(net)}
 
 
 def train_base(suite: Suite, path: Path) -> None:
     """Train the suite's model from scratch as `base.train` says and save its state_dict at `path`."""
-    from ..engine import Trainer
+    from ..engine import Trainer, seed_everything
     from ..engine.checkpoint import save_checkpoint
     from ..pipeline import build_data, build_model
 
@@ -72,6 +74,7 @@ def train_base(suite: Suite, path: Path) -> None:
     bundle = build_data(suite.data["name"], suite.data.get("root"), batch_size=config.batch_size,
                         eval_batch_size=config.eval_batch_size, seed=config.seed, augment=config.augment)
     ds = bundle.dataset
+    seed_everything(config.seed)  # the base's initial weights too: two demo runs give the same table
     model = build_model(suite.model["name"], suite.model["args"], num_classes=ds.num_classes,
                         in_channels=ds.in_channels)
     Trainer(model, bundle.train, bundle.val, config, run_dir=path.parent / f"{path.stem}-train",

@@ -17,7 +17,9 @@ def add_parser(subparsers) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     info = actions.add_parser("info", help="counts per class, image shape and sizes of a data set")
     add_data_args(info, required=True)
-    info.add_argument("--split", choices=["train", "test", "both"], default="both")
+    info.add_argument("--split", choices=["train", "val", "test", "all"], default="all",
+                      help="train = the training split minus val; val = held out of it (10%% of each class, "
+                           "seeded, saved); test (default: all three)")
     info.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     convert = actions.add_parser("to-lmdb", help="copy an image folder (train/, test/) into LMDB stores")
     convert.add_argument("src", help="image folder with train/ and test/ (or val/) class folders")
@@ -44,6 +46,7 @@ def describe(dataset) -> dict:
 def run(args) -> int:
     from ..data import dataset_from_args
     from ..data.lmdb_store import write_lmdb
+    from ..data.splits import train_val_split
 
     if args.action == "to-lmdb":
         written = write_lmdb(args.src, args.dst)
@@ -53,8 +56,10 @@ def run(args) -> int:
     if args.action != "info":
         args._data_parser.print_help()
         return 2
-    splits = ["train", "test"] if args.split == "both" else [args.split]
-    summaries = [describe(dataset_from_args(args, split)) for split in splits]
+    train, val = train_val_split(dataset_from_args(args, "train"))
+    every = {"train": lambda: train, "val": lambda: val, "test": lambda: dataset_from_args(args, "test")}
+    splits = list(every) if args.split == "all" else [args.split]
+    summaries = [describe(every[split]()) for split in splits]
     for s in summaries:
         shape = "x".join(str(d) for d in s["image_shape"])
         size = f", {s['bytes'] / 2**20:.1f} MiB in memory" if "bytes" in s else ""

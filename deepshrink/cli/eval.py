@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="registered model name (for a .pt checkpoint)")
     p.add_argument("--model-args", action="append", default=[], metavar="K=V", help="e.g. shortcut=B")
     p.add_argument("--checkpoint", help="plain state_dict or deepshrink checkpoint (.pt)")
-    p.add_argument("--split", default="test", choices=["test", "train"], help="split to evaluate (default: test)")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"],
+                   help="split to evaluate (default: test); val is held out of train, train is what remains")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
     p.add_argument("--workers", type=int, default=2, help="decoding processes for large image folders")
@@ -62,7 +63,12 @@ def run(args) -> int:
         from ..errors import UserError
 
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    dataset = dataset_from_args(args, args.split)
+    if args.split == "test":
+        dataset = dataset_from_args(args, "test")
+    else:
+        from ..data.splits import train_val_split
+
+        dataset = train_val_split(dataset_from_args(args, "train"))[args.split == "val"]
     model, source = load_model_for_eval(args, dataset.num_classes, dataset.in_channels)
     loader = make_loader(dataset, args.batch_size, train=False, num_workers=args.workers)
     metrics = evaluate(model, loader, device=args.device)

@@ -86,7 +86,8 @@ def _resume_path(args) -> Path | None:
 
 def run(args) -> int:
     from ..data import dataset_from_args, make_loader
-    from ..engine import Trainer, distributed, seed_everything
+    from ..data.splits import train_val_split
+    from ..engine import Trainer, distributed, evaluate, seed_everything
     from ..engine.checkpoint import read_checkpoint
     from ..pipeline import build_model, parse_kv
 
@@ -96,25 +97,32 @@ def run(args) -> int:
     distributed.init_from_env(args.device)
     main_process = distributed.is_main_process()
     try:
-        train_set = dataset_from_args(args, "train")
+        train_set, val_set = train_val_split(dataset_from_args(args, "train"))
         test_set = dataset_from_args(args, "test")
         seed_everything(config.seed)  # --seed also fixes the initial weights
         model = build_model(args.model, args.model_args, args.base, num_classes=train_set.num_classes,
                             in_channels=train_set.in_channels)
         train = make_loader(train_set, config.batch_size, train=True, seed=config.seed, augment=config.augment,
                             rank=distributed.rank(), world_size=distributed.world_size(), num_workers=args.workers)
+        val = make_loader(val_set, config.eval_batch_size, train=False, num_workers=args.workers)
         test = make_loader(test_set, config.eval_batch_size, train=False, num_workers=args.workers)
         meta = {"model": {"name": args.model, "args": parse_kv(args.model_args), "base": args.base},
-                "data": {"name": args.data, "root": args.data_root, "train": len(train_set), "test": len(test_set)}}
-        trainer = Trainer(model, train, test, config, run_dir=args.out, device=args.device, resume=resume, meta=meta)
+                "data": {"name": args.data, "root": args.data_root, "train": len(train_set), "val": len(val_set),
+                         "test": len(test_set)}}
+        trainer = Trainer(model, train, val, config, run_dir=args.out, device=args.device, resume=resume, meta=meta)
         metrics = trainer.fit()
+        # the one look at the test set: the final model, after every choice was made on val
+        metrics.update({f"test_{k}": v for k, v in evaluate(trainer.model, test, trainer.device).items()})
     finally:
         distributed.cleanup()
     if not main_process:
         return 0
     metrics.update(model=args.model, data=args.data, out=str(args.out))
-    summary = (f"{args.model} on {args.data}: test top-1 {metrics.get('val_top1', float('nan')):.2f}% "
-               f"top-5 {metrics.get('val_top5', float('nan')):.2f}% after {metrics['steps']} steps, "
+    if args.out:
+        (Path(args.out) / "final.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    summary = (f"{args.model} on {args.data}: val top-1 {metrics.get('val_top1', float('nan')):.2f}%, "
+               f"test top-1 {metrics['test_top1']:.2f}% top-5 {metrics['test_top5']:.2f}% "
+               f"after {metrics['steps']} steps, "
                f"{metrics.get('images_per_s', 0):.0f} img/s -> {args.out}")
     print(summary, file=sys.stderr if args.json else sys.stdout)
     if args.json:

@@ -57,9 +57,9 @@ def _fingerprint(dataset) -> str:
     return digest.hexdigest()[:12]
 
 
-def default_index_file(dataset, ratio, per_class, seed) -> Path:
-    """Where `subset` keeps the indices of this request."""
-    what = f"ratio{ratio:g}" if ratio is not None else f"per{per_class}"
+def default_index_file(dataset, ratio, per_class, seed, purpose: str = "") -> Path:
+    """Where `subset` keeps the indices of this request (`purpose` keeps e.g. the validation split apart)."""
+    what = purpose + (f"ratio{ratio:g}" if ratio is not None else f"per{per_class}")
     return cache_dir() / "subsets" / f"{dataset.name}-{dataset.split}-{_fingerprint(dataset)}-{what}-seed{seed}.json"
 
 
@@ -71,6 +71,12 @@ def subset(dataset, ratio: float | None = None, per_class: int | None = None, se
     matches the data set; otherwise drawn with `seed` and saved there. `resample=True` draws a new
     subset from a fresh random seed and overwrites the file, so later calls reuse the new one.
     """
+    return dataset.select(subset_indices(dataset, ratio, per_class, seed, resample, index_file))
+
+
+def subset_indices(dataset, ratio: float | None = None, per_class: int | None = None, seed: int = 0,
+                   resample: bool = False, index_file: str | Path | None = None) -> torch.Tensor:
+    """The sorted indices `subset` selects: read from `index_file` when it matches, else drawn and saved."""
     path = Path(index_file) if index_file is not None else default_index_file(dataset, ratio, per_class, seed)
     fingerprint = _fingerprint(dataset)
     indices = None if resample else _read_index(path, fingerprint, len(dataset))
@@ -80,7 +86,7 @@ def subset(dataset, ratio: float | None = None, per_class: int | None = None, se
         _write_index(path, {"dataset": dataset.name, "split": dataset.split, "fingerprint": fingerprint,
                             "ratio": ratio, "per_class": per_class, "seed": draw_seed,
                             "indices": indices.tolist()})
-    return dataset.select(indices)
+    return indices
 
 
 def _read_index(path: Path, fingerprint: str, n: int) -> torch.Tensor | None:

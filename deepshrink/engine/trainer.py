@@ -30,6 +30,7 @@ from ..errors import UserError
 from . import distributed as ddp
 from .checkpoint import (FORMAT, VERSION, capture_rng_state, check_state_dict, read_checkpoint,
                          restore_rng_state, save_checkpoint)
+from .divergence import DivergenceWatch
 from .evaluate import evaluate, logits_of, model_device
 from .optim import build_optimizer, build_scheduler
 from .runlog import RunLog
@@ -108,6 +109,7 @@ class Trainer:
             raise UserError("the training data is empty: no batch to train on")
         self.steps_per_epoch = steps
         self.total_steps = int(math.ceil(self.config.epochs * steps - 1e-9))
+        self.divergence = DivergenceWatch(self.total_steps)
         self.n_epochs = int(math.ceil(self.total_steps / steps)) if steps else 0
         self.log = RunLog(self.run_dir, enabled=ddp.is_main_process(), progress=progress,
                           tensorboard=getattr(self.config, "tensorboard", False),
@@ -238,9 +240,11 @@ class Trainer:
                 break
             loss, extra, logits, targets = self._train_step(inputs, targets)
             batch = int(targets.numel())
+            batch_correct = int((logits.argmax(1) == targets).sum())
+            self.divergence.update(self.step, float(loss), batch_correct, batch, logits.shape[-1])
             loss_sum += float(loss) * batch
             extra_sum += float(extra) * batch
-            correct += int((logits.argmax(1) == targets).sum())
+            correct += batch_correct
             seen += batch
             self.log.step(index, batch * ddp.world_size(), float(loss), self.optimizer.param_groups[0]["lr"])
         elapsed = time.perf_counter() - start
@@ -273,8 +277,8 @@ class Trainer:
                 if term is not None:
                     extra = extra + term
             loss = task_loss + extra
-        if not torch.isfinite(loss):
-            raise UserError(f"training diverged: loss is {float(loss.detach())} at step {self.step}; lower --lr")
+        if not torch.isfinite(loss):  # before backward: a non-finite loss must not reach the weights
+            self.divergence.update(self.step, float(loss.detach()), 0, 1, logits.shape[-1])
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

@@ -10,7 +10,10 @@ Example::
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+
+from torch import nn
 
 from ..registry import register_method
 from ..errors import UserError
@@ -57,3 +60,14 @@ class DoReFa(QATMethod):
 
     def grad_bits(self, cfg):
         return cfg.grad_bits
+
+    def prepare(self, model):
+        if any(cfg.act_range == "calibrate" and cfg.act_bits != FULL_PRECISION
+               for cfg in self.layer_configs.values()) \
+                and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            # the calibrated clip [0, s] follows the float activations; without a BatchNorm to re-normalise
+            # the quantized layers' outputs, their scale compounds layer after layer and training diverges
+            warnings.warn("dorefa: act_range 'calibrate' assumes a BatchNorm after each quantized layer and "
+                          "this model has none; training may diverge. Set params.act_range=1.0 (the paper's "
+                          "[0, 1]) for a network without BatchNorm", UserWarning, stacklevel=2)
+        return super().prepare(model)

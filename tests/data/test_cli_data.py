@@ -10,10 +10,10 @@ def test_info_json_for_digits(capsys):
     assert main(["data", "info", "--data", "digits", "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     report = json.loads(lines[-1])
-    train, test = report["splits"]
-    assert (train["n"], test["n"]) == (1437, 360) and train["image_shape"] == [1, 8, 8]
-    assert sum(train["class_counts"].values()) == 1437 and train["bytes"] == 1437 * 64
-    assert lines[0].startswith("digits train: 1437 images 1x8x8, 10 classes")
+    train, val, test = report["splits"]  # val: 10% of each class held out of the 1,437 training images
+    assert (train["n"], val["n"], test["n"]) == (1295, 142, 360) and train["image_shape"] == [1, 8, 8]
+    assert sum(train["class_counts"].values()) == 1295 and train["bytes"] == 1295 * 64
+    assert lines[0].startswith("digits train: 1295 images 1x8x8, 10 classes")
 
 
 def test_info_real_fashion_mnist_test_split(fashion_mnist_root, capsys):

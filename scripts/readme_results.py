@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from deepshrink.bench.report import markdown_table
+from deepshrink.bench.stale import stale_keys
 from deepshrink.bench.results import RESULTS_FILE, RUNS_FILE, current_results, latest_by_key, read_results
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -52,7 +53,7 @@ def section(results_root: Path, relative_to: Path) -> str:
             timing += " in one uninterrupted run"
         elif runs:
             timing += f" over {len(runs)} invocation(s) (resumed)"
-        out += [timing + ".", "", markdown_table(records, heading_level=4), ""]
+        out += [timing + ".", "", markdown_table(records, heading_level=4, stale=stale_keys(folder)), ""]
         if (folder / "pareto.png").is_file():
             out += [f"![{folder.name}: top-1 against packed size]({_rel(folder / 'pareto.png', relative_to)})", ""]
     out += target_tables(results_root)

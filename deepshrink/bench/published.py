@@ -8,18 +8,18 @@ from __future__ import annotations
 
 # method -> list of (parameter constraints on the resolved recipe params, drop in points, source)
 PUBLISHED: dict[str, list[tuple[dict, float, str]]] = {
-    "bwn": [({}, 1.2, "seeds, ResNet-20 CIFAR-10, 100 epochs")],
-    "twn": [({}, 1.2, "seeds, ResNet-20 CIFAR-10")],
-    "ttq": [({}, 1.2, "seeds, ResNet-20 CIFAR-10")],
-    "xnor": [({}, 12.85, "seeds, ResNet-20 CIFAR-10, W1/A1")],
+    "bwn": [({}, 1.2, "re-implementation (seed repository), ResNet-20 / CIFAR-10, 100 epochs")],
+    "twn": [({}, 1.2, "re-implementation (seed repository), ResNet-20 / CIFAR-10")],
+    "ttq": [({}, 1.2, "re-implementation (seed repository), ResNet-20 / CIFAR-10")],
+    "xnor": [({}, 12.85, "re-implementation (seed repository), ResNet-20 / CIFAR-10, W1/A1")],
     "dorefa": [
-        ({"weight_bits": 1, "act_bits": 32}, 1.8, "seeds, ResNet-20 CIFAR-10, W1/A32"),
-        ({"weight_bits": 2, "act_bits": 2}, 16.3, "seeds, ResNet-20 CIFAR-10, W2/A2"),
-        ({"weight_bits": 4, "act_bits": 4}, 2.4, "seeds, ResNet-20 CIFAR-10, W4/A4"),
+        ({"weight_bits": 1, "act_bits": 32}, 1.8, "re-implementation (seed repository), ResNet-20 / CIFAR-10, W1/A32"),
+        ({"weight_bits": 2, "act_bits": 2}, 16.3, "re-implementation (seed repository), ResNet-20 / CIFAR-10, W2/A2"),
+        ({"weight_bits": 4, "act_bits": 4}, 2.4, "re-implementation (seed repository), ResNet-20 / CIFAR-10, W4/A4"),
     ],
-    "ldnq": [({"levels": 7}, 5.55, "seed, ResNet-20 CIFAR-10, its '3-bit' setting")],
-    "pq": [({}, 3.95, "paper (Stock et al. 2020), ResNet-18 ImageNet at 29x")],
-    "fbs": [({}, 3.0, "seeds, ResNet-20 CIFAR-10, keep ratio 0.5")],
+    "ldnq": [({"levels": 7}, 5.55, "re-implementation (seed repository), ResNet-20 / CIFAR-10, its '3-bit' setting")],
+    "pq": [({}, 3.95, "paper (Stock et al. 2020), ResNet-18 / ImageNet, at 29x")],
+    "fbs": [({}, 3.0, "re-implementation (seed repository), ResNet-20 / CIFAR-10, keep ratio 0.5")],
 }
 
 
@@ -32,7 +32,7 @@ def published_drop(record: dict) -> dict | None:
     Example::
 
         published_drop({"method": "dorefa", "settings": {"recipe": {"params": {"weight_bits": 2,
-                        "act_bits": 2}}}})  # -> {"drop": 16.3, "source": "seeds, ..."}
+                        "act_bits": 2}}}})  # -> {"drop": 16.3, "source": "re-implementation ..."}
     """
     if isinstance(record.get("published"), dict):
         return record["published"]

@@ -12,10 +12,11 @@ from pathlib import Path
 from .pareto import pareto_front, plot_pareto
 from .published import published_drop
 from .results import RESULTS_FILE, current_results, latest_by_key
+from .stale import stale_keys
 from .suite import BASELINE
 
-COLUMNS = ["method", "setting", "top-1 %", "Δ top-1", "published Δ", "size", "ratio", "MACs", "BOPs",
-           "time", "epochs"]
+COLUMNS = ["method", "setting", "top-1 %", "val top-1 %", "Δ top-1", "Δ reported elsewhere", "size", "ratio",
+           "MACs", "BOPs", "time", "epochs"]
 
 
 def split_records(records: list[dict]) -> tuple[dict | None, list[dict], list[dict]]:
@@ -29,8 +30,11 @@ def split_records(records: list[dict]) -> tuple[dict | None, list[dict], list[di
     return baseline, others, failed
 
 
-def table(records: list[dict]) -> tuple[list[list[str]], list[str], list[dict]]:
-    """Rows of display strings (FP first, then by size), the published-source footnotes, failed rows."""
+def table(records: list[dict], stale: set[str] | None = None) -> tuple[list[list[str]], list[str], list[dict]]:
+    """Rows of display strings (FP first, then by size), the published-source footnotes, failed rows.
+
+    Rows whose key is in `stale` (see bench.stale) are labelled "(stale)"."""
+    stale = stale or set()
     baseline, others, failed = split_records(records)
     fp_top1 = _num(baseline.get("top1")) if baseline else None
     rows = [baseline] if baseline else []
@@ -49,14 +53,16 @@ def table(records: list[dict]) -> tuple[list[list[str]], list[str], list[dict]]:
                 notes.append(source)
             pub_text = f"{-_num(pub['drop']):+.2f} [{notes.index(source) + 1}]"
         label = str(r.get("label") or r.get("method") or "?") + (" ★" if id(r) in front else "")
-        lines.append([str(r.get("method", "?")), label, _fmt(top1, "{:.2f}"), _fmt(delta, "{:+.2f}"), pub_text,
+        label += " (stale)" if r.get("key") in stale else ""
+        lines.append([str(r.get("method", "?")), label, _fmt(top1, "{:.2f}"), _fmt(_num(r.get("val_top1")), "{:.2f}"),
+                      _fmt(delta, "{:+.2f}"), pub_text,
                       _bytes(r.get("bytes")), _fmt(_num(r.get("ratio")), "{:.1f}x"), _count(r.get("macs")),
                       _count(r.get("bops")), _secs(r.get("compress_seconds", r.get("wall_seconds"))),
                       _fmt(_num(r.get("epochs")), "{:g}")])
     return lines, notes, failed
 
 
-def render_markdown(records: list[dict], title: str = "") -> str:
+def render_markdown(records: list[dict], title: str = "", stale: set[str] | None = None) -> str:
     """The report as Markdown: header, table, published-source notes, failed rows, the plot."""
     meta = next((r for r in reversed(records) if r.get("command")), None) or \
         next((r for r in reversed(records) if r.get("suite")), {})
@@ -64,20 +70,25 @@ def render_markdown(records: list[dict], title: str = "") -> str:
     if meta.get("command"):
         out += [f"Produced by `{meta['command']}` (deepshrink {meta.get('version', '?')}, seed "
                 f"{meta.get('seed', '?')}); every row's settings are in `{RESULTS_FILE}`.", ""]
-    out += [markdown_table(records), "", "![accuracy against packed size](pareto.png)", ""]
+    out += [markdown_table(records, stale=stale), "", "![accuracy against packed size](pareto.png)", ""]
     return "\n".join(out)
 
 
-def markdown_table(records: list[dict], heading_level: int = 2) -> str:
+def markdown_table(records: list[dict], heading_level: int = 2, stale: set[str] | None = None) -> str:
     """The results table in Markdown with its legend, published-source notes and failed rows."""
-    lines, notes, failed = table(records)
+    lines, notes, failed = table(records, stale)
     out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
-    out += ["", "Δ top-1: points against the full-precision row, on this suite's data. ★: on the Pareto front "
+    out += ["", "top-1: the test split, scored once at the end; val top-1: the validation split held out of the "
+            "training data, on which every choice was made. Δ top-1: test points against the full-precision row, on "
+            "this suite's data. ★: on the Pareto front "
             "(no other row is both smaller and more accurate). size: bytes of the packed `.dsz` file; "
             "ratio: against the fp32 weights; time: compression wall time on this machine."]
+    if stale and any(line[1].endswith("(stale)") for line in lines):
+        out += ["", "(stale): made by settings the current code no longer resolves this row to; run the suite again."]
     if notes:
-        out += ["", "Published Δ: reported by others on *their* data and network, for orientation only:"]
+        out += ["", "Δ reported elsewhere: by others, on the network and data each note names (not this suite's), "
+                "for orientation only:"]
         out += [f"[{i}] {note}" + ("  " if i < len(notes) else "") for i, note in enumerate(notes, 1)]
     if failed:
         out += ["", f"{'#' * heading_level} Failed rows ({len(failed)})", ""]
@@ -86,9 +97,9 @@ def markdown_table(records: list[dict], heading_level: int = 2) -> str:
     return "\n".join(out)
 
 
-def render_text(records: list[dict]) -> str:
+def render_text(records: list[dict], stale: set[str] | None = None) -> str:
     """The same table with aligned columns, for a terminal."""
-    lines, notes, failed = table(records)
+    lines, notes, failed = table(records, stale)
     if not lines and not failed:
         return "no results yet"
     grid = [COLUMNS] + lines
@@ -96,7 +107,8 @@ def render_text(records: list[dict]) -> str:
     text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in grid]
     text.insert(1, "  ".join("-" * w for w in widths))
     text += ["", "Δ top-1 vs the full-precision row; ★ on the Pareto front; size = packed .dsz file."]
-    text += [f"published [{i}]: {note}" for i, note in enumerate(notes, 1)]
+    text += [f"reported elsewhere [{i}] (their network and data, not this suite's): {note}"
+             for i, note in enumerate(notes, 1)]
     for r in failed:
         text.append(f"FAILED {r.get('label', r.get('method', '?'))}: {_first_line(r.get('error'))}")
     return "\n".join(text)
@@ -109,7 +121,7 @@ def write_report(out_dir, title: str = "") -> tuple[Path, Path | None]:
     baseline, others, _ = split_records(records)
     report = out_dir / "report.md"
     tmp = report.with_name(report.name + ".tmp")
-    tmp.write_text(render_markdown(records, title))
+    tmp.write_text(render_markdown(records, title, stale_keys(out_dir)))
     tmp.replace(report)
     suite = next((r["suite"] for r in reversed(records) if r.get("suite")), out_dir.name)
     plot = plot_pareto(([baseline] if baseline else []) + others, out_dir / "pareto.png",

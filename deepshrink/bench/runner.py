@@ -83,6 +83,14 @@ def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
     return {**summary, "report": out_dir / "report.md", "plot": out_dir / "pareto.png"}
 
 
+def trained_base_id(suite: Suite) -> str:
+    """The identity of a base the suite trains itself: its settings and the validation split it is chosen on."""
+    from ..data.splits import VAL_RATIO, VAL_SEED
+
+    return "trained:" + stable_hash({**suite.identity(), "train": suite.base["train"],
+                                     "val_split": [VAL_RATIO, VAL_SEED]})
+
+
 def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[Path, str]:
     """The base checkpoint (given, from the suite, or trained once and cached in `out_dir/base/`) and its id."""
     given = base or suite.base.get("checkpoint")
@@ -94,7 +102,7 @@ def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[
     if not suite.base.get("train"):
         raise UserError(f"suite {suite.name!r} has no base checkpoint and no `base.train:`; "
                         "give --base CHECKPOINT (a state_dict of the suite's model)")
-    base_id = "trained:" + stable_hash({**suite.identity(), "train": suite.base["train"]})
+    base_id = trained_base_id(suite)
     path = out_dir / "base" / f"{suite.model['name']}-{suite.data['name']}-{base_id.split(':')[1]}.pt"
     if not path.exists():
         log(f"[bench] training the full-precision base {suite.model['name']} on {suite.data['name']} "

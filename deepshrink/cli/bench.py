@@ -63,9 +63,10 @@ def print_table(out_dir, summary: dict) -> None:
 
     from ..bench.report import render_text
     from ..bench.results import current_results
+    from ..bench.stale import stale_keys
 
     print()
-    print(render_text(current_results(out_dir)))
+    print(render_text(current_results(out_dir), stale_keys(out_dir)))
     print()
     print(f"{summary['ran']} rows run now, {summary['skipped']} reused from earlier runs, "
           f"{summary['failed']} failed, {summary['total']} in the suite")

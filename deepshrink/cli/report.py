@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..bench.report import render_markdown, render_text, write_report
     from ..bench.results import RESULTS_FILE, current_results
+    from ..bench.stale import stale_keys
     from ..errors import UserError
 
     folder = Path(args.dir)
@@ -24,7 +25,8 @@ def run(args) -> int:
     if not results.is_file():
         raise UserError(f"{results} does not exist; run `deepshrink bench --suite quick --out {folder}` first")
     records = current_results(folder)
-    print(render_markdown(records) if args.markdown else render_text(records))
+    stale = stale_keys(folder)
+    print(render_markdown(records, stale=stale) if args.markdown else render_text(records, stale))
     if not args.no_write:
         report, plot = write_report(folder)
         print(f"\nreport: {report}" + (f"\nplot:   {plot}" if plot else ""))

@@ -35,7 +35,7 @@ def test_section_has_table_command_and_time(tmp_path, script):
     assert "### Quick suite" in text
     assert "Made by `deepshrink bench --suite quick --out benchmarks/results/quick`." in text
     assert "2 rows, 1 failed; 10.0 min of benchmark wall time in one uninterrupted run." in text
-    assert "| bwn | BWN W1 ★ | 88.00 | -2.00 | -1.20 [1] | 12.0 KB |" in text
+    assert "| bwn | BWN W1 ★ | 88.00 | — | -2.00 | -1.20 [1] | 12.0 KB |" in text
     assert "#### Failed rows (1)" in text
 
 

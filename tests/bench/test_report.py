@@ -26,13 +26,13 @@ def test_table_order_deltas_and_published_drop():
     lines, notes, failed = table([SMALL, FAILED, TINY, FP, NO_SIZE])
     assert [line[1].rstrip(" ★") for line in lines] == ["full precision", "bwn", "dorefa W2/A2", "lobs 50%"]
     by_label = {line[1].rstrip(" ★"): line for line in lines}
-    assert by_label["dorefa W2/A2"][3] == "-1.50"  # 88.5 - 90.0
-    assert by_label["bwn"][3] == "-1.00"
-    assert by_label["full precision"][3] == "—"
-    # the seeds' W2/A2 figure, marked with its source note
-    assert by_label["dorefa W2/A2"][4] == "-16.30 [2]" and "W2/A2" in notes[1]
-    assert by_label["bwn"][4] == "-1.20 [1]"
-    assert by_label["dorefa W2/A2"][5] == "20.0 KB" and by_label["bwn"][6] == "—"
+    assert by_label["dorefa W2/A2"][4] == "-1.50"  # 88.5 - 90.0
+    assert by_label["bwn"][4] == "-1.00"
+    assert by_label["full precision"][4] == "—"
+    # the seeds' W2/A2 figure, marked with its source note, named as a re-implementation
+    assert by_label["dorefa W2/A2"][5] == "-16.30 [2]" and "W2/A2" in notes[1] and "re-implementation" in notes[1]
+    assert by_label["bwn"][5] == "-1.20 [1]"
+    assert by_label["dorefa W2/A2"][6] == "20.0 KB" and by_label["bwn"][7] == "—"
     assert [r["key"] for r in failed] == ["d"]
 
 
@@ -49,9 +49,29 @@ def test_report_renders_with_missing_fields_and_failures(tmp_path):
     text = report.read_text()
     assert text.splitlines()[0] == "# deepshrink benchmark: toy"
     assert "`deepshrink bench --suite toy`" in text
-    assert "| lobs | lobs 50% | 89.50 | -0.50 | — | — | — |" in text
+    assert "| lobs | lobs 50% | 89.50 | — | -0.50 | — | — | — |" in text
     assert "- **pq** (pq): `RuntimeError: boom`" in text
     assert plot is not None and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_row_the_current_code_plans_differently_is_marked_stale():
+    lines, _, _ = table([FP, SMALL, TINY], stale={SMALL["key"]})
+    labels = [line[1] for line in lines]
+    assert sum(label.endswith("(stale)") for label in labels) == 1
+    assert next(label for label in labels if label.startswith(SMALL["label"])).endswith("(stale)")
+
+
+def test_stale_keys_compare_committed_rows_with_the_current_plan(tmp_path):
+    from deepshrink.bench.plan import plan_rows
+    from deepshrink.bench.runner import trained_base_id
+    from deepshrink.bench.stale import stale_keys
+    from deepshrink.bench.suite import load_suite
+
+    suite = load_suite("quick")
+    current = plan_rows(suite, trained_base_id(suite))[1]
+    records = [{"key": current.key, "suite": "quick", "status": "ok", "top1": 80.0},
+               {"key": "made-by-older-settings", "suite": "quick", "status": "ok", "top1": 80.0}]
+    assert stale_keys(_write(tmp_path, records)) == {"made-by-older-settings"}
 
 
 def test_report_without_any_usable_row(tmp_path):

@@ -12,7 +12,7 @@ import sys
 from ..errors import UserError
 
 COMMANDS = ["demo", "train", "eval", "info", "data", "compress", "recipes", "pack", "inspect", "export",
-            "bench", "report"]
+            "bench", "report", "speed"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,106 @@
+"""Side-by-side measurement of run-time engines on one model: latency, resident bytes, top-1.
+
+Latency: every (engine, batch, threads) runner is prepared first and warmed up (warm-up calls are not
+timed); then `rounds` rounds each time every runner in turn (interleaved, so a slow drift of the
+machine touches all engines alike) over enough calls to last ~20 ms; a round gives one mean per call.
+A row reports the median and the interquartile range over rounds.
+
+Example::
+
+    rows = measure(model, available_engines(model), batches=[1, 64], threads=[1], input_shape=(3, 32, 32))
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .engines import Engine, Runner
+
+ROUND_SECONDS = 0.02
+WARMUP_CALLS = 5
+
+
+@dataclass
+class Row:
+    engine: str
+    batch: int
+    threads: int
+    median_ms: float = float("nan")
+    iqr_ms: float = float("nan")
+    resident_bytes: int = 0
+    top1: float | None = None
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict:
+        row = {"engine": self.engine, "batch": self.batch, "threads": self.threads,
+               "median_ms": round(self.median_ms, 4), "iqr_ms": round(self.iqr_ms, 4),
+               "resident_bytes": self.resident_bytes}
+        if self.top1 is not None:
+            row["top1"] = self.top1
+        return row
+
+
+def _timed(runner: Runner, x: torch.Tensor, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        runner(x)
+    return (time.perf_counter() - start) / calls * 1e3  # ms per call
+
+
+def top1(runner: Runner, batches: Iterable, chunk: int) -> float:
+    """Top-1 (%) of `runner` over (images, labels) batches, fed `chunk` images at a time."""
+    correct = total = 0
+    for images, labels in batches:
+        for start in range(0, len(images), chunk):
+            logits = runner(images[start:start + chunk])
+            correct += int((logits.argmax(1) == labels[start:start + chunk]).sum())
+        total += len(labels)
+    return round(100.0 * correct / max(total, 1), 2)
+
+
+def measure(model: nn.Module, engines: list[Engine], batches: list[int], threads: list[int],
+            input_shape: tuple[int, ...], rounds: int = 20, calibration: torch.Tensor | None = None,
+            test_batches: Callable[[], Iterable] | None = None,
+            progress: Callable[[str], None] = lambda line: None) -> list[Row]:
+    """One row per engine, batch and thread count (see the module docstring); with `test_batches`
+    (a callable returning (images, labels) batches), each engine's top-1, measured on its runner at
+    the largest batch and thread count, is on all its rows."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = {b: torch.randn(b, *input_shape, generator=generator) for b in batches}
+    runners: dict[tuple[str, int, int], Runner] = {}
+    rows: dict[tuple[str, int, int], Row] = {}
+    calls: dict[tuple[str, int, int], int] = {}
+    for engine in engines:
+        for batch in batches:
+            for count in threads:
+                key = (engine.name, batch, count)
+                started = time.perf_counter()
+                runner = runners[key] = engine.prepare(model, inputs[batch], threads=count, calibration=calibration)
+                warm = _timed(runner, inputs[batch], WARMUP_CALLS)
+                calls[key] = max(1, int(ROUND_SECONDS * 1e3 / max(warm, 1e-3)))
+                rows[key] = Row(engine.name, batch, count, resident_bytes=int(runner.resident_bytes()))
+                progress(f"prepared {engine.name} batch {batch} threads {count} in "
+                         f"{time.perf_counter() - started:.1f} s (warm-up {warm:.3f} ms/call)")
+    for round_index in range(rounds):
+        for key, runner in runners.items():
+            rows[key].samples_ms.append(_timed(runner, inputs[key[1]], calls[key]))
+        progress(f"round {round_index + 1}/{rounds} timed")
+    for key, row in rows.items():
+        q25, q50, q75 = np.percentile(row.samples_ms, [25, 50, 75])
+        row.median_ms, row.iqr_ms = float(q50), float(q75 - q25)
+        progress(f"{row.engine} batch {row.batch} threads {row.threads}: median {row.median_ms:.3f} ms "
+                 f"(IQR {row.iqr_ms:.3f}), resident {row.resident_bytes:,} B")
+    if test_batches is not None:
+        for engine in engines:
+            key = (engine.name, max(batches), max(threads))
+            accuracy = top1(runners[key], test_batches(), key[1])
+            progress(f"{engine.name}: top-1 {accuracy:.2f}%")
+            for row in rows.values():
+                if row.engine == engine.name:
+                    row.top1 = accuracy
+    return list(rows.values())

@@ -1,0 +1,123 @@
+"""Integer forms of a loaded compressed model: weight codes as int8 times a per-channel scale, and
+the uint8 grid each trained activation quantizer rounds to. The integer engine
+(`onnxruntime-int8`, deepshrink/runtime/qdq_graph.py) writes these into a QDQ ONNX graph.
+
+Weights (`weight_integer_form`): every encoding whose levels are integer multiples of one scale
+per output channel passes through exactly, W = q * scale with q an int8 (-128..127):
+
+- binary   q = 2c - 1                           scale = scale
+- ternary  q = c (when pos_scale == neg_scale)  scale = pos_scale
+- uniform  q = c - z (integer z), or 2c - 2z with scale / 2 (half-integer z: DoReFa's symmetric grid)
+- pow2     q = sign(c) 2^(|c| - 1)              scale = alpha (L-DNQ; levels <= 15 so |q| <= 64)
+- sparse   q = inner q * mask
+
+Activations (`activation_grid`): value = (code - zero_point) * scale with code in qmin..qmax, a
+uint8 range. DoReFa ([0, 1] or [0, s]) and PACT ([0, alpha]) are unsigned k-bit grids; LSQ's is
+unsigned or signed (zero point Q_N).
+
+Example::
+
+    form = weight_integer_form(layer.encoded)   # None, or (q int8 (out, ...), scale float32 (out,))
+    grid = activation_grid(layer.input_quant)   # None, or Grid(scale, zero_point, qmin, qmax)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..nn.encoded import EncodedWeight
+from ..quant.act_quant import DoReFaActivation, LSQActivation, PACTActivation, ScaledDoReFaActivation
+
+INT8_RANGE = (-128, 127)  # weight zero point 0: MLAS's symmetric u8s8 kernels
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A uint8 activation grid: value = (code - zero_point) * scale, code in qmin..qmax."""
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    @property
+    def clips(self) -> bool:
+        """True when the grid is narrower than uint8, so saturation alone does not clip to it."""
+        return (self.qmin, self.qmax) != (0, 255)
+
+
+def _per_channel(param: torch.Tensor, out: int) -> torch.Tensor:
+    return param.float().reshape(-1).expand(out).contiguous() if param.numel() == 1 else param.float().reshape(out)
+
+
+def _integers(encoded: EncodedWeight) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """(q int64 of the weight's shape, scale (out,)) or the reason there is none."""
+    kind, params, out = encoded.kind, encoded.params, encoded.shape[0]
+    if kind == "sparse":
+        inner = _integers(encoded.inner)
+        if isinstance(inner, str):
+            return inner
+        return inner[0] * encoded.mask.reshape(encoded.shape).long(), inner[1]
+    if kind in ("pq", "float"):
+        return f"{kind} weights are not integer codes"
+    codes = encoded.codes.reshape(encoded.shape).long()
+    if kind == "binary":
+        return 2 * codes - 1, _per_channel(params["scale"], out)
+    if kind == "ternary":
+        pos, neg = _per_channel(params["pos_scale"], out), _per_channel(params["neg_scale"], out)
+        if not torch.equal(pos, neg):
+            return "ternary weights with different positive and negative scales (TTQ) are not one integer grid"
+        return codes, pos
+    if kind == "uniform":
+        zero, scale = _per_channel(params["zero_point"], out), _per_channel(params["scale"], out)
+        if torch.equal(zero, zero.round()):
+            return codes - zero.long().reshape(out, *[1] * (codes.dim() - 1)), scale
+        if torch.equal(2 * zero, (2 * zero).round()):  # (c - z) s == (2c - 2z)(s / 2) exactly in float
+            return 2 * codes - (2 * zero).long().reshape(out, *[1] * (codes.dim() - 1)), scale / 2
+        return "uniform weights whose zero point is not a multiple of 1/2"
+    if kind == "pow2":
+        magnitude = torch.pow(2, (codes.abs() - 1).clamp(min=0))
+        return torch.sign(codes) * magnitude, _per_channel(params["alpha"], out)
+    return f"{kind} weights have no integer form"  # pragma: no cover - every kind is handled above
+
+
+def weight_integer_form(encoded: EncodedWeight) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """(q int8 of the weight's shape, scale float32 (out,)) with W = q * scale per output channel, or
+    one line saying why these codes are not int8 integers times a per-channel scale."""
+    form = _integers(encoded)
+    if isinstance(form, str):
+        return form
+    q, scale = form
+    if q.numel() and (int(q.min()) < INT8_RANGE[0] or int(q.max()) > INT8_RANGE[1]):
+        return f"{encoded.kind} codes span {int(q.min())}..{int(q.max())}, beyond int8's {INT8_RANGE[0]}..{INT8_RANGE[1]}"
+    if not bool((scale > 0).all()):
+        return f"{encoded.kind} weights have a scale <= 0"
+    return q.to(torch.int8), scale
+
+
+def activation_grid(quantizer: nn.Module) -> Grid | str:
+    """The uint8 grid `quantizer` (in eval mode) rounds to, or one line saying why there is none."""
+    bits = getattr(quantizer, "bits", None)
+    if bits is None or not 1 <= int(bits) <= 8:
+        return f"{type(quantizer).__name__} has {bits} bits; the integer engine takes 1..8"
+    levels = 2**int(bits) - 1
+    if isinstance(quantizer, DoReFaActivation):
+        return Grid(1.0 / levels, 0, 0, levels)
+    if isinstance(quantizer, ScaledDoReFaActivation):
+        return Grid(float(quantizer.scale) / levels, 0, 0, levels)
+    if isinstance(quantizer, PACTActivation):
+        return Grid(float(quantizer.alpha.detach()) / levels, 0, 0, levels)
+    if isinstance(quantizer, LSQActivation):
+        q_n, q_p = quantizer.q_range
+        return Grid(float(quantizer.step.detach()), q_n, 0, q_n + q_p)
+    return f"{type(quantizer).__name__} is not a uniform activation grid"
+
+
+def minmax_grid(low: float, high: float) -> Grid:
+    """The 8-bit uint8 grid of a calibrated range (ONNX Runtime's MinMax: the range widened to hold 0)."""
+    low, high = min(0.0, low), max(0.0, high)
+    scale = (high - low) / 255 or 1.0
+    zero_point = int(min(255, max(0, round(-low / scale))))
+    return Grid(scale, zero_point, 0, 255)

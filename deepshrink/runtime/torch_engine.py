@@ -1,0 +1,99 @@
+"""PyTorch eager engines: `torch-fp32`, the same network uncompressed (the float reference), and
+`torch-eager`, the loaded compressed model as `deepshrink.load` returns it.
+
+Example::
+
+    runner = get_engine("torch-fp32").prepare(model, torch.randn(1, 3, 32, 32), threads=1)
+    logits = runner(images)
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..nn.compressed import CompressedConv2d, CompressedLinear
+from ..nn.encoded import EncodedWeight
+from .engines import Engine, Runner, register_engine
+
+
+def float_reference(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every compressed layer a plain Conv2d/Linear on its decoded weight and
+    no input quantizer: the network the compressed one stands for, at fp32."""
+    model = copy.deepcopy(model).eval()
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, (CompressedConv2d, CompressedLinear)):
+            continue
+        if isinstance(module, CompressedConv2d):
+            plain = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                              module.padding, module.dilation, module.groups, module.bias is not None)
+        else:
+            plain = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+        with torch.no_grad():
+            plain.weight.copy_(module.encoded.dequantize())
+            if module.bias is not None:
+                plain.bias.copy_(module.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, plain.eval())
+    return model
+
+
+def _encoded_tensors(encoded: EncodedWeight):
+    yield from (t for t in (encoded.codes, encoded.mask) if t is not None)
+    yield from encoded.params.values()
+    if encoded.inner is not None:
+        yield from _encoded_tensors(encoded.inner)
+
+
+def tensor_bytes(model: nn.Module) -> int:
+    """Bytes of every distinct tensor storage the model holds: parameters, buffers and encoded weights."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    for module in model.modules():
+        encoded = getattr(module, "encoded_tensors", None)
+        if callable(encoded):
+            for weight in encoded().values():
+                tensors += list(_encoded_tensors(weight))
+    storages = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+class TorchRunner(Runner):
+    """An eager module run under `torch.inference_mode` on `threads` intra-op threads."""
+
+    def __init__(self, model: nn.Module, threads: int):
+        self.model = model.eval()
+        self.threads = threads
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            return self.model(x)
+
+    def resident_bytes(self) -> int:
+        return tensor_bytes(self.model)
+
+
+@register_engine
+class TorchFloat(Engine):
+    """The uncompressed network (weights decoded to fp32), PyTorch eager: the reference every speed-up is against."""
+
+    name = "torch-fp32"
+    reference = True
+
+    def prepare(self, model, example, threads=1, calibration=None):
+        return TorchRunner(float_reference(model), threads)
+
+
+@register_engine
+class TorchEager(Engine):
+    """The loaded compressed model itself (`deepshrink.load`), PyTorch eager, activation quantizers included."""
+
+    name = "torch-eager"
+
+    def prepare(self, model, example, threads=1, calibration=None):
+        return TorchRunner(model, threads)

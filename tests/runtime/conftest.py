@@ -1,0 +1,68 @@
+"""Fixtures for the run-time engine tests: a small ResNet trained on scikit-learn's 8x8 digits, and
+its W4A4 (DoReFa) and weight-only (L-DNQ round-to-nearest, 5 levels) compressions, packed and loaded."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import deepshrink
+from deepshrink.data import get_dataset, make_loader
+
+
+def _batches(split: str, batch_size: int, train: bool):
+    return make_loader(get_dataset("digits", split), batch_size, train=train, augment=False)
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    """The digits test split as one (images (360, 1, 8, 8), labels) pair."""
+    images, labels = zip(*_batches("test", 500, train=False))
+    return torch.cat(images), torch.cat(labels)
+
+
+@pytest.fixture(scope="session")
+def digits_calibration():
+    """128 training images (N, 1, 8, 8), the calibration data of the integer engine."""
+    return torch.cat([x for x, _ in _batches("train", 128, train=False)])[:128]
+
+
+@pytest.fixture(scope="session")
+def float_digits_resnet():
+    """A ResNet-20 (1x1 projection shortcuts) trained one epoch on the digits (~94% top-1)."""
+    torch.manual_seed(0)
+    model = deepshrink.create_model("resnet20", num_classes=10, in_channels=1, shortcut="B")
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for images, labels in _batches("train", 32, train=True):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _compressed(model, recipe, tmp_path_factory, name, overrides, **data):
+    import copy
+
+    result = deepshrink.compress(copy.deepcopy(model), recipe, overrides=overrides, **data)
+    path = tmp_path_factory.mktemp("runtime") / f"{name}.dsz"
+    deepshrink.pack(result.model.eval(), path)
+    return deepshrink.load(path).eval(), path
+
+
+@pytest.fixture(scope="session")
+def w4a4_digits(float_digits_resnet, digits_calibration, tmp_path_factory):
+    """(loaded model, path): DoReFa W4A4 with calibrated clipping ranges, first conv and fc in float,
+    fine-tuned 25 steps."""
+    return _compressed(float_digits_resnet, {"method": "dorefa", "keep_first_last": True, "params": {
+        "weight_bits": 4, "act_bits": 4, "act_range": "calibrate"}}, tmp_path_factory, "w4a4",
+        ["train.epochs=1", "train.max_steps_per_epoch=25", "train.optimizer=adam", "train.lr=0.001",
+         "train.weight_decay=0.0"], train_data=_batches("train", 32, train=True))
+
+
+@pytest.fixture(scope="session")
+def weight_only_digits(float_digits_resnet, digits_calibration, tmp_path_factory):
+    """(loaded model, path): L-DNQ's round-to-nearest 5-level pow2 weights, float activations."""
+    data = [(digits_calibration, torch.zeros(len(digits_calibration), dtype=torch.long))]
+    return _compressed(float_digits_resnet, {"method": "ldnq_rtn", "keep_first_last": True,
+                                             "params": {"levels": 5}}, tmp_path_factory, "ldnq5",
+                       ["train.epochs=0"], calib_data=data)

@@ -1,0 +1,96 @@
+"""The integer engine (`onnxruntime-int8`) on real data (scikit-learn digits): the codes reach ONNX
+Runtime unchanged, ONNX Runtime fuses the graph into integer kernels, and the engine's outputs are
+the loaded packed model's up to activation rounding."""
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx import numpy_helper
+
+from deepshrink.nn import CompressedConv2d, CompressedLinear
+from deepshrink.runtime import get_engine
+from deepshrink.runtime.qdq import weight_integer_form
+from deepshrink.runtime.qdq_graph import build_integer_graph, export_marked
+from deepshrink.runtime.qdq_rewrite import Rewrite
+
+
+def _compressed_layers(model):
+    return [m for m in model.modules() if isinstance(m, (CompressedConv2d, CompressedLinear))
+            and m.encoded.kind != "float"]
+
+
+def _logits(model, images):
+    with torch.no_grad():
+        return model(images)
+
+
+def test_codes_reach_the_graph_unchanged(w4a4_digits, digits_calibration):
+    """BatchNorm folding may flip a channel's sign (a negative gamma), never a code's magnitude."""
+    model, _ = w4a4_digits
+    graph = build_integer_graph(model, digits_calibration[:1], digits_calibration)
+    int8 = [numpy_helper.to_array(t) for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    stored = {np.abs(a.astype(np.int16)).tobytes() for a in int8}
+    layers = _compressed_layers(model)
+    assert len(layers) == 20  # ResNet-20 B less the float first conv and fc: 18 3x3 + 2 projections
+    for layer in layers:
+        q, _ = weight_integer_form(layer.encoded)
+        assert np.abs(q.numpy().astype(np.int16)).tobytes() in stored
+        assert int(q.abs().max()) <= 15  # 4-bit DoReFa: odd integers -15..15 at half the scale
+
+
+def test_trained_grids_alone_reproduce_the_packed_model(w4a4_digits, digits_test):
+    """With the 8-bit calibrated points left in float, the graph is the PyTorch model: each trained
+    quantizer's Q/Clip/DQ rounds where the model rounds (a rare float tie may flip one step). Run
+    unoptimised: ONNX Runtime's optimiser rounds float biases to int32 at x_scale * w_scale, as the
+    engine's graph does by construction."""
+    model, _ = w4a4_digits
+    images, _ = digits_test
+    rewrite = Rewrite(export_marked(model, images[:1]))
+    assert rewrite.fold_batchnorm() == 20  # the float stem's BN the exporter folds itself
+    assert not [n for n in rewrite.nodes if n.op_type == "BatchNormalization"]
+    probe, points = rewrite.build(ranges=None)
+    assert points  # the 8-bit points exist, left in float here
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    got = session.run(["output"], {"input": images.numpy()})[0]
+    want = _logits(model, images).numpy()
+    close = np.abs(got - want).max(axis=1) <= 1e-4 * np.abs(want).max()
+    assert close.mean() >= 0.95
+
+
+def test_w4a4_engine_agrees_with_the_packed_model(w4a4_digits, digits_test, digits_calibration):
+    model, _ = w4a4_digits
+    images, labels = digits_test
+    runner = get_engine("onnxruntime-int8").prepare(model, images[:1], threads=1, calibration=digits_calibration)
+    got, want = runner(images), _logits(model, images)
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.97
+    file_top1 = (want.argmax(1) == labels).float().mean()
+    assert file_top1 >= 0.85  # a model that learned the digits, so that agreement means something
+    assert abs((got.argmax(1) == labels).float().mean() - file_top1) <= 0.015  # 360 images: 5 at most
+    assert (got - want).abs().mean() <= 0.15 * want.abs().mean()
+
+
+def test_weight_only_engine_with_8bit_activations_agrees(weight_only_digits, digits_test, digits_calibration):
+    model, _ = weight_only_digits
+    images, labels = digits_test
+    assert all(m.encoded.kind == "pow2" and m.input_quant is None for m in _compressed_layers(model))
+    runner = get_engine("onnxruntime-int8").prepare(model, images[:1], threads=1, calibration=digits_calibration)
+    got, want = runner(images), _logits(model, images)
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.98
+    assert abs((got.argmax(1) == labels).float().mean() - (want.argmax(1) == labels).float().mean()) <= 0.015
+    assert (got - want).abs().mean() <= 0.05 * want.abs().mean()
+
+
+@pytest.mark.parametrize("fixture", ["w4a4_digits", "weight_only_digits"])
+def test_onnxruntime_fuses_every_conv_and_add_into_integer_kernels(fixture, request, digits_calibration, tmp_path):
+    model, _ = request.getfixturevalue(fixture)
+    optimized = tmp_path / "optimized.onnx"
+    get_engine("onnxruntime-int8").prepare(model, digits_calibration[:1], threads=1,
+                                           calibration=digits_calibration, optimized_path=str(optimized))
+    ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert "Conv" not in ops and "Add" not in ops
+    assert ops.count("QLinearConv") >= convs  # W4A4: a conv read at two precisions runs twice
+    assert ops.count("QLinearAdd") >= 9

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,10 +140,56 @@ def _build(cls, values: dict, where: str):
         raise UserError(
             f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}"
         )
+    hints = _field_types(cls)
+    for name, value in values.items():
+        expected = hints.get(name)
+        if expected is not None and not _matches(value, expected):
+            try:  # the class's own check, where it has one, names the allowed range too
+                cls(**values)
+            except UserError as exc:
+                raise UserError(f"{where}: {exc}") from None
+            except Exception:  # noqa: BLE001 - e.g. comparing a str with an int: the type message says more
+                pass
+            raise UserError(f"{where}: {name} must be {_describe(expected)}, got {value!r}")
     try:
         return cls(**values)
     except TypeError as exc:
         raise UserError(f"{where}: {exc}") from None
+
+
+def _field_types(cls) -> dict:
+    """Field name -> resolved annotation (empty for names whose annotation cannot be resolved)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation this module cannot resolve: leave the field unchecked
+        return {}
+
+
+def _matches(value, expected) -> bool:
+    """Whether `value` fits a scalar annotation (int, float, bool, str, None and unions of them);
+    anything richer (lists, dicts, dataclasses) is left to the dataclass's own checks."""
+    if expected is typing.Any:
+        return True
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return any(_matches(value, member) for member in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe(expected) -> str:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(member) for member in typing.get_args(expected))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return names.get(expected, getattr(expected, "__name__", str(expected)))
 
 
 def load_recipe(source, overrides: list[str] | None = None, method: str | None = None) -> Recipe:

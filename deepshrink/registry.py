@@ -10,6 +10,7 @@ Every registry lists what it holds when a name is unknown, so a typo gets a usef
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -95,7 +96,13 @@ def create_model(name: str, **kwargs):
 
         model = create_model("resnet20", num_classes=10, shortcut="B")
     """
-    model = MODELS.get(name)(**kwargs)
+    constructor = MODELS.get(name)
+    try:
+        inspect.signature(constructor).bind(**kwargs)
+    except TypeError as exc:
+        accepted = ", ".join(p for p in inspect.signature(constructor).parameters if p not in ("args", "kwargs"))
+        raise UserError(f"model {name!r}: {exc} (--model-args accepts: {accepted})") from None
+    model = constructor(**kwargs)
     model.deepshrink_arch = {"name": name.lower(), "kwargs": dict(kwargs)}
     return model
 

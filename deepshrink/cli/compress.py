@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from pathlib import Path
+
+import yaml
 
 
 def add_parser(sub) -> None:
@@ -17,7 +21,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model-args", action="append", default=[], metavar="K=V",
                    help="model constructor arguments, e.g. shortcut=B")
     p.add_argument("--base", help="checkpoint to start from (plain state_dict or deepshrink checkpoint)")
-    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("-o", "--out", required=True, help="run folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder at --out")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved recipe, model and data as YAML and exit without running")
     p.add_argument("--train-subset", type=float, default=None,
                    help="train on a stratified subset: a ratio in (0, 1] or an image count")
     p.add_argument("--resume", action="store_true",
@@ -39,13 +46,42 @@ def run(args) -> int:
         raise UserError("give exactly one of --recipe FILE|NAME or --method NAME")
     recipe = load_recipe(args.recipe, args.overrides, method=args.method) if args.recipe else \
         load_recipe(None, args.overrides, method=args.method)
+    if args.print_config:
+        print(yaml.safe_dump({"model": {"name": args.model, "args": args.model_args, "base": args.base},
+                              "data": {"name": args.data, "root": args.data_root}, "out": args.out,
+                              "recipe": recipe.to_dict()}, sort_keys=False), end="")
+        return 0
+    check_out_dir(Path(args.out), recipe, args.resume, args.overwrite)
     metrics = run_compress(recipe, model=args.model, model_args=args.model_args, base=args.base,
                            data=args.data, data_root=args.data_root, download=args.download, out_dir=args.out,
                            device=args.device, train_subset=args.train_subset, resume=args.resume)
-    summary = (f"{metrics['method']}: top-1 {metrics['top1']:.2f}% (base {metrics.get('base_top1', float('nan')):.2f}%), "
+    summary = (f"{metrics['method']}: test top-1 {metrics['top1']:.2f}% (base {metrics.get('base_top1', float('nan')):.2f}%; "
+               f"val {metrics['val_top1']:.2f}%), "
                f"{metrics['file_bytes']:,} bytes, {metrics['ratio']:.1f}x smaller than fp32, "
                f"compressed in {metrics['compress_seconds']:.1f} s -> {metrics['packed']}")
     print(summary, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(metrics))
     return 0
+
+
+def check_out_dir(out: Path, recipe, resume: bool, overwrite: bool) -> None:
+    """Never mix two runs in one folder: an existing run is continued (--resume, same recipe only),
+    replaced (--overwrite), or refused."""
+    from ..errors import UserError
+
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if resume:
+        if not (out / "train" / "last.pt").is_file():
+            raise UserError(f"nothing to resume: {out}/train/last.pt does not exist; run without --resume")
+        saved = out / "recipe.yaml"
+        if saved.is_file() and yaml.safe_load(saved.read_text()) != yaml.safe_load(yaml.safe_dump(recipe.to_dict())):
+            raise UserError(f"--resume: {out} was made by another recipe ({saved}); resume it with that recipe, "
+                            "or choose another --out")
+        return
+    if not held:
+        return
+    if not overwrite:
+        raise UserError(f"{out} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
+                        "pass --overwrite to replace it, --resume to continue it, or choose another --out")
+    shutil.rmtree(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="registered model name, e.g. lenet5, resnet20")
     p.add_argument("--model-args", action="append", default=[], metavar="K=V", help="e.g. shortcut=B")
     p.add_argument("--base", help="initialise from this checkpoint (plain state_dict or deepshrink checkpoint)")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("-o", "--out", required=True, help="run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder at --out")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                    help="continue an interrupted run (default: OUT/last.pt); its settings are kept unless "
                         "flags override them")
@@ -88,10 +90,17 @@ def run(args) -> int:
     from ..data import dataset_from_args, make_loader
     from ..data.splits import train_val_split
     from ..engine import Trainer, distributed, evaluate, seed_everything
+    from ..errors import UserError
     from ..engine.checkpoint import read_checkpoint
     from ..pipeline import build_model, parse_kv
 
     resume = _resume_path(args)
+    out = Path(args.out)
+    if resume is None and out.is_dir() and any(out.iterdir()):
+        if not args.overwrite:
+            raise UserError(f"{out} already holds a run; pass --overwrite to replace it, --resume to continue it, "
+                            "or choose another --out")
+        shutil.rmtree(out)
     resumed = read_checkpoint(resume).get("config") if resume else None
     config = resolve_train_config(args, resumed)
     distributed.init_from_env(args.device)

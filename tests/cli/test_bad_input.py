@@ -1,0 +1,78 @@
+"""Bad input gets one line naming the problem and the fix, exit status 2, no traceback, nothing lost."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from deepshrink.cli import main
+
+COMPRESS = ["compress", "--method", "bwn", "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits"]
+
+
+def _one_line_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.lr=abc", "lr must be a number, got 'abc'"),
+    ("train.epochs=[3]", "epochs must be a number"),
+])
+def test_a_setting_of_the_wrong_type_is_named(setting, message, tmp_path, capsys):
+    assert message in _one_line_error(COMPRESS + ["--out", str(tmp_path / "r"), "--set", setting], capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_method_parameter_of_the_wrong_type_is_named(tmp_path, capsys):
+    line = _one_line_error(["compress", "--method", "pq", "--model", "lenet300", "--model-args", "input_size=8",
+                            "--data", "digits", "--out", str(tmp_path / "r"), "--set", "n_centroids=abc"], capsys)
+    assert "n_centroids must be an integer, got 'abc'" in line
+
+
+def test_an_unknown_model_argument_lists_the_accepted_ones(tmp_path, capsys):
+    line = _one_line_error(["compress", "--method", "bwn", "--model", "lenet300", "--model-args", "shortcutt=B",
+                            "--data", "digits", "--out", str(tmp_path / "r")], capsys)
+    assert "shortcutt" in line and "accepts: num_classes, in_channels, input_size" in line
+
+
+def test_an_existing_run_is_never_overwritten_without_asking(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "model.dsz").write_bytes(b"an earlier run")
+    line = _one_line_error(COMPRESS + ["--out", str(out)], capsys)
+    assert "--overwrite" in line and (out / "model.dsz").read_bytes() == b"an earlier run"
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
+    assert "nothing to resume" in _one_line_error(COMPRESS + ["--out", str(tmp_path / "r"), "--resume"], capsys)
+
+
+def test_print_config_shows_the_resolved_recipe_and_runs_nothing(tmp_path, capsys):
+    assert main(COMPRESS + ["--out", str(tmp_path / "r"), "--set", "train.epochs=3", "--print-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["recipe"]["method"] == "bwn" and shown["recipe"]["train"]["epochs"] == 3
+    assert not (tmp_path / "r").exists()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("deepshrink ")
+
+
+def test_a_closed_pipe_ends_quietly():
+    reader = subprocess.run(f"{sys.executable} -m deepshrink recipes --json | head -c 1", shell=True,
+                            capture_output=True, text=True, timeout=120)
+    assert reader.stdout == "[" and "Traceback" not in reader.stderr and "BrokenPipe" not in reader.stderr
+
+
+def test_train_refuses_to_replace_an_earlier_run(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"an 85% model")
+    line = _one_line_error(["train", "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits",
+                            "--out", str(out)], capsys)
+    assert "--overwrite" in line and (out / "best.pt").read_bytes() == b"an 85% model"

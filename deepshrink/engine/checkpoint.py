@@ -13,6 +13,7 @@ A training checkpoint is a dict of tensors and primitive containers (never pickl
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -53,12 +54,25 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    head = path.read_bytes()[:64] if path.stat().st_size else b""
+    if not head:
+        raise UserError(f"{path} is empty; give a file written by torch.save(state_dict) or by `deepshrink train`")
+    if b'"deepshrink.dsz' in head:
+        raise UserError(f"{path} is a packed deepshrink model (.dsz), not a checkpoint; evaluate it with "
+                        "`deepshrink eval`, or rebuild it in Python with deepshrink.load(path, decode=True)")
+    if not head.startswith(b"PK") and head[0] != 0x80:  # torch.save writes a zip; older files a pickle
+        raise UserError(f"{path} is not a PyTorch checkpoint (neither a zip nor a pickle file); give a file "
+                        "written by torch.save(state_dict) or by `deepshrink train`")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"refusing to load {path}: it contains pickled objects other than tensors; deepshrink "
+                        "never runs code from a file. Save a plain state_dict: torch.save(model.state_dict(), path)"
+                        ) from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on foreign bytes (KeyError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"{path} is not a PyTorch checkpoint that can be loaded safely (weights_only): {first[:200]}; "
+            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {first[:120]}); "
             "give a file written by torch.save(state_dict) or by `deepshrink train`"
         ) from None
     if not isinstance(data, dict):

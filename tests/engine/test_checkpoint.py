@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from deepshrink.config import TrainConfig
-from deepshrink.engine import Hook, Trainer, load_weights, save_checkpoint
+from deepshrink.engine import Hook, Trainer, load_weights, read_checkpoint, save_checkpoint
 from deepshrink.engine.runlog import RunLog
 from deepshrink.errors import UserError
 
@@ -111,7 +111,7 @@ class Payload:
 def test_pickled_objects_are_refused_not_executed(make_net, tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"0.weight": Payload()}, path)
-    with pytest.raises(UserError, match="weights_only"):
+    with pytest.raises(UserError, match="pickled objects other than tensors; deepshrink never runs code from a file"):
         load_weights(make_net(), path)
 
 
@@ -121,3 +121,15 @@ def test_missing_checkpoint_and_resume_from_a_plain_state_dict(make_net, make_lo
     torch.save(make_net().state_dict(), tmp_path / "plain.pt")
     with pytest.raises(UserError, match="not a training checkpoint"):
         Trainer(make_net(), make_loader_pair()[0], resume=tmp_path / "plain.pt").fit()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"hello 101\n", "neither a zip nor a pickle file"),
+    (b'\x28\x01\x00\x00\x00\x00\x00\x00{"__metadata__":{"format":"deepshrink.dsz"}}', "is a packed deepshrink model"),
+])
+def test_foreign_checkpoints_are_refused_in_our_own_words(tmp_path, content, message):
+    path = tmp_path / "base.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        read_checkpoint(path)

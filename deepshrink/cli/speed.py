@@ -12,7 +12,6 @@ a stratified subset of --data's training split; without --data, the random timin
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
 from pathlib import Path
@@ -76,29 +75,15 @@ def _engines(model, requested):
     return chosen, {}
 
 
-def _data(args):
-    """(calibration images or None, test-batches callable or None, input shape from the data or None)."""
-    import torch
-
-    if not args.data:
-        return None, None, None
-    from ..data import dataset_from_args, make_loader, subset
-
-    train, test = dataset_from_args(args, "train"), dataset_from_args(args, "test")
-    per_class = max(1, math.ceil(args.calibration / train.num_classes))
-    chosen = subset(train, per_class=min(per_class, len(train) // train.num_classes or 1))
-    images = torch.cat([x for x, _ in make_loader(chosen, 256, train=False)])[:args.calibration]
-    return images, (lambda: make_loader(test, 500, train=False)), tuple(images.shape[1:])
-
-
 def run(args) -> int:
     from ..api import load
     from ..errors import UserError
-    from ..runtime.measure import measure
+    from ..runtime.measure import measure, speed_data
 
     _check(args)
     model = load(args.file).eval()
-    calibration, test_batches, data_shape = _data(args)
+    calibration, test_batches, data_shape = (None, None, None) if not args.data else speed_data(
+        args.data, args.data_root, args.calibration, args.download)
     shape = tuple(args.input_shape or data_shape or getattr(model, "default_input_size", None) or ())
     if not shape:
         raise UserError("the model does not say its input size; give --input-shape C H W or --data")

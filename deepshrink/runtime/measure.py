@@ -104,3 +104,19 @@ def measure(model: nn.Module, engines: list[Engine], batches: list[int], threads
                 if row.engine == engine.name:
                     row.top1 = accuracy
     return list(rows.values())
+
+
+def speed_data(name: str, root=None, calibration: int = 512, download: bool = False):
+    """(calibration images (N, C, H, W), a callable giving the test split's (images, labels) batches,
+    one image's shape) for data set `name`: the calibration images are a stratified subset of the
+    training split (the same per-class draw every run), at evaluation transforms."""
+    import math
+
+    from ..data import get_dataset, make_loader, subset
+
+    train = get_dataset(name, "train", root=root, download=download)
+    test = get_dataset(name, "test", root=root, download=download)
+    per_class = min(math.ceil(calibration / train.num_classes), max(1, len(train) // train.num_classes))
+    images = torch.cat([x for x, _ in make_loader(subset(train, per_class=per_class), 256, train=False)])
+    images = images[:calibration]
+    return images, (lambda: make_loader(test, 500, train=False)), tuple(images.shape[1:])

@@ -9,8 +9,10 @@
   are 8-bit with MinMax ranges over the calibration images; ONNX Runtime fuses the QDQ graph into
   QLinearConv / QLinearAdd (MLAS u8s8 kernels; VNNI where the CPU has it).
 
-Why ONNX Runtime rather than PyTorch's x86 quantized engine: measured in benchmarks/results/speed_resnet20.json
-(`torch_x86_int8` there). Sessions run one inference at a time (sequential execution, one inter-op
+Why ONNX Runtime rather than PyTorch's x86 quantized engine: measured side by side in
+benchmarks/results/speed_resnet20.json (row `torch-x86-int8-ptq`: FX graph-mode static PTQ of the
+same float network); PyTorch pays its per-op dispatch on every quantized op, which at batch 1 costs
+more than the convolutions themselves. Sessions run one inference at a time (sequential execution, one inter-op
 thread) on `threads` intra-op threads that do not spin between calls, so that engines measured in
 turn in one process do not steal each other's cores.
 """
@@ -150,6 +152,7 @@ class OrtInteger(_OrtEngine):
     _cache = _GraphCache()
 
     def prepare(self, model, example, threads=1, calibration=None, optimized_path=None):
+        """As Engine.prepare; `optimized_path`: where ONNX Runtime writes the graph it runs (fused ops)."""
         images = (example if calibration is None else calibration)[:CALIBRATION_IMAGES]
         graph = self._cache.get(model, calibration, lambda: build_integer_graph(
             model, example[:1], images).SerializeToString())

@@ -29,19 +29,14 @@ from __future__ import annotations
 import io
 import warnings
 
-import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ..nn.compressed import CompressedConv2d, CompressedLinear
-from .qdq import Grid, activation_grid, minmax_grid, weight_integer_form
-
-MARKER = ("deepshrink", "ActQuant")
-CALIBRATED = "calibrated"  # the need of an 8-bit point whose grid comes from calibration
-OPSET = 17
+from .qdq import activation_grid, weight_integer_form
+from .qdq_rewrite import MARKER, OPSET, Rewrite, calibrate
 
 
 class _ActQuantMarker(torch.autograd.Function):
@@ -144,8 +139,6 @@ def export_float(model: nn.Module, example: torch.Tensor) -> bytes:
 def build_integer_graph(model: nn.Module, example: torch.Tensor, calibration: torch.Tensor,
                         batch_size: int = 64) -> onnx.ModelProto:
     """Steps 1-5: the QDQ graph of `model`, 8-bit points calibrated on `calibration` (N, C, H, W)."""
-    from .qdq_rewrite import Rewrite, calibrate
-
     rewrite = Rewrite(export_marked(model, example))
     rewrite.fold_batchnorm()
     rewrite.quantize_float_weights()
@@ -153,11 +146,3 @@ def build_integer_graph(model: nn.Module, example: torch.Tensor, calibration: to
     ranges = calibrate(probe, points, calibration, batch_size)
     graph, _ = rewrite.build(ranges)
     return graph
-
-
-def tensor_proto(name: str, array: np.ndarray) -> TensorProto:
-    return numpy_helper.from_array(np.asarray(array).copy(order="C"), name)  # keeps 0-d scalars 0-d
-
-
-def value_info(name: str):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)

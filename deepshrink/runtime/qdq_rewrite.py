@@ -13,8 +13,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .qdq import Grid, minmax_grid
-from .qdq_graph import CALIBRATED, MARKER, OPSET, tensor_proto, value_info
 
+MARKER = ("deepshrink", "ActQuant")  # (domain, op) of a trained activation quantizer in the export
+CALIBRATED = "calibrated"  # the need of an 8-bit point whose grid comes from calibration
+OPSET = 17
 COMPUTE = ("Conv", "Gemm", "Add")  # the ops ONNX Runtime fuses to QLinearConv, QGemm, QLinearAdd
 
 
@@ -239,6 +241,14 @@ class Rewrite:
                                   [tensor_proto(name, array) for name, array in self.inits.items() if name in used])
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                  producer_name="deepshrink")
+
+
+def tensor_proto(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array).copy(order="C"), name)  # keeps 0-d scalars 0-d
+
+
+def value_info(name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
 
 
 def _copy(node):

@@ -79,8 +79,19 @@ def pack(model: nn.Module, path, **options) -> dict:
     return save(model, path, **options)
 
 
-def load(path) -> nn.Module:
-    """Rebuild a model from a `.dsz` file without the code that trained it."""
+def load(path, decode: bool = False) -> nn.Module:
+    """Rebuild a model from a `.dsz` file without the code that trained it.
+
+    The compressed layers keep only their codes (at their bit width) and decode them on each call, so
+    the model is about as small in memory as its file. `decode=True` gives them float weights as
+    trainable parameters instead (to fine-tune); `deepshrink.nn.decode_weights(model)` and
+    `release_weights(model)` switch a loaded model either way.
+
+    Example::
+
+        model = deepshrink.load("resnet20-ldnq.dsz")
+        logits = model(images)
+    """
     from .packing import load as _load
 
-    return _load(path)
+    return _load(path, decode=decode)

@@ -1,7 +1,10 @@
 """Inference-form building blocks shared by every method and by the packed format."""
-from .compressed import CompressedConv2d, CompressedLinear, compress_layer, get_module, set_module
+from .compressed import (CompressedConv2d, CompressedLinear, compress_layer, decode_weights, get_module,
+                         release_weights, set_module, tensor_nbytes)
 from .encoded import EncodedWeight, pq_blocks, pq_unblocks
 from .packable import Packable
+from .resident import ResidentWeight
 
-__all__ = ["CompressedConv2d", "CompressedLinear", "EncodedWeight", "Packable", "compress_layer",
-           "get_module", "set_module", "pq_blocks", "pq_unblocks"]
+__all__ = ["CompressedConv2d", "CompressedLinear", "EncodedWeight", "Packable", "ResidentWeight", "compress_layer",
+           "decode_weights", "get_module", "release_weights", "set_module", "tensor_nbytes", "pq_blocks",
+           "pq_unblocks"]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import PackFormatError, UserError
-from ..nn.compressed import set_module
+from ..nn.compressed import decode_weights, set_module
 from ..nn.packable import Packable
 from ..registry import PACKABLE, create_model
 from .encodings import FLOAT_DTYPES, decode_weight, encode_weight
@@ -195,7 +195,37 @@ def _check_same_shapes(replaced: nn.Module | None, module: nn.Module, path: str)
             _fail(f"{path}.{key}", f"shape {list(value.shape)} does not match the architecture's {list(before[key])}")
 
 
-def _rebuild(meta: dict, reader: PayloadReader) -> tuple[nn.Module, dict[str, nn.Module]]:
+def _rebuild(meta: dict) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The architecture with every recorded packable module in place, its tensors still to be filled.
+
+    Built on the meta device and then given empty CPU storage, so that loading never allocates the
+    float model's weights only to drop them (those short-lived buffers fragment the heap: each loaded
+    copy would then cost several times its own size). A model that the meta device cannot build, or
+    that holds tensors outside its state dict (which the file cannot fill), is built on the CPU.
+    """
+    try:
+        with torch.device("meta"):
+            model, modules = _build(meta)
+        model.to_empty(device="cpu")
+        if not any(_holds_unfilled_tensor(module) for module in model.modules()):
+            return model, modules
+    except Exception:  # noqa: BLE001 - the CPU build below reports a bad file properly
+        pass
+    return _build(meta)
+
+
+def _holds_unfilled_tensor(module: nn.Module) -> bool:
+    """A tensor the file does not fill: a non-persistent buffer, or a meta tensor in a plain attribute."""
+    if module._non_persistent_buffers_set:
+        return True
+    for value in vars(module).values():
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, torch.Tensor) and v.is_meta for v in values):
+            return True
+    return False
+
+
+def _build(meta: dict) -> tuple[nn.Module, dict[str, nn.Module]]:
     arch = meta.get("arch")
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
         _fail("architecture", f"expected {{'name': str, 'kwargs': dict}}, found {arch!r}")
@@ -222,12 +252,16 @@ def _rebuild(meta: dict, reader: PayloadReader) -> tuple[nn.Module, dict[str, nn
     return model, modules
 
 
-def load(path) -> nn.Module:
-    """Rebuild the model stored in a `.dsz` file (eval mode). Raises PackFormatError on a bad file."""
+def load(path, decode: bool = False) -> nn.Module:
+    """Rebuild the model stored in a `.dsz` file (eval mode). Raises PackFormatError on a bad file.
+
+    Compressed layers keep their codes resident and decode them on each call (see
+    `deepshrink.nn.compressed`); `decode=True` gives them trainable float weights instead.
+    """
     meta, blobs, _ = read_container(path)
     reader = PayloadReader(blobs)
     try:
-        model, modules = _rebuild(meta, reader)
+        model, modules = _rebuild(meta)
         encoded = meta.get("encoded")
         tensors = meta.get("tensors")
         if not isinstance(encoded, dict) or not isinstance(tensors, dict):
@@ -238,11 +272,17 @@ def load(path) -> nn.Module:
             if module is None:
                 _fail(key, f"no packable module {module_path!r} in the file holds it")
             current = module.state_dict().get(attr)
-            weight = decode_weight(enc_meta, reader, key, None if current is None else tuple(current.shape))
+            # a resident layer holds no float tensor for it, but says its shape (e.g. `weight_shape`)
+            shape = tuple(current.shape) if current is not None else getattr(module, f"{attr}_shape", None)
+            weight = decode_weight(enc_meta, reader, key, shape)
             try:
                 module.load_encoded(attr, weight)
             except Exception as exc:  # noqa: BLE001
                 _fail(key, f"the module rejects it: {exc}")
+        for module_path, module in modules.items():
+            for attr in module.encoded_tensors():
+                if f"{module_path}.{attr}" not in encoded:
+                    _fail(f"{module_path}.{attr}", "the file holds no codes for it")
         state = model.state_dict()
         expected = set(state) - set(encoded)
         if expected != set(tensors):
@@ -254,6 +294,8 @@ def load(path) -> nn.Module:
                 _fail(key, f"shape {list(value.shape)} does not match the architecture's {list(state[key].shape)}")
             state[key] = value
         model.load_state_dict(state, strict=True)
+        if decode:
+            decode_weights(model)
     except PackFormatError as exc:
         raise PackFormatError(f"{path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - never let a bad file surface as anything else

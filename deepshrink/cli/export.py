@@ -1,6 +1,6 @@
 """`deepshrink export`: a `.dsz` file as ONNX, checked in onnxruntime.
 
-    deepshrink export model.dsz -o model.onnx      # uniform <= 8-bit weights as uint8 + DequantizeLinear
+    deepshrink export model.dsz -o model.onnx      # integer codes (int4 / int8) + DequantizeLinear, PQ as Gather
 """
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from ..errors import UserError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a packed .dsz file to ONNX (verified in onnxruntime)",
-                       description="Write FILE.dsz as ONNX: weights with uniform <= 8-bit codes as integer "
-                                   "initialisers + DequantizeLinear, others dequantized; then run it in "
-                                   "onnxruntime against the torch model.")
+                       description="Write FILE.dsz as ONNX at its real size: integer codes (binary, ternary, "
+                                   "uniform, pow2, sparse) as int4 / int8 initialisers + DequantizeLinear, PQ "
+                                   "as codebook + Gather; a layer that must stay float is named in a warning "
+                                   "with its bytes. Then run it in onnxruntime against the torch model.")
     p.add_argument("file", help="a packed .dsz file")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--input-shape", help="C,H,W of one input (default: the model's own)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=21,
+                   help="ONNX opset (default 21, the first whose DequantizeLinear takes int4; below it codes are int8)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
     p.add_argument("--tolerance", type=float, default=None,
                    help="largest onnxruntime-vs-torch difference, relative to the largest output (default 1e-4; "

@@ -91,6 +91,40 @@ class EncodedWeight:
             return _bcast(p["alpha"], self.shape) * torch.sign(c).float() * magnitude
         raise AssertionError(k)
 
+    def integer_form(self) -> "IntegerForm | None":
+        """The weight as integers times scales, exactly: W = pos_scale * (q - zero_point) where q >= zero_point,
+        neg_scale * (q - zero_point) below it (one scale when the two are equal). This is the form of ONNX's
+        DequantizeLinear (and of integer engines): binary q = 2c - 1, ternary q = c, pow2 q = sign(c) 2^(|c|-1)
+        (L-DNQ's {0, ±a, ±2a, ±4a} are integers times a), uniform q = c with its zero point (2c and 2z at half
+        the scale for a half-integer z, DoReFa's grid centre), sparse its inner form with pruned weights at the
+        zero point. None where no such form exists (pq, float, a uniform zero point off the half-integers)."""
+        k, p = self.kind, self.params
+        if k == "sparse":
+            inner = self.inner.integer_form()
+            if inner is None:
+                return None
+            mask = self.mask.reshape(self.shape).to(torch.bool)
+            return IntegerForm(torch.where(mask, inner.q, _bcast(inner.zero_point, self.shape).long()),
+                               inner.zero_point, inner.pos_scale, inner.neg_scale)
+        if k in ("pq", "float"):
+            return None
+        codes = self.codes.reshape(self.shape).long()
+        zero = torch.zeros(1, dtype=torch.long)
+        if k == "binary":
+            return IntegerForm(2 * codes - 1, zero, p["scale"].float(), p["scale"].float())
+        if k == "ternary":
+            return IntegerForm(codes, zero, p["pos_scale"].float(), p["neg_scale"].float())
+        if k == "pow2":
+            magnitude = torch.ones_like(codes) << (codes.abs() - 1).clamp(min=0)
+            return IntegerForm(torch.sign(codes) * magnitude, zero, p["alpha"].float(), p["alpha"].float())
+        if k == "uniform":
+            zero_point, scale = p["zero_point"].double(), p["scale"].float()
+            for factor in (1, 2):  # (c - z) s == (2c - 2z)(s / 2) exactly in float
+                if torch.equal(zero_point * factor, (zero_point * factor).round()):
+                    return IntegerForm(codes * factor, (zero_point * factor).long(), scale / factor, scale / factor)
+            return None
+        raise AssertionError(k)
+
     def code_range(self) -> tuple[int, int]:
         """Inclusive (low, high) that every code must lie in; the packer and the loader check it."""
         if self.kind == "binary":
@@ -105,6 +139,27 @@ class EncodedWeight:
         if self.kind == "pq":
             return 0, self.params["codebook"].shape[1] - 1
         raise ValueError(f"{self.kind} encoding has no codes")
+
+
+@dataclass
+class IntegerForm:
+    """W = scale * (q - zero_point), scale = pos_scale where q >= zero_point, else neg_scale; q (W's shape) and
+    zero_point (1 or out values) are int64, the scales (1 or out values) float32. See `EncodedWeight.integer_form`."""
+
+    q: torch.Tensor
+    zero_point: torch.Tensor
+    pos_scale: torch.Tensor
+    neg_scale: torch.Tensor
+
+    @property
+    def one_scale(self) -> bool:
+        """True when both signs share one scale (plain DequantizeLinear)."""
+        return torch.equal(self.pos_scale, self.neg_scale)
+
+    def dequantize(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The float weight (an independent check of the form)."""
+        centred = (self.q - _bcast(self.zero_point, shape).long()).float()
+        return torch.where(centred >= 0, _bcast(self.pos_scale, shape), _bcast(self.neg_scale, shape)) * centred
 
 
 def _bcast(param: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

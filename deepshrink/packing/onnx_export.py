@@ -1,15 +1,26 @@
-"""Export a packed model to ONNX, with quantized weights as integer initialisers + DequantizeLinear.
+"""Export a packed model to ONNX at its real size: integer initialisers + DequantizeLinear, PQ as Gather.
 
-Layers whose weight is `uniform` with <= 8 bits keep their codes: the weight is a uint8 initialiser
-feeding `DequantizeLinear(codes, scale, zero_point, axis=0)` (per filter or per tensor), the weight
-side of ONNX's QDQ format (a QuantizeLinear on a constant weight is folded into its integer
-initialiser, as onnxruntime's own quantizer writes it). A half-integer zero point (DoReFa's symmetric
-grid, codes <= 127) is written as codes 2c, zero point 2z, scale s/2: the same weight, bit for bit. Any
-other zero point outside the integers 0..255 becomes `DequantizeLinear(codes, scale, 0) - zero_point * scale`.
-Every other encoding is exported as its dequantized float initialiser.
+Each compressed layer's weight is built in the graph from what the `.dsz` file holds, never stored as
+float when its codes allow otherwise:
 
-Uses the TorchScript exporter (`dynamo=False`): it runs offline on torch 2.13 without onnxscript's
-optimiser and keeps custom symbolics (the torch.export-based exporter needs `onnxscript`).
+- integer encodings (binary, ternary, uniform, pow2 / L-DNQ, sparse over any of these): the exact form
+  `EncodedWeight.integer_form()` gives, W = scale * (q - zero_point), as an integer initialiser q
+  feeding `DequantizeLinear(q, scale, zero_point, axis=0)`, the weight side of ONNX's QDQ format (a
+  QuantizeLinear on a constant weight folds into its integer initialiser, as onnxruntime's own quantizer
+  writes it). Pruned weights are q = zero_point, zeros in the integer tensor. q is int4 / uint4 where it
+  fits 4 bits and the opset is >= 21 (DequantizeLinear-21 takes 4-bit inputs; onnxruntime runs them),
+  else int8 / uint8. Ternary weights with different positive and negative scales (TTQ) keep one integer
+  tensor: W = pos * Relu(q) - neg * Relu(-q), exact, a few elementwise nodes rather than two planes.
+- pq: the codebook (fp16 when the file holds it so) and the codes (uint8 / uint16) feed a Gather; the
+  blocks are reshaped (and transposed for the channel layout) into the weight (Stock et al., "And the
+  Bit Goes Down", ICLR 2020: the codebook plus one index per block is the whole weight).
+- anything else (a float or sparse-float weight, sparse PQ, a uniform zero point off the half-integers,
+  integers beyond 8 bits) is exported as its dequantized float initialiser, with a warning that names the
+  layer and its bytes.
+
+Uses the TorchScript exporter (`dynamo=False`, opset <= 20): it runs offline on torch 2.13 without
+onnxscript's optimiser and keeps custom symbolics. A higher opset (default 21) is reached with ONNX's
+version converter, after which integer initialisers that fit 4 bits are narrowed.
 
 Example::
 
@@ -20,71 +31,128 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..nn.compressed import CompressedConv2d, CompressedLinear
+from ..nn.compressed import _CompressedMixin
+from ..nn.encoded import EncodedWeight
+
+_TORCHSCRIPT_MAX_OPSET = 20
+_INT4_OPSET = 21
 
 
-class _DequantizeWeight(torch.autograd.Function):
-    """weight = (codes - zero_point) * scale - offset; exported as ONNX DequantizeLinear (+ Sub)."""
+class _IntegerWeight(torch.autograd.Function):
+    """W = scale * (q - zero_point); with `two_scales`, pos * Relu(q - z) - neg * Relu(z - q) (scale = 1)."""
 
     @staticmethod
-    def forward(ctx, codes, scale, zero_point, offset, param_shape: tuple, has_offset: bool):
-        weight = (codes.float() - zero_point.float().reshape(param_shape)) * scale.reshape(param_shape)
-        return weight - offset if has_offset else weight
+    def forward(ctx, q, scale, zero_point, pos, neg, param_shape: tuple, two_scales: bool):
+        centred = (q.float() - zero_point.float().reshape(param_shape)) * scale.reshape(param_shape)
+        return centred.clamp(min=0) * pos - (-centred).clamp(min=0) * neg if two_scales else centred
 
     @staticmethod
-    def symbolic(g, codes, scale, zero_point, offset, param_shape, has_offset):
-        weight = g.op("DequantizeLinear", codes, scale, zero_point, axis_i=0)
-        return g.op("Sub", weight, offset) if has_offset else weight
+    def symbolic(g, q, scale, zero_point, pos, neg, param_shape, two_scales):
+        centred = g.op("DequantizeLinear", q, scale, zero_point, axis_i=0)
+        if not two_scales:
+            return centred
+        positive = g.op("Mul", g.op("Relu", centred), pos)
+        return g.op("Sub", positive, g.op("Mul", g.op("Relu", g.op("Neg", centred)), neg))
 
 
-def _qdq_inputs(module: nn.Module):
-    """DequantizeLinear inputs (codes uint8, scale, zero point uint8, offset, param shape, has offset) for a
-    uniform <= 8-bit weight; None for any other encoding."""
-    encoded = getattr(module, "encoded", None)
-    if encoded is None or encoded.kind != "uniform" or encoded.bits > 8:
+class _GatherWeight(torch.autograd.Function):
+    """A PQ weight: rows of the flattened codebook (S K, d) picked by codes + subspace offsets."""
+
+    @staticmethod
+    def forward(ctx, codes, offsets, codebook, block_shape: tuple, permute: tuple | None):
+        blocks = codebook.float()[codes.long() + offsets]  # (out, n_blocks, d)
+        blocks = blocks.reshape(block_shape)
+        return blocks.permute(*permute).contiguous() if permute else blocks
+
+    @staticmethod
+    def symbolic(g, codes, offsets, codebook, block_shape, permute):
+        index = g.op("Add", g.op("Cast", codes, to_i=7), offsets)  # 7: INT64
+        table = g.op("Cast", codebook, to_i=1)  # 1: FLOAT
+        blocks = g.op("Gather", table, index, axis_i=0)  # (out, n_blocks, d)
+        shape = g.op("Constant", value_t=torch.tensor(block_shape, dtype=torch.int64))
+        weight = g.op("Reshape", blocks, shape)
+        return g.op("Transpose", weight, perm_i=list(permute)) if permute else weight
+
+
+def _integer_args(encoded: EncodedWeight):
+    """`_IntegerWeight` arguments for an encoding with an integer form within 8 bits; None otherwise."""
+    form = encoded.integer_form()
+    if form is None:
         return None
-    shape = tuple(module.weight.shape)
-    out = shape[0]
-    scale = encoded.params["scale"].float().reshape(-1)
-    zero = encoded.params["zero_point"].float().reshape(-1)
-    per_channel = scale.numel() > 1 or zero.numel() > 1
-    if per_channel:
-        scale, zero = scale.expand(out).contiguous(), zero.expand(out).contiguous()
-        param_shape = (out, *([1] * (len(shape) - 1)))  # broadcasts over a filter
+    shape, out = tuple(encoded.shape), encoded.shape[0]
+    zero, q = form.zero_point, form.q
+    low, high = int(torch.minimum(q.min(), zero.min())), int(torch.maximum(q.max(), zero.max()))
+    # unsigned codes with their zero point (ORT's usual weight form) where all are >= 0, else signed
+    dtype = torch.uint8 if low >= 0 and high <= 255 else torch.int8 if low >= -128 and high <= 127 else None
+    if dtype is None:
+        return None
+    two_scales = not form.one_scale
+    per_channel = max(zero.numel(), form.pos_scale.numel(), form.neg_scale.numel()) > 1
+    param_shape = (out, *([1] * (len(shape) - 1))) if per_channel else ()
+    size = (out,) if per_channel else ()
+
+    def param(value):
+        return value.reshape(-1).expand(out).contiguous() if per_channel else value.reshape(())
+
+    scale = torch.ones(size) if two_scales else param(form.pos_scale)
+    pos, neg = (param(s.float()).reshape(param_shape) for s in (form.pos_scale, form.neg_scale))
+    return q.to(dtype), scale.float(), param(zero).to(dtype), pos, neg, param_shape, two_scales
+
+
+def _gather_args(encoded: EncodedWeight):
+    """`_GatherWeight` arguments for a PQ weight (codes uint8 / uint16, codebook as stored)."""
+    if encoded.kind != "pq" or encoded.params["codebook"].shape[1] > 1 << 16:
+        return None
+    codebook = encoded.params["codebook"]  # (S, K, d)
+    n_sub, n_centroids, block = codebook.shape
+    codes = encoded.codes.long()  # (out, n_blocks)
+    out, n_blocks = codes.shape
+    offsets = (torch.arange(n_blocks) // (n_blocks // n_sub)) * n_centroids  # (n_blocks,)
+    table = codebook.reshape(n_sub * n_centroids, block)
+    if table.dtype not in (torch.float16, torch.float32):
+        table = table.float()
+    shape = tuple(encoded.shape)
+    if encoded.layout == "channel" and len(shape) == 4:
+        _, cin, kh, kw = shape
+        block_shape, permute = (out, kh, kw, cin), (0, 3, 1, 2)
     else:
-        scale, zero = scale.reshape(()), zero.reshape(())
-        param_shape = ()
-    codes = encoded.codes.reshape(shape).to(torch.int64)
-    if not _is_uint8(zero) and _is_uint8(2 * zero) and int(codes.max()) <= 127:
-        # half-integer zero point (DoReFa's grid centre): (c - z) s == (2c - 2z)(s / 2) exactly in float
-        codes, zero, scale = 2 * codes, 2 * zero, scale / 2
-    integral = _is_uint8(zero)
-    offset = torch.zeros(()) if integral else (zero * scale).reshape(param_shape)
-    zero_codes = zero.round().to(torch.uint8) if integral else torch.zeros_like(zero, dtype=torch.uint8)
-    return codes.to(torch.uint8), scale, zero_codes, offset, param_shape, not integral
-
-
-def _is_uint8(values: torch.Tensor) -> bool:
-    return bool(torch.equal(values, values.round()) and values.min() >= 0 and values.max() <= 255)
+        block_shape, permute = shape, None
+    code_dtype = torch.uint8 if n_centroids <= 256 else torch.uint16
+    return codes.to(code_dtype), offsets, table, block_shape, permute
 
 
 @contextlib.contextmanager
-def qdq_weights(model: nn.Module):
-    """Within the block, compressed layers with uniform <= 8-bit weights compute them via DequantizeLinear."""
+def exported_weights(model: nn.Module):
+    """Within the block, every compressed layer builds its weight from its codes in ONNX ops (see the
+    module doc); yields {"integer": [names], "gather": [names], "float": {name: bytes}}."""
+    forms = {"integer": [], "gather": [], "float": {}}
     patched = []
-    for module in model.modules():
-        inputs = _qdq_inputs(module) if isinstance(module, (CompressedConv2d, CompressedLinear)) else None
-        if inputs is None:
+    for name, module in model.named_modules():
+        if not isinstance(module, _CompressedMixin):
             continue
+        encoded = module.encoded
+        args = _integer_args(encoded)
+        if args is not None:
+            build, kind = (lambda a=args: _IntegerWeight.apply(*a)), "integer"
+        elif (args := _gather_args(encoded)) is not None:
+            build, kind = (lambda a=args: _GatherWeight.apply(*a)), "gather"
+        else:
+            weight = encoded.dequantize()
+            build, kind = (lambda w=weight: w), "float"
+        if kind == "float":
+            forms["float"][name] = encoded.numel * 4
+        else:
+            forms[kind].append(name)
 
-        def forward(x, m=module, args=inputs):
-            weight = _DequantizeWeight.apply(*args)
-            if isinstance(m, CompressedConv2d):
+        def forward(x, m=module, build=build):
+            weight = build()
+            if isinstance(m, nn.Conv2d):
                 y = F.conv2d(m._quantize_input(x), weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
             else:
                 y = F.linear(m._quantize_input(x), weight, m.bias)
@@ -93,22 +161,90 @@ def qdq_weights(model: nn.Module):
         module.forward = forward
         patched.append(module)
     try:
-        yield len(patched)
+        yield forms
     finally:
         for module in patched:
             del module.forward
 
 
-def export_onnx(src, out_path, input_shape: tuple[int, ...] | None = None, opset: int = 17,
+def _constants_to_initialisers(model) -> None:
+    """Turn Constant nodes holding a tensor into initialisers (where the TorchScript exporter leaves the
+    codes a custom symbolic receives), so that the file lists every weight as an initialiser."""
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = node.attribute[0].t
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+
+
+def _narrow_to_4_bits(model) -> int:
+    """Give int8 / uint8 DequantizeLinear inputs whose values (and zero points) all fit 4 bits int4 / uint4
+    copies of their initialisers; returns how many nodes were narrowed. The 8-bit originals are dropped when
+    nothing else reads them (the exporter shares equal constants, e.g. one zero point, between nodes)."""
+    import ml_dtypes
+    from onnx import numpy_helper
+
+    initialisers = {init.name: init for init in model.graph.initializer}
+    narrowed = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        names = [node.input[0], node.input[2]]
+        if any(name not in initialisers for name in names):
+            continue
+        arrays = [numpy_helper.to_array(initialisers[name]) for name in names]
+        if arrays[0].dtype == np.int8 and all(a.min(initial=0) >= -8 and a.max(initial=0) <= 7 for a in arrays):
+            target = ml_dtypes.int4
+        elif arrays[0].dtype == np.uint8 and all(a.max(initial=0) <= 15 for a in arrays):
+            target = ml_dtypes.uint4
+        else:
+            continue
+        for slot, name, array in zip((0, 2), names, arrays):
+            narrow_name = f"{name}_4bit"
+            if narrow_name not in initialisers:
+                initialisers[narrow_name] = numpy_helper.from_array(array.astype(target), narrow_name)
+                model.graph.initializer.append(initialisers[narrow_name])
+            node.input[slot] = narrow_name
+        narrowed += 1
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return narrowed
+
+
+def _finish_graph(path: str, opset: int) -> tuple[int, int]:
+    """Bring the exported file to `opset` and narrow 4-bit weights (opset >= 21); returns (opset, int4 layers)."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(path)
+    _constants_to_initialisers(model)
+    model = version_converter.convert_version(model, opset)
+    narrowed = _narrow_to_4_bits(model) if opset >= _INT4_OPSET else 0
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return opset, narrowed
+
+
+def export_onnx(src, out_path, input_shape: tuple[int, ...] | None = None, opset: int = _INT4_OPSET,
                 verify: bool = True) -> dict:
     """Write the model in `src` (a `.dsz` path or a loaded model) as ONNX; optionally check it in onnxruntime.
 
-    Returns {"path", "qdq_layers", "opset", "activation_quantized"} and, when verify, "max_abs_diff"
-    (onnxruntime vs torch on a random batch of 2) and "max_abs_output" (the largest torch output).
+    Returns {"path", "opset", "integer_layers", "int4_layers", "gather_layers", "float_layers" ({name: bytes}),
+    "bytes", "activation_quantized"} and, when verify, "max_abs_diff" (onnxruntime vs torch on a random batch
+    of 2) and "max_abs_output" (the largest torch output). Opset 21 or above stores 4-bit codes as int4.
     With quantized activations the two runtimes' last-bit float differences can move a value across a
     rounding boundary (a jump of one activation step), so expect differences of ~1% of the output there;
     weight-only models agree to float precision.
     """
+    from pathlib import Path
+
     from .format import load
 
     model = load(src) if not isinstance(src, nn.Module) else src.eval()
@@ -116,13 +252,20 @@ def export_onnx(src, out_path, input_shape: tuple[int, ...] | None = None, opset
     if not shape:
         raise UserError("the model does not say its input size; give input_shape=(C, H, W) (--input-shape)")
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
-    with qdq_weights(model) as n_qdq, warnings.catch_warnings():
+    with exported_weights(model) as forms, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(out_path), dynamo=False, opset_version=opset,
+        torch.onnx.export(model, (example,), str(out_path), dynamo=False, do_constant_folding=False,
+                          opset_version=min(opset, _TORCHSCRIPT_MAX_OPSET),
                           input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    opset, n_int4 = _finish_graph(str(out_path), opset)
+    for name, nbytes in forms["float"].items():
+        warnings.warn(f"{name}: its encoding has no integer or codebook form in ONNX; exported as float "
+                      f"({nbytes:,} bytes)", stacklevel=2)
     quantized_inputs = any(getattr(m, "input_quant", None) is not None for m in model.modules())
-    info = {"path": str(out_path), "qdq_layers": n_qdq, "opset": opset, "activation_quantized": quantized_inputs}
+    info = {"path": str(out_path), "opset": opset, "integer_layers": len(forms["integer"]), "int4_layers": n_int4,
+            "gather_layers": len(forms["gather"]), "float_layers": forms["float"],
+            "bytes": Path(out_path).stat().st_size, "activation_quantized": quantized_inputs}
     if verify:
         try:
             import onnxruntime

@@ -77,7 +77,9 @@ def _plan(suite: Suite, spec: RowSpec, base_id: str, epochs, methods) -> Planned
     budget = {**suite.budget, **spec.budget}
     if epochs is not None:
         budget["epochs"] = epochs
-    overrides = RowSpec(spec.method, budget=budget, set=spec.set).overrides()
+    # the suite's seed decides every row's training order, initial state and calibration draw
+    overrides = [f"train.seed={suite.seed}", f"calib.seed={suite.seed}"] + \
+        RowSpec(spec.method, budget=budget, set=spec.set).overrides()
     source = spec.recipe if spec.recipe is not None else default_recipe(spec.method)
     label = spec.label or _auto_label(spec)
     try:

@@ -1,6 +1,7 @@
 """`deepshrink bench`: run a benchmark suite (resumable), then print its table and the plot's path."""
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 
@@ -17,6 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--only", help="comma-separated methods to run (the full-precision row always runs)")
     p.add_argument("--epochs", type=float, default=None, help="fine-tune epochs for every row (overrides the "
                                                               "suite's budgets; changes the rows' identity)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of every row (training order, initial state, calibration subset) instead of the "
+                        "suite's; a new seed gives new rows, so run each seed into its own --out")
     p.add_argument("--list", action="store_true", help="list the suite's rows and whether each is done, then exit")
     p.set_defaults(func=run)
 
@@ -25,6 +29,8 @@ def run(args) -> int:
     from ..bench import load_suite, run_suite
 
     suite = load_suite(args.suite)
+    if args.seed is not None:
+        suite = dataclasses.replace(suite, seed=args.seed)
     only = args.only.split(",") if args.only else None
     if args.list:
         return list_rows(suite, args)
@@ -78,7 +84,7 @@ def print_table(out_dir, summary: dict) -> None:
 def _command(args, name: str = "bench") -> str:
     """The command line that reproduces this run, as recorded in results.jsonl and runs.jsonl."""
     words = ["deepshrink", name]
-    for flag in ("suite", "out", "base", "only", "epochs"):
+    for flag in ("suite", "out", "base", "only", "epochs", "seed"):
         value = getattr(args, flag, None)
         if value is not None and not (name == "demo" and flag == "out" and value == "runs/demo"):
             words += [f"--{flag}", f"{value:g}" if isinstance(value, float) else str(value)]

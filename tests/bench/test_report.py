@@ -97,3 +97,16 @@ def test_cli_report_prints_the_table(tmp_path, capsys):
     assert "dorefa W2/A2" in out and f"plot:   {folder / 'pareto.png'}" in out
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "results.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_a_suite_seed_reaches_every_row_and_gives_new_rows():
+    import dataclasses
+
+    from deepshrink.bench.plan import plan_rows
+    from deepshrink.bench.suite import load_suite
+
+    suite = load_suite("quick")
+    seed0 = plan_rows(suite, "base")
+    seed2 = plan_rows(dataclasses.replace(suite, seed=2), "base")
+    assert all(row.recipe["train"]["seed"] == 2 and row.recipe["calib"]["seed"] == 2 for row in seed2[1:])
+    assert not {row.key for row in seed0} & {row.key for row in seed2}

@@ -114,15 +114,19 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
 
     recipe = load_recipe(recipe, overrides) if not isinstance(recipe, str) or recipe.endswith(".yaml") \
         or Path(recipe).exists() else _named_recipe(recipe, overrides)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from .engine import distributed
+    from .engine import distributed, seed_everything
 
+    distributed.init_from_env(device)  # under torchrun: join the group before the loaders are split
+    main_process = distributed.is_main_process()
+    out_dir = Path(out_dir)
+    if main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
     bundle = data_bundle or build_data(data, data_root, download, recipe.train.batch_size,
                                        recipe.train.eval_batch_size, recipe.calib, recipe.train.seed,
                                        train_subset, augment=recipe.train.augment, rank=distributed.rank(),
                                        world_size=distributed.world_size())
     ds = bundle.dataset
+    seed_everything(recipe.train.seed)  # a model built without --base starts from the same weights every run
     net = build_model(model, model_args, base, num_classes=ds.num_classes, in_channels=ds.in_channels)
     input_size = (ds.in_channels, *_hw(ds.image_size))
     metrics = {"method": recipe.method, "model": model, "data": data, "seed": recipe.train.seed,
@@ -130,9 +134,12 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
     if evaluate_base:
         metrics["base_val_top1"] = api.evaluate(net, bundle.val, device=device)["top1"]
         metrics["base_top1"] = api.evaluate(net, bundle.test, device=device)["top1"]
-    (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if main_process:
+        (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     result = api.compress(net, recipe, train_data=bundle.train, val_data=bundle.val, calib_data=bundle.calib,
                           out_dir=out_dir / "train", device=device, inplace=True, resume=resume)
+    if not main_process:  # rank 0 alone packs, measures and writes the run folder
+        return {**metrics, "rank": distributed.rank()}
     packed = out_dir / "model.dsz"
     api.pack(result.model, packed)
     reloaded = api.load(packed)

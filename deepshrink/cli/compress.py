@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..config import load_recipe
     from ..errors import UserError
+    from ..engine import distributed
     from ..pipeline import run_compress
 
     if bool(args.recipe) == bool(args.method):
@@ -51,10 +53,16 @@ def run(args) -> int:
                               "data": {"name": args.data, "root": args.data_root}, "out": args.out,
                               "recipe": recipe.to_dict()}, sort_keys=False), end="")
         return 0
-    check_out_dir(Path(args.out), recipe, args.resume, args.overwrite)
-    metrics = run_compress(recipe, model=args.model, model_args=args.model_args, base=args.base,
-                           data=args.data, data_root=args.data_root, download=args.download, out_dir=args.out,
-                           device=args.device, train_subset=args.train_subset, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 owns the run folder
+        check_out_dir(Path(args.out), recipe, args.resume, args.overwrite)
+    try:
+        metrics = run_compress(recipe, model=args.model, model_args=args.model_args, base=args.base,
+                               data=args.data, data_root=args.data_root, download=args.download, out_dir=args.out,
+                               device=args.device, train_subset=args.train_subset, resume=args.resume)
+    finally:
+        distributed.cleanup()
+    if "rank" in metrics:
+        return 0
     summary = (f"{metrics['method']}: test top-1 {metrics['top1']:.2f}% (base {metrics.get('base_top1', float('nan')):.2f}%; "
                f"val {metrics['val_top1']:.2f}%), "
                f"{metrics['file_bytes']:,} bytes, {metrics['ratio']:.1f}x smaller than fp32, "

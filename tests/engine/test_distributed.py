@@ -36,3 +36,27 @@ def test_two_process_ddp_matches_single_process_with_the_same_global_batch(tmp_p
         torch.testing.assert_close(ddp["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     assert ddp["metrics"]["train_loss"] == single["metrics"]["train_loss"] or abs(
         ddp["metrics"]["train_loss"] - single["metrics"]["train_loss"]) < 1e-6  # rank losses averaged
+
+
+COMPRESS = ["compress", "--method", "bwn", "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits",
+            "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=12", "--set", "train.lr=0.05",
+            "--set", "train.seed=1"]
+
+
+def test_compress_under_torchrun_trains_data_parallel_and_equals_one_process(tmp_path):
+    """`torchrun -m deepshrink compress`: the loaders are split by rank, rank 0 alone writes the run folder,
+    and 2 processes x 16 images give the model 1 process x 32 images gives."""
+    import deepshrink
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "deepshrink"]
+    done = subprocess.run(launch + COMPRESS + ["--set", "train.batch_size=16", "--out", str(tmp_path / "ddp")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("bwn: test top-1") == 1  # only rank 0 reports
+    assert main(COMPRESS + ["--set", "train.batch_size=32", "--out", str(tmp_path / "single")]) == 0
+    ddp = deepshrink.load(tmp_path / "ddp" / "model.dsz")
+    single = deepshrink.load(tmp_path / "single" / "model.dsz")
+    x = torch.rand(64, 1, 8, 8)
+    torch.testing.assert_close(ddp(x), single(x), rtol=1e-4, atol=1e-4)

@@ -15,16 +15,23 @@ enum class Path : int { portable = 0, avx2 = 1, avx512 = 2 };
 // Which paths this CPU can execute (the binary holds all three).
 bool cpu_supports(Path path);
 
-// counts[b * 8 + l] = sum over taps t and words j of
-//   popcount((x[x_off[t] + j] ^ w[w_off[t] + j * w_stride + b * 8 + l]) & mask[...])
-// for blocks b < n_blocks of 8 output channels; mask is null for binary weights.
-struct TapList {
-  const int64_t* x_off;  // word offset of each valid tap's activations
-  const int64_t* w_off;  // word offset of each valid tap's weights
-  int n_taps;
+// For each of n_pos output positions p and blocks b < n_blocks of 8 output channels, lane l:
+//   counts[p * counts_stride + b * 8 + l] = sum over steps s of
+//     popcount((x[p * x_stride + x_off[s]] ^ w[w_off[s] + b * 8 + l]) & mask[w_off[s] + b * 8 + l])
+// mask is null for binary weights. A step is one 64-bit word of one valid tap; positions of one call
+// share their taps (an interior run of a row), so the tap list is built once per run.
+struct Steps {
+  const int64_t* x_off;  // word offset of each step's activations, relative to the position
+  const int64_t* w_off;  // word offset of each step's 8-lane weight blocks
+  int count;
 };
-using CountFn = void (*)(const uint64_t* x, const uint64_t* w, const uint64_t* mask, const TapList& taps,
-                         int words, int64_t w_stride, int n_blocks, int32_t* counts);
+struct Positions {
+  int count;
+  int64_t x_stride;       // words between consecutive positions' activations
+  int64_t counts_stride;  // int32s between consecutive positions' counts
+};
+using CountFn = void (*)(const uint64_t* x, const uint64_t* w, const uint64_t* mask, const Steps& steps,
+                         int n_blocks, const Positions& pos, int32_t* counts);
 CountFn count_fn(Path path);
 
 // Sign bits of (x * scale[c] + shift[c]) for channels c < channels, into ceil(channels / 64) words;

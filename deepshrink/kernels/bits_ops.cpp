@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -120,6 +121,36 @@ std::vector<at::Tensor> pack_weights(const at::Tensor& codes_in, int64_t groups,
   return {sign, mask, tap_nonzero};
 }
 
+// One output row: y[p, o] = (valid - 2 * count[p, o]) * scale[o] + shift[o] (+ residual[p, o]), then
+// ReLU. valid is per position (binary weights) or per (position, channel) (ternary); counts hold
+// `lanes` slots per group and `pos_stride` per position; y and residual are (positions, channels).
+void epilogue(const int32_t* __restrict counts, int64_t pos_stride, const int32_t* __restrict valid,
+              bool valid_per_channel, int64_t n_pos, int64_t groups, int64_t group_out, int64_t lanes,
+              const float* __restrict scale, const float* __restrict shift, const float* __restrict residual,
+              bool relu, float* __restrict y) {
+  const int64_t out_ch = groups * group_out;
+  for (int64_t p = 0; p < n_pos; ++p) {
+    float* yp = y + p * out_ch;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int32_t* cnt = counts + p * pos_stride + g * lanes;
+      const int64_t o0 = g * group_out;
+      if (valid_per_channel) {
+        const int32_t* v = valid + p * out_ch + o0;
+        for (int64_t o = 0; o < group_out; ++o)
+          yp[o0 + o] = static_cast<float>(v[o] - 2 * cnt[o]) * scale[o0 + o] + shift[o0 + o];
+      } else {
+        const int32_t v = valid[p];
+        for (int64_t o = 0; o < group_out; ++o)
+          yp[o0 + o] = static_cast<float>(v - 2 * cnt[o]) * scale[o0 + o] + shift[o0 + o];
+      }
+    }
+    if (residual)
+      for (int64_t o = 0; o < out_ch; ++o) yp[o] += residual[p * out_ch + o];
+    if (relu)
+      for (int64_t o = 0; o < out_ch; ++o) yp[o] = yp[o] < 0.0f ? 0.0f : yp[o];
+  }
+}
+
 struct ConvShape {
   int64_t in_ch, out_ch, kh, kw, sh, sw, ph, pw, dh, dw, groups;
 };
@@ -182,52 +213,65 @@ std::vector<at::Tensor> conv(const at::Tensor& x, const at::Tensor& sign, const 
   const PackFn pack = pack_fn(path);
   const int64_t group_weights = taps_all * words * lanes;
 
+  // Output columns whose taps all fall inside the image share one tap list: one kernel call per row.
+  const int64_t inner_lo = std::min(out_w, ceil_div(s.pw, s.sw));
+  const int64_t last_start = width - 1 + s.pw - (s.kw - 1) * s.dw;  // the largest ow * sw with all taps inside
+  const int64_t inner_hi = last_start < 0 ? inner_lo : std::max(inner_lo, std::min(out_w, last_start / s.sw + 1));
+  const int64_t pos_counts = s.groups * lanes;
   at::parallel_for(0, n * out_h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> counts(s.groups * lanes);
-    std::vector<int64_t> x_off(taps_all), w_off(taps_all), tap_id(taps_all);
-    std::vector<float> row(s.out_ch);
+    std::vector<int32_t> counts(out_w * pos_counts), valid(out_w * s.out_ch);
+    std::vector<int64_t> x_off(taps_all * words), w_off(taps_all * words), tap_id(taps_all);
+    std::vector<float> row(yp ? 0 : out_w * s.out_ch);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t img = r / out_h, oh = r % out_h;
       const uint64_t* x_img = xp + img * height * width * x_words;
-      for (int64_t ow = 0; ow < out_w; ++ow) {
-        int n_taps = 0;
+      // one call for the interior run [inner_lo, inner_hi), one per border column
+      for (int64_t ow = 0; ow < out_w;) {
+        const bool run = ow == inner_lo && inner_hi > inner_lo;
+        const int64_t n_pos = run ? inner_hi - inner_lo : 1;
+        int n_taps = 0, n_steps = 0;
         for (int64_t i = 0; i < s.kh; ++i) {
           const int64_t ih = oh * s.sh - s.ph + i * s.dh;
           if (ih < 0 || ih >= height) continue;
           for (int64_t j = 0; j < s.kw; ++j) {
             const int64_t iw = ow * s.sw - s.pw + j * s.dw;
             if (iw < 0 || iw >= width) continue;
-            x_off[n_taps] = (ih * width + iw) * x_words;
-            w_off[n_taps] = (i * s.kw + j) * words * lanes;
             tap_id[n_taps++] = i * s.kw + j;
+            for (int64_t k = 0; k < words; ++k, ++n_steps) {
+              x_off[n_steps] = (ih * width + iw) * x_words + k;
+              w_off[n_steps] = ((i * s.kw + j) * words + k) * lanes;
+            }
           }
         }
-        const TapList taps{x_off.data(), w_off.data(), n_taps};
+        const Steps steps{x_off.data(), w_off.data(), n_steps};
+        const Positions positions{static_cast<int>(n_pos), s.sw * x_words, pos_counts};
         for (int64_t g = 0; g < s.groups; ++g)
-          count(x_img + g * words, wp + g * group_weights, mp ? mp + g * group_weights : nullptr, taps,
-                static_cast<int>(words), lanes, static_cast<int>(lanes / 8), counts.data() + g * lanes);
-        const int64_t pos = (r * out_w + ow);
-        for (int64_t o = 0; o < s.out_ch; ++o) {
-          const int64_t g = o / group_out;
-          int64_t valid = group_channels * n_taps;
-          if (nz) {
-            valid = 0;
-            for (int t = 0; t < n_taps; ++t) valid += nz[o * taps_all + tap_id[t]];
+          count(x_img + g * words, wp + g * group_weights, mp ? mp + g * group_weights : nullptr, steps,
+                static_cast<int>(lanes / 8), positions, counts.data() + ow * pos_counts + g * lanes);
+        for (int64_t p = 0; p < n_pos; ++p) {
+          if (!nz) {
+            valid[ow + p] = static_cast<int32_t>(group_channels * n_taps);  // every channel of every valid tap
+            continue;
           }
-          const int64_t dot = valid - 2 * static_cast<int64_t>(counts[g * lanes + o % group_out]);
-          float v = static_cast<float>(dot) * sc[o] + sh[o];
-          if (rp) v += rp[pos * s.out_ch + o];
-          if (relu && v < 0.0f) v = 0.0f;
-          row[o] = v;
+          for (int64_t o = 0; o < s.out_ch; ++o) {
+            int32_t v = 0;
+            for (int t = 0; t < n_taps; ++t) v += nz[o * taps_all + tap_id[t]];
+            valid[(ow + p) * s.out_ch + o] = v;
+          }
         }
-        if (yp) std::copy(row.begin(), row.end(), yp + pos * s.out_ch);
-        if (pp)
+        ow += n_pos;
+      }
+      const int64_t pos0 = r * out_w;
+      float* target = yp ? yp + pos0 * s.out_ch : row.data();
+      epilogue(counts.data(), pos_counts, valid.data(), nz != nullptr, out_w, s.groups, group_out, lanes, sc, sh,
+               rp ? rp + pos0 * s.out_ch : nullptr, relu, target);
+      if (pp)
+        for (int64_t ow = 0; ow < out_w; ++ow)
           for (int64_t g = 0; g < pack_groups; ++g) {
             const int64_t c0 = g * pack_channels;
-            pack(row.data() + c0, ps ? ps + c0 : nullptr, pt ? pt + c0 : nullptr, pack_channels,
-                 pp + (pos * pack_groups + g) * pack_words);
+            pack(target + ow * s.out_ch + c0, ps ? ps + c0 : nullptr, pt ? pt + c0 : nullptr, pack_channels,
+                 pp + ((pos0 + ow) * pack_groups + g) * pack_words);
           }
-      }
     }
   });
   return {y, packed};

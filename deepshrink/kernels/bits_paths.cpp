@@ -27,24 +27,26 @@ bool cpu_supports(Path path) {
 }
 
 // ------------------------------------------------------------------ portable
-static void count_portable(const uint64_t* x, const uint64_t* w, const uint64_t* mask, const TapList& taps,
-                           int words, int64_t w_stride, int n_blocks, int32_t* counts) {
-  const int lanes = n_blocks * 8;
-  int64_t acc[64] = {0};  // n_blocks <= 8
-  for (int t = 0; t < taps.n_taps; ++t) {
-    const uint64_t* xt = x + taps.x_off[t];
-    for (int j = 0; j < words; ++j) {
-      const uint64_t a = xt[j];
-      const uint64_t* wj = w + taps.w_off[t] + j * w_stride;
-      if (mask) {
-        const uint64_t* mj = mask + taps.w_off[t] + j * w_stride;
-        for (int l = 0; l < lanes; ++l) acc[l] += __builtin_popcountll((a ^ wj[l]) & mj[l]);
-      } else {
-        for (int l = 0; l < lanes; ++l) acc[l] += __builtin_popcountll(a ^ wj[l]);
+static void count_portable(const uint64_t* x, const uint64_t* w, const uint64_t* mask, const Steps& steps,
+                           int n_blocks, const Positions& pos, int32_t* counts) {
+  for (int b0 = 0; b0 < n_blocks; b0 += 8) {  // 64 output channels at a time
+    const int lo = b0 * 8, hi = (n_blocks < b0 + 8 ? n_blocks : b0 + 8) * 8;
+    for (int p = 0; p < pos.count; ++p) {
+      const uint64_t* xp = x + p * pos.x_stride;
+      int64_t acc[64] = {0};
+      for (int s = 0; s < steps.count; ++s) {
+        const uint64_t a = xp[steps.x_off[s]];
+        const uint64_t* ws = w + steps.w_off[s];
+        if (mask) {
+          const uint64_t* ms = mask + steps.w_off[s];
+          for (int l = lo; l < hi; ++l) acc[l - lo] += __builtin_popcountll((a ^ ws[l]) & ms[l]);
+        } else {
+          for (int l = lo; l < hi; ++l) acc[l - lo] += __builtin_popcountll(a ^ ws[l]);
+        }
       }
+      for (int l = lo; l < hi; ++l) counts[p * pos.counts_stride + l] = static_cast<int32_t>(acc[l - lo]);
     }
   }
-  for (int l = 0; l < lanes; ++l) counts[l] = static_cast<int32_t>(acc[l]);
 }
 
 static void pack_portable(const float* x, const float* scale, const float* shift, int64_t channels,
@@ -78,61 +80,62 @@ DS_AVX2 static inline __m256i popcount_bytes_avx2(__m256i v) {
 
 // Byte counters hold at most 8 per step; flushing them every 31 steps keeps them below 256.
 template <int NB, bool TERNARY>
-DS_AVX2 static void count_avx2_t(const uint64_t* x, const uint64_t* w, const uint64_t* mask, const TapList& taps,
-                                 int words, int64_t w_stride, int32_t* counts) {
+DS_AVX2 static void count_avx2_t(const uint64_t* x, const uint64_t* w, const uint64_t* mask, const Steps& steps,
+                                 const Positions& pos, int32_t* counts) {
   constexpr int V = 2 * NB;  // 4 lanes of 64 bits per vector
-  __m256i acc8[V], acc64[V];
   const __m256i zero = _mm256_setzero_si256();
-  for (int v = 0; v < V; ++v) acc8[v] = acc64[v] = zero;
-  int steps = 0;
-  for (int t = 0; t < taps.n_taps; ++t) {
-    const uint64_t* xt = x + taps.x_off[t];
-    for (int j = 0; j < words; ++j) {
-      const __m256i a = _mm256_set1_epi64x(static_cast<long long>(xt[j]));
-      const int64_t off = taps.w_off[t] + j * w_stride;
+  for (int p = 0; p < pos.count; ++p) {
+    const uint64_t* xp = x + p * pos.x_stride;
+    __m256i acc8[V], acc64[V];
+    for (int v = 0; v < V; ++v) acc8[v] = acc64[v] = zero;
+    int pending = 0;
+    for (int s = 0; s < steps.count; ++s) {
+      const __m256i a = _mm256_set1_epi64x(static_cast<long long>(xp[steps.x_off[s]]));
+      const uint64_t* ws = w + steps.w_off[s];
       for (int v = 0; v < V; ++v) {
-        __m256i d = _mm256_xor_si256(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + off + 4 * v)));
-        if (TERNARY) d = _mm256_and_si256(d, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mask + off + 4 * v)));
+        __m256i d = _mm256_xor_si256(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + 4 * v)));
+        if (TERNARY)
+          d = _mm256_and_si256(d, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mask + steps.w_off[s] + 4 * v)));
         acc8[v] = _mm256_add_epi8(acc8[v], popcount_bytes_avx2(d));
       }
-      if (++steps == 31) {
+      if (++pending == 31) {
         for (int v = 0; v < V; ++v) {
           acc64[v] = _mm256_add_epi64(acc64[v], _mm256_sad_epu8(acc8[v], zero));
           acc8[v] = zero;
         }
-        steps = 0;
+        pending = 0;
       }
     }
-  }
-  for (int v = 0; v < V; ++v) {
-    acc64[v] = _mm256_add_epi64(acc64[v], _mm256_sad_epu8(acc8[v], zero));
-    alignas(32) int64_t lanes[4];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc64[v]);
-    for (int l = 0; l < 4; ++l) counts[4 * v + l] = static_cast<int32_t>(lanes[l]);
+    int32_t* out = counts + p * pos.counts_stride;
+    for (int v = 0; v < V; ++v) {
+      acc64[v] = _mm256_add_epi64(acc64[v], _mm256_sad_epu8(acc8[v], zero));
+      // the four 64-bit sums fit 32 bits: gather their low halves into one 128-bit store
+      const __m256i low = _mm256_permutevar8x32_epi32(acc64[v], _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 4 * v), _mm256_castsi256_si128(low));
+    }
   }
 }
 
 template <bool TERNARY>
 DS_AVX2 static void count_avx2_blocks(const uint64_t* x, const uint64_t* w, const uint64_t* mask,
-                                      const TapList& taps, int words, int64_t w_stride, int n_blocks,
-                                      int32_t* counts) {
+                                      const Steps& steps, int n_blocks, const Positions& pos, int32_t* counts) {
   for (int b = 0; b < n_blocks;) {
     const int64_t shift = 8 * b;
     const uint64_t* mb = TERNARY ? mask + shift : nullptr;
     if (n_blocks - b >= 2) {
-      count_avx2_t<2, TERNARY>(x, w + shift, mb, taps, words, w_stride, counts + shift);
+      count_avx2_t<2, TERNARY>(x, w + shift, mb, steps, pos, counts + shift);
       b += 2;
     } else {
-      count_avx2_t<1, TERNARY>(x, w + shift, mb, taps, words, w_stride, counts + shift);
+      count_avx2_t<1, TERNARY>(x, w + shift, mb, steps, pos, counts + shift);
       b += 1;
     }
   }
 }
 
-DS_AVX2 static void count_avx2(const uint64_t* x, const uint64_t* w, const uint64_t* mask, const TapList& taps,
-                               int words, int64_t w_stride, int n_blocks, int32_t* counts) {
-  if (mask) count_avx2_blocks<true>(x, w, mask, taps, words, w_stride, n_blocks, counts);
-  else count_avx2_blocks<false>(x, w, mask, taps, words, w_stride, n_blocks, counts);
+DS_AVX2 static void count_avx2(const uint64_t* x, const uint64_t* w, const uint64_t* mask, const Steps& steps,
+                               int n_blocks, const Positions& pos, int32_t* counts) {
+  if (mask) count_avx2_blocks<true>(x, w, mask, steps, n_blocks, pos, counts);
+  else count_avx2_blocks<false>(x, w, mask, steps, n_blocks, pos, counts);
 }
 
 DS_AVX2 static void pack_avx2(const float* x, const float* scale, const float* shift, int64_t channels,
@@ -158,54 +161,54 @@ DS_AVX2 static void pack_avx2(const float* x, const float* scale, const float* s
 
 template <int NB, bool TERNARY>
 DS_AVX512 static void count_avx512_t(const uint64_t* x, const uint64_t* w, const uint64_t* mask,
-                                     const TapList& taps, int words, int64_t w_stride, int32_t* counts) {
-  __m512i acc[NB];
-  for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_si512();
-  for (int t = 0; t < taps.n_taps; ++t) {
-    const uint64_t* xt = x + taps.x_off[t];
-    for (int j = 0; j < words; ++j) {
-      const __m512i a = _mm512_set1_epi64(static_cast<long long>(xt[j]));
-      const int64_t off = taps.w_off[t] + j * w_stride;
+                                     const Steps& steps, const Positions& pos, int32_t* counts) {
+  for (int p = 0; p < pos.count; ++p) {
+    const uint64_t* xp = x + p * pos.x_stride;
+    __m512i acc[NB];
+    for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_si512();
+    for (int s = 0; s < steps.count; ++s) {
+      const __m512i a = _mm512_set1_epi64(static_cast<long long>(xp[steps.x_off[s]]));
+      const uint64_t* ws = w + steps.w_off[s];
       for (int b = 0; b < NB; ++b) {
-        __m512i d = _mm512_xor_si512(a, _mm512_loadu_si512(w + off + 8 * b));
-        if (TERNARY) d = _mm512_and_si512(d, _mm512_loadu_si512(mask + off + 8 * b));
+        __m512i d = _mm512_xor_si512(a, _mm512_loadu_si512(ws + 8 * b));
+        if (TERNARY) d = _mm512_and_si512(d, _mm512_loadu_si512(mask + steps.w_off[s] + 8 * b));
         acc[b] = _mm512_add_epi64(acc[b], _mm512_popcnt_epi64(d));
       }
     }
+    int32_t* out = counts + p * pos.counts_stride;
+    for (int b = 0; b < NB; ++b)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * b), _mm512_cvtepi64_epi32(acc[b]));
   }
-  for (int b = 0; b < NB; ++b)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(counts + 8 * b), _mm512_cvtepi64_epi32(acc[b]));
 }
 
 template <bool TERNARY>
 DS_AVX512 static void count_avx512_blocks(const uint64_t* x, const uint64_t* w, const uint64_t* mask,
-                                          const TapList& taps, int words, int64_t w_stride, int n_blocks,
+                                          const Steps& steps, int n_blocks, const Positions& pos,
                                           int32_t* counts) {
   for (int b = 0; b < n_blocks;) {
     const int64_t shift = 8 * b;
     const uint64_t* mb = TERNARY ? mask + shift : nullptr;
     const int left = n_blocks - b;
     if (left >= 8) {
-      count_avx512_t<8, TERNARY>(x, w + shift, mb, taps, words, w_stride, counts + shift);
+      count_avx512_t<8, TERNARY>(x, w + shift, mb, steps, pos, counts + shift);
       b += 8;
     } else if (left >= 4) {
-      count_avx512_t<4, TERNARY>(x, w + shift, mb, taps, words, w_stride, counts + shift);
+      count_avx512_t<4, TERNARY>(x, w + shift, mb, steps, pos, counts + shift);
       b += 4;
     } else if (left >= 2) {
-      count_avx512_t<2, TERNARY>(x, w + shift, mb, taps, words, w_stride, counts + shift);
+      count_avx512_t<2, TERNARY>(x, w + shift, mb, steps, pos, counts + shift);
       b += 2;
     } else {
-      count_avx512_t<1, TERNARY>(x, w + shift, mb, taps, words, w_stride, counts + shift);
+      count_avx512_t<1, TERNARY>(x, w + shift, mb, steps, pos, counts + shift);
       b += 1;
     }
   }
 }
 
-DS_AVX512 static void count_avx512(const uint64_t* x, const uint64_t* w, const uint64_t* mask,
-                                   const TapList& taps, int words, int64_t w_stride, int n_blocks,
-                                   int32_t* counts) {
-  if (mask) count_avx512_blocks<true>(x, w, mask, taps, words, w_stride, n_blocks, counts);
-  else count_avx512_blocks<false>(x, w, mask, taps, words, w_stride, n_blocks, counts);
+DS_AVX512 static void count_avx512(const uint64_t* x, const uint64_t* w, const uint64_t* mask, const Steps& steps,
+                                   int n_blocks, const Positions& pos, int32_t* counts) {
+  if (mask) count_avx512_blocks<true>(x, w, mask, steps, n_blocks, pos, counts);
+  else count_avx512_blocks<false>(x, w, mask, steps, n_blocks, pos, counts);
 }
 
 // Multiply and add stay separate (no FMA, built with -ffp-contract=off) so every path rounds alike.

@@ -18,7 +18,9 @@ into QLinearConv / QLinearAdd (MLAS u8s8 kernels, VNNI on AVX-512 CPUs).
    input and its float identity shortcut) is duplicated, one copy per precision, so each consumer
    sees one rounding of the exact sum, as in the PyTorch model, never a 4-bit rounding of an 8-bit one.
 5. Calibrate: the graph of step 4 with the 8-bit points left in float runs on the calibration images;
-   their min/max set the 8-bit grids; biases become int32 at scale x_scale * w_scale.
+   their min/max set the 8-bit grids; biases become int32 at scale x_scale * w_scale, after each
+   channel's codes are multiplied by a power of two k (scale / k: the same weight bit for bit) so
+   that this step is k times finer (`Rewrite._widen`).
 
 Example::
 

@@ -121,6 +121,8 @@ def _run_one(suite: Suite, row: PlannedRow, base: Path, out_dir: Path, row_runne
     published = row.spec.published
     if published is not None:
         record["published"] = published
+    if row.spec.target_drop is not None:
+        record["target_drop"] = row.spec.target_drop
     start = time.perf_counter()
     try:
         if row.error:

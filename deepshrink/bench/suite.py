@@ -38,7 +38,7 @@ from ..errors import UserError
 SUITE_DIR = Path(__file__).parent / "suites"
 BASELINE = "fp32"  # the method name of the full-precision reference row
 _SUITE_KEYS = {"name", "title", "description", "model", "data", "base", "seed", "budget", "all_methods", "rows"}
-_ROW_KEYS = {"method", "recipe", "set", "budget", "label", "published"}
+_ROW_KEYS = {"method", "recipe", "set", "budget", "label", "published", "target_drop"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -52,6 +52,7 @@ class RowSpec:
     budget: dict = field(default_factory=dict)
     label: str | None = None
     published: dict | None = None  # {drop, source}: overrides the built-in published table
+    target_drop: float | None = None  # the most top-1 points this row may lose against full precision
 
     def overrides(self) -> list[str]:
         """The `--set` list this row runs with: the budget as `train.*` overrides, then the row's own."""
@@ -154,9 +155,12 @@ def _parse_row(raw, index: int, where: str) -> RowSpec:
     published = raw.get("published")
     if published is not None and (not isinstance(published, dict) or "drop" not in published):
         raise UserError(f"{here}: `published:` must be a mapping {{drop: POINTS, source: TEXT}}")
+    target = raw.get("target_drop")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or target < 0):
+        raise UserError(f"{here}: `target_drop:` must be a number of points >= 0, got {target!r}")
     return RowSpec(method=str(raw["method"]).lower(), recipe=raw.get("recipe"), set=list(overrides),
                    budget=_check_budget(raw.get("budget") or {}, f"{here}: budget"),
-                   label=raw.get("label"), published=published)
+                   label=raw.get("label"), published=published, target_drop=target)
 
 
 def _check_budget(budget, where: str) -> dict:

@@ -1,0 +1,66 @@
+"""Fresh-seed figures: one suite run at several seeds (one results folder each), summarised per row.
+
+Every row is reported as the mean ± sample standard deviation of its test top-1 over the seeds, beside
+the binomial standard error of one such figure (sqrt(p (1 - p) / n) for n test images: the noise of
+the test set itself), the mean validation top-1, and the mean drop against each seed's own
+full-precision row, judged against the row's `target_drop`.
+
+Example::
+
+    rows = summarise([Path("benchmarks/results/cifar10-seed2"), Path("benchmarks/results/cifar10-seed3")])
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from .results import current_results, latest_by_key
+from .suite import BASELINE
+
+
+def summarise(folders: list[Path]) -> list[dict]:
+    """Per row label (in the first folder's order): seeds, test top-1s, drops, val top-1s, target."""
+    rows: dict[str, dict] = {}
+    for folder in folders:
+        records = [r for r in latest_by_key(current_results(folder)).values() if r.get("status") == "ok"]
+        base = next((r for r in records if r.get("method") == BASELINE), None)
+        for record in records:
+            if record is base or not isinstance(record.get("top1"), (int, float)):
+                continue
+            row = rows.setdefault(record.get("label") or record.get("method"), {
+                "method": record.get("method"), "seeds": [], "top1": [], "drop": [], "val_top1": [],
+                "target_drop": record.get("target_drop")})
+            row["seeds"].append(record.get("seed"))
+            row["top1"].append(record["top1"])
+            if base is not None:
+                row["drop"].append(base["top1"] - record["top1"])
+            if isinstance(record.get("val_top1"), (int, float)):
+                row["val_top1"].append(record["val_top1"])
+    return [{"label": label, **row} for label, row in rows.items()]
+
+
+def markdown(rows: list[dict], n_test: int) -> list[str]:
+    """The summary as a Markdown table (one line per row)."""
+    out = ["| row | method | seeds | test top-1 (mean ± std) | ± binomial SE | val top-1 | drop (mean ± std) "
+           "| target drop | |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        mean = statistics.fmean(row["top1"])
+        error = math.sqrt(mean / 100 * (1 - mean / 100) / n_test) * 100
+        drop = _mean_std(row["drop"])
+        target = row.get("target_drop")
+        met = "" if target is None or not row["drop"] else \
+            ("met" if statistics.fmean(row["drop"]) <= target else "**missed**")
+        val = f"{statistics.fmean(row['val_top1']):.2f}" if row["val_top1"] else "—"
+        out.append(f"| {row['label']} | {row['method']} | {', '.join(str(s) for s in row['seeds'])} | "
+                   f"{_mean_std(row['top1'])} | {error:.2f} | {val} | {drop} | "
+                   f"{'' if target is None else format(target, 'g')} | {met} |")
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (one seed)"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"

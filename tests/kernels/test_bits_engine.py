@@ -1,0 +1,104 @@
+"""The bit engines on packed-and-loaded XNOR-Net models: same logits as the loaded model, fused blocks."""
+import pytest
+import torch
+from torch import nn
+
+import deepshrink
+from deepshrink import kernels
+from deepshrink.kernels.layers import BitConv2d
+from deepshrink.runtime import get_engine
+
+if kernels.native() is None:
+    pytest.skip(f"no native bit kernels here: {kernels.unavailable_reason()}", allow_module_level=True)
+
+ENGINES = [pytest.param(f"bits-{path}", marks=pytest.mark.skipif(
+    path not in kernels.supported_paths(), reason=f"this CPU lacks the instructions of the {path} path"))
+    for path in kernels.PATHS]
+
+
+def packed_and_loaded(tmp_path, method, params):
+    """A ResNet-20 (4 classes) through `method` with no training, packed, loaded, and its BatchNorms given
+    random statistics (so that folding them into the epilogue is tested, not the identity)."""
+    torch.manual_seed(0)
+    model = deepshrink.create_model("resnet20", num_classes=4)
+    data = [(torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long))]
+    result = deepshrink.compress(model, method, train_data=data, overrides=[
+        "train.epochs=0", *[f"params.{k}={v}" for k, v in params.items()]])
+    deepshrink.pack(result.model, tmp_path / "m.dsz")
+    loaded = deepshrink.load(tmp_path / "m.dsz").eval()
+    gen = torch.Generator().manual_seed(1)
+    for bn in loaded.modules():
+        if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            bn.running_mean.normal_(0, 0.5, generator=gen)
+            bn.running_var.uniform_(0.5, 2.0, generator=gen)
+            bn.weight.data.uniform_(0.5, 1.5, generator=gen)
+            bn.bias.data.normal_(0, 0.5, generator=gen)
+    return loaded, tmp_path / "m.dsz"
+
+
+@pytest.fixture(scope="module")
+def xnor_no_k(tmp_path_factory):
+    return packed_and_loaded(tmp_path_factory.mktemp("xnor"), "xnor", {"scaling_map": "false"})
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_engine_gives_the_loaded_models_logits(engine, xnor_no_k):
+    model, _ = xnor_no_k
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(x)
+    runner = get_engine(engine).prepare(model, x[:1], threads=1)
+    assert torch.allclose(runner(x), expected, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)  # preparing leaves the user's model untouched
+
+
+def test_each_block_folds_into_two_native_layers_exchanging_bits(xnor_no_k):
+    model, _ = xnor_no_k
+    gm = get_engine("bits-portable").prepare(model, torch.randn(1, 3, 16, 16)).module
+    bit_layers = [m for m in gm.modules() if isinstance(m, BitConv2d)]
+    assert len(bit_layers) == 18  # every block conv; the stem conv and fc stay float
+    for block in (m for m in gm.modules() if isinstance(m, nn.Module) and hasattr(m, "conv2")):
+        assert not block.conv1.out_float and block.conv2.packed_input and block.conv1.relu
+        assert block.conv2.relu and block.conv2.out_float
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    assert not any(t.startswith("layer") and t.rsplit(".", 1)[-1].startswith(("bn", "relu")) for t in called)
+
+
+def test_resident_weights_stay_near_the_packed_file(xnor_no_k):
+    model, path = xnor_no_k
+    runner = get_engine("bits-portable").prepare(model, torch.randn(1, 3, 16, 16))
+    assert runner.resident_bytes() <= 1.2 * path.stat().st_size
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_scaling_map_k_is_applied(engine, tmp_path):
+    model, _ = packed_and_loaded(tmp_path, "xnor", {"scaling_map": "true"})
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.allclose(get_engine(engine).prepare(model, x[:1])(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_binary_weights_with_float_inputs_are_left_to_the_integer_engine(tmp_path):
+    model, _ = packed_and_loaded(tmp_path, "bwn", {})
+    assert get_engine("bits-portable").unsupported_reason(model).startswith("no layer has binary inputs")
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_ternary_weights_with_binary_inputs_match_the_float_layer(asymmetric):
+    from deepshrink.nn import CompressedConv2d, EncodedWeight
+    from deepshrink.quant.act_quant import XNORActivation
+
+    gen = torch.Generator().manual_seed(5)
+    codes = torch.randint(-1, 2, (12, 70, 3, 3), generator=gen, dtype=torch.int8)
+    pos = torch.rand(12, generator=gen) + 0.5
+    neg = torch.rand(12, generator=gen) + 0.5 if asymmetric else pos.clone()
+    enc = EncodedWeight("ternary", (12, 70, 3, 3), codes=codes, params={"pos_scale": pos, "neg_scale": neg})
+    act = XNORActivation(70, (3, 3), (2, 2), (1, 1), scaling_map=False).eval()
+    layer = CompressedConv2d(70, 12, 3, stride=2, padding=1, bias=True, encoded=enc, input_quant=act).eval()
+    layer.bias.data.normal_(generator=gen)
+    x = torch.randn(2, 70, 9, 7, generator=gen)
+    with torch.no_grad():
+        expected = layer(x)
+    assert torch.allclose(BitConv2d.from_compressed(layer, "portable")(x), expected, rtol=1e-5, atol=1e-4)

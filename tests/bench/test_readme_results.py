@@ -66,7 +66,7 @@ def test_issue_tables_show_each_row_against_its_target(tmp_path, script):
                   "compress_seconds": 33.9},
                  {"row": "resnet18_224_lobs50", "compress_seconds": 150.3}]  # no accuracy: not a table row
     (results / "layerwise_cifar10.jsonl").write_text("".join(json.dumps(r) + "\n" for r in layerwise))
-    text = script.section(results, tmp_path)
+    text = script.history(results, tmp_path)  # the probe history lives in benchmarks/HISTORY.md
     assert "Full precision: 86.58% top-1." in text
     assert "| bwn | 1/32 | 1 | reduced | 78.18 | 8.40 | 1.5 | **missed** |" in text
     assert "| bwn | 1/32 | 8 | full | 85.50 | 1.08 | 1.5 | met | first try |" in text
@@ -89,9 +89,26 @@ def test_step_time_and_issue6_tables(tmp_path, script):
     meta = {"command": "mq", "float_top1": 85.29, "results": {
         "bwn/ste": {"runs": [{"final_top1": 83.76}, {"final_top1": None, "diverged": "nan"}], "diverged_runs": 1}}}
     (results / "metaquant_x.json").write_text(json.dumps(meta))
-    text = script.section(results, tmp_path)
+    text = script.history(results, tmp_path)
     assert "| xnor | 800.0 | 1.600 | **missed** |" in text
     assert ("| fbs_cifar10_e14.json | 14 | 0.01 | 1 | 84.00 | 2.58 | 2.64 | 1.90 | "
             "top1_drop<=2.0: **missed**, macs_ratio>=2: met |") in text
     assert "| metaquant_x.json | 85.29 | bwn/ste | 83.76, diverged | 1 |" in text
     assert "Co-Prune" not in text  # no file, no section
+
+
+def test_readme_block_has_fresh_seeds_and_links_the_history(tmp_path, script):
+    results = tmp_path / "results"
+    for seed, top1 in ((2, 85.0), (3, 85.4)):
+        folder = results / f"cifar10-seed{seed}"
+        folder.mkdir(parents=True)
+        rows = [{"key": "fp", "method": "fp32", "label": "full precision", "status": "ok", "top1": 86.0},
+                {"key": "l", "method": "ldnq", "label": "L-DNQ 5 levels", "status": "ok", "top1": top1,
+                 "val_top1": 86.0, "seed": seed, "target_drop": 1.2}]
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "runs.jsonl").write_text(json.dumps({"command": f"deepshrink bench --seed {seed}"}) + "\n")
+    text = script.section(results, tmp_path)
+    assert "| L-DNQ 5 levels | ldnq | 2, 3 | 85.20 ± 0.28 |" in text and "| 0.80 ± 0.28 | 1.2 | met |" in text
+    assert "`deepshrink bench --seed 2`, `deepshrink bench --seed 3`" in text
+    assert "[HISTORY.md](HISTORY.md)" in text
+    assert "L-DNQ 5 levels" not in script.history(results, tmp_path)  # seed folders only in the README

@@ -54,9 +54,8 @@ std::vector<std::string> supported_paths() {
 }
 
 // Sign bits of x * scale + shift (per channel), packed per group of C / groups channels.
-at::Tensor pack_activations(const at::Tensor& x_in, int64_t groups, const std::optional<at::Tensor>& scale_in,
-                            const std::optional<at::Tensor>& shift_in, const std::string& path_name) {
-  const Path path = parse_path(path_name);
+at::Tensor pack_activations_on(const at::Tensor& x_in, int64_t groups, const std::optional<at::Tensor>& scale_in,
+                               const std::optional<at::Tensor>& shift_in, Path path) {
   TORCH_CHECK(x_in.dim() == 4 || x_in.dim() == 2, "pack_activations expects (N, C, H, W) or (N, C)");
   TORCH_CHECK(scale_in.has_value() == shift_in.has_value(), "give both scale and shift or neither");
   at::Tensor x = x_in.dim() == 2 ? x_in.reshape({x_in.size(0), x_in.size(1), 1, 1}) : x_in;
@@ -80,6 +79,11 @@ at::Tensor pack_activations(const at::Tensor& x_in, int64_t groups, const std::o
       }
   });
   return out;
+}
+
+at::Tensor pack_activations(const at::Tensor& x, int64_t groups, const std::optional<at::Tensor>& scale,
+                            const std::optional<at::Tensor>& shift, const std::string& path) {
+  return pack_activations_on(x, groups, scale, shift, parse_path(path));
 }
 
 // Weight bit planes from integer codes (O, C/G, KH, KW) or (O, C/G): binary codes {0, 1} (1 = +1) give
@@ -160,16 +164,11 @@ struct ConvShape {
 // binary weights and the non-zero weights under T for ternary ones, so zero padding contributes 0.
 // Epilogue: y = dot * scale[o] + shift[o] (+ residual) (ReLU); returns [float y or empty, packed
 // sign(y * pack_scale + pack_shift) over pack_groups or empty].
-std::vector<at::Tensor> conv(const at::Tensor& x, const at::Tensor& sign, const at::Tensor& mask,
-                             const at::Tensor& tap_nonzero, std::vector<int64_t> shape_args,
-                             const at::Tensor& scale_in, const at::Tensor& shift_in,
-                             const std::optional<at::Tensor>& residual_in, bool relu, bool out_float,
-                             int64_t pack_groups, const std::optional<at::Tensor>& pack_scale_in,
-                             const std::optional<at::Tensor>& pack_shift_in, const std::string& path_name) {
-  const Path path = parse_path(path_name);
-  TORCH_CHECK(shape_args.size() == 11, "shape is (C, O, KH, KW, SH, SW, PH, PW, DH, DW, G)");
-  const ConvShape s{shape_args[0], shape_args[1], shape_args[2], shape_args[3], shape_args[4], shape_args[5],
-                    shape_args[6], shape_args[7], shape_args[8], shape_args[9], shape_args[10]};
+std::vector<at::Tensor> conv_on(const at::Tensor& x, const at::Tensor& sign, const at::Tensor& mask,
+                                const at::Tensor& tap_nonzero, const ConvShape& s, const at::Tensor& scale_in,
+                                const at::Tensor& shift_in, const std::optional<at::Tensor>& residual_in, bool relu,
+                                bool out_float, int64_t pack_groups, const std::optional<at::Tensor>& pack_scale_in,
+                                const std::optional<at::Tensor>& pack_shift_in, Path path) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kLong && x.is_contiguous(), "x must be packed activations");
   const bool ternary = mask.numel() > 0;
   const int64_t n = x.size(0), height = x.size(1), width = x.size(2), x_words = x.size(3);
@@ -277,6 +276,68 @@ std::vector<at::Tensor> conv(const at::Tensor& x, const at::Tensor& sign, const 
   return {y, packed};
 }
 
+ConvShape to_shape(const std::vector<int64_t>& a) {
+  TORCH_CHECK(a.size() == 11, "shape is (C, O, KH, KW, SH, SW, PH, PW, DH, DW, G)");
+  return ConvShape{a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10]};
+}
+
+std::vector<at::Tensor> conv(const at::Tensor& x, const at::Tensor& sign, const at::Tensor& mask,
+                             const at::Tensor& tap_nonzero, const std::vector<int64_t>& shape,
+                             const at::Tensor& scale, const at::Tensor& shift,
+                             const std::optional<at::Tensor>& residual, bool relu, bool out_float,
+                             int64_t pack_groups, const std::optional<at::Tensor>& pack_scale,
+                             const std::optional<at::Tensor>& pack_shift, const std::string& path) {
+  return conv_on(x, sign, mask, tap_nonzero, to_shape(shape), scale, shift, residual, relu, out_float, pack_groups,
+                 pack_scale, pack_shift, parse_path(path));
+}
+
+// A layer with everything but its input fixed: one Python-to-C++ call per layer at run time
+// (packing the float input, one or two plane sets, the fused epilogue), instead of one per step.
+class BitConvPlan {
+ public:
+  BitConvPlan(const std::vector<int64_t>& shape, std::vector<std::vector<at::Tensor>> planes,
+              std::vector<at::Tensor> scales, at::Tensor shift, std::optional<at::Tensor> in_scale,
+              std::optional<at::Tensor> in_shift, bool packed_input, bool relu, bool out_float, int64_t pack_groups,
+              std::optional<at::Tensor> pack_scale, std::optional<at::Tensor> pack_shift, bool linear,
+              const std::string& path)
+      : shape_(to_shape(shape)), planes_(std::move(planes)), scales_(std::move(scales)), shift_(std::move(shift)),
+        zeros_(at::zeros_like(shift_)), in_scale_(std::move(in_scale)), in_shift_(std::move(in_shift)),
+        packed_input_(packed_input), relu_(relu), out_float_(out_float), pack_groups_(pack_groups),
+        pack_scale_(std::move(pack_scale)), pack_shift_(std::move(pack_shift)), linear_(linear),
+        path_(parse_path(path)) {
+    TORCH_CHECK(!planes_.empty() && planes_.size() == scales_.size(), "one scale per plane set");
+    for (const auto& p : planes_) TORCH_CHECK(p.size() == 3, "a plane set is (sign, mask, tap_nonzero)");
+  }
+
+  at::Tensor run(const at::Tensor& x, const std::optional<at::Tensor>& residual_in) const {
+    at::Tensor bits = packed_input_ ? x : pack_activations_on(x, shape_.groups, in_scale_, in_shift_, path_);
+    std::optional<at::Tensor> residual = residual_in;
+    if (linear_ && residual.has_value()) residual = residual->reshape({residual->size(0), -1, 1, 1});
+    std::vector<at::Tensor> out;
+    for (size_t i = 0; i < planes_.size(); ++i) {
+      const bool last = i + 1 == planes_.size();  // the second plane set (TTQ) adds to the first's output
+      out = conv_on(bits, planes_[i][0], planes_[i][1], planes_[i][2], shape_, scales_[i], last ? shift_ : zeros_,
+                    residual, relu_ && last, out_float_ || !last, last ? pack_groups_ : 0, pack_scale_, pack_shift_,
+                    path_);
+      residual = out[0];
+    }
+    if (!out_float_) return out[1];
+    return linear_ ? out[0].reshape({out[0].size(0), -1}) : out[0];
+  }
+
+ private:
+  ConvShape shape_;
+  std::vector<std::vector<at::Tensor>> planes_;
+  std::vector<at::Tensor> scales_;
+  at::Tensor shift_, zeros_;
+  std::optional<at::Tensor> in_scale_, in_shift_;
+  bool packed_input_, relu_, out_float_;
+  int64_t pack_groups_;
+  std::optional<at::Tensor> pack_scale_, pack_shift_;
+  bool linear_;
+  Path path_;
+};
+
 }  // namespace deepshrink_bits
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -285,4 +346,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_activations", &pack_activations, "sign bits of x * scale + shift, 64 channels per word");
   m.def("pack_weights", &pack_weights, "weight bit planes from binary or ternary codes");
   m.def("conv", &conv, "binary/ternary convolution on packed operands with a fused epilogue");
+  pybind11::class_<BitConvPlan>(m, "BitConvPlan", "a binary layer's fixed operands; run(x, residual)")
+      .def(pybind11::init<const std::vector<int64_t>&, std::vector<std::vector<at::Tensor>>, std::vector<at::Tensor>,
+                          at::Tensor, std::optional<at::Tensor>, std::optional<at::Tensor>, bool, bool, bool, int64_t,
+                          std::optional<at::Tensor>, std::optional<at::Tensor>, bool, const std::string&>())
+      .def("run", &BitConvPlan::run);
 }

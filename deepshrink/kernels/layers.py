@@ -71,6 +71,7 @@ class BitConv2d(nn.Module):
         self.relu = False
         self.packed_input = False  # the previous layer hands over packed bits
         self.out_float, self.pack_groups, self.pack_affine = True, 0, (None, None)
+        self._plan = None  # the native plan, built on first call: fusion must be finished by then
 
     @property
     def groups(self) -> int:
@@ -122,34 +123,34 @@ class BitConv2d(nn.Module):
         """Make the output y * mul + add (a following eval-mode BatchNorm)."""
         self.scales = [s * mul for s in self.scales]
         self.shift = self.shift * mul + add
+        self._plan = None
+
+    def fuse_relu(self) -> None:
+        """Make the output max(y, 0)."""
+        self.relu, self._plan = True, None
 
     def emit_packed_for(self, consumer: "BitConv2d") -> None:
         """Output the sign bits `consumer` packs from this layer's output, instead of floats."""
         mul, add = consumer.in_affine if consumer.in_affine is not None else (None, None)
         self.out_float, self.pack_groups, self.pack_affine = False, consumer.groups, (mul, add)
         consumer.packed_input = True
+        self._plan = consumer._plan = None
 
     def resident_bytes(self) -> int:
         tensors = [t for plane in self.planes for t in plane] + self.scales + [self.shift]
         tensors += [t for t in (self.in_affine or ()) + self.pack_affine if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def plan(self):
+        """The native layer with everything but the input fixed (built after fusion, on first call)."""
+        if self._plan is None:
+            in_scale, in_shift = self.in_affine or (None, None)
+            self._plan = native().BitConvPlan(
+                self.shape, [list(p) for p in self.planes], self.scales, self.shift, in_scale, in_shift,
+                self.packed_input, self.relu, self.out_float, self.pack_groups, *self.pack_affine, self.linear,
+                self.path)
+        return self._plan
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        ext = native()
-        bits = x if self.packed_input else ext.pack_activations(x, self.groups, *(self.in_affine or (None, None)),
-                                                                self.path)
-        if self.linear and residual is not None:
-            residual = residual.reshape(residual.shape[0], -1, 1, 1)  # (N, O, 1, 1)
-        last = len(self.planes) - 1
-        for i, (plane, scale) in enumerate(zip(self.planes, self.scales)):
-            final = i == last
-            shift = self.shift if final else torch.zeros_like(self.shift)
-            y, packed = ext.conv(bits, *plane, self.shape, scale, shift, residual, self.relu and final,
-                                 self.out_float or not final, self.pack_groups if final else 0,
-                                 *self.pack_affine, self.path)
-            residual = y  # the second plane pair (TTQ) adds to the first's output
-        if self.scaling_map is not None:
-            y = y * self.scaling_map._k(x)
-        if not self.out_float:
-            return packed
-        return y.reshape(y.shape[0], -1) if self.linear else y
+        y = (self._plan or self.plan()).run(x, residual)
+        return y if self.scaling_map is None else y * self.scaling_map._k(x)

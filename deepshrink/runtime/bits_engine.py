@@ -98,7 +98,7 @@ def _fold_next(gm: torch.fx.GraphModule, node: torch.fx.Node, order: dict, once:
             or (user.op == "call_method" and user.target in ("relu", "relu_")):
         if len(user.args) != 1 or user.kwargs:
             return False
-        layer.relu = True
+        layer.fuse_relu()
     elif user.op == "call_function" and user.target in _ADDS and len(user.args) == 2 and not user.kwargs \
             and len(node.args) == 1:
         other = user.args[1] if user.args[0] is node else user.args[0]

@@ -106,7 +106,8 @@ class _CompressedMixin(Packable):
 
     def encoded_tensors(self) -> dict[str, EncodedWeight]:
         encoded = self.encoded
-        if encoded is not None and "weight" in self._parameters and not torch.equal(self.weight.detach(), encoded.dequantize().to(self.weight)):
+        trained = encoded is not None and "weight" in self._parameters
+        if trained and not torch.equal(self.weight.detach(), encoded.dequantize().to(self.weight)):
             warnings.warn(f"the float weight of this {type(self).__name__} was changed after decoding; the codes "
                           "are what deepshrink.pack writes, so those changes are not packed", stacklevel=2)
         return {"weight": encoded}

@@ -48,12 +48,13 @@ def _encodings():
         "ternary": EncodedWeight("ternary", shape, codes=torch.randint(-1, 2, shape, generator=gen).to(torch.int8),
                                  params={"pos_scale": torch.tensor([0.3]), "neg_scale": torch.tensor([0.2])}),
         "uniform3": EncodedWeight("uniform", shape, codes=torch.randint(0, 8, shape, generator=gen).to(torch.uint8),
-                                  bits=3, params={"scale": torch.rand(8, generator=gen), "zero_point": torch.tensor([3.5])}),
+                                  bits=3, params={"scale": torch.rand(8, generator=gen),
+                                                  "zero_point": torch.tensor([3.5])}),
         "pow2": pow2,
         "pq": EncodedWeight("pq", shape, codes=torch.randint(0, 16, (8, 4), generator=gen).to(torch.int32),
                             params={"codebook": torch.randn(1, 16, 9, generator=gen).half()}, layout="row"),
-        "sparse_float": EncodedWeight("sparse", shape, mask=mask,
-                                      inner=EncodedWeight("float", shape, params={"values": torch.randn(shape, generator=gen)})),
+        "sparse_float": EncodedWeight("sparse", shape, mask=mask, inner=EncodedWeight(
+            "float", shape, params={"values": torch.randn(shape, generator=gen)})),
         "sparse_pow2": EncodedWeight("sparse", shape, mask=mask, inner=pow2),
     }
 

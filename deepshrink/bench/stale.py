@@ -11,6 +11,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .results import PLAN_FILE, read_results
@@ -49,6 +50,9 @@ def stale_keys(folder) -> set[str] | None:
         suite = load_suite(name)
     except Exception:  # noqa: BLE001 - a suite renamed or removed since: nothing to compare with
         return None
+    seed = next((r.get("seed") for r in reversed(records) if isinstance(r.get("seed"), int)), None)
+    if seed is not None and seed != suite.seed:  # run with `deepshrink bench --seed N`
+        suite = dataclasses.replace(suite, seed=seed)
     base = next((r.get("base") for r in reversed(records) if r.get("base")), None)
     keys = planned_keys(suite, base)
     if keys is None:

@@ -62,6 +62,8 @@ def test_a_row_the_current_code_plans_differently_is_marked_stale():
 
 
 def test_stale_keys_compare_committed_rows_with_the_current_plan(tmp_path):
+    import dataclasses
+
     from deepshrink.bench.plan import plan_rows
     from deepshrink.bench.runner import trained_base_id
     from deepshrink.bench.stale import stale_keys
@@ -72,6 +74,9 @@ def test_stale_keys_compare_committed_rows_with_the_current_plan(tmp_path):
     records = [{"key": current.key, "suite": "quick", "status": "ok", "top1": 80.0},
                {"key": "made-by-older-settings", "suite": "quick", "status": "ok", "top1": 80.0}]
     assert stale_keys(_write(tmp_path, records)) == {"made-by-older-settings"}
+    at_seed_2 = plan_rows(dataclasses.replace(suite, seed=2), trained_base_id(dataclasses.replace(suite, seed=2)))[1]
+    seeded = [{"key": at_seed_2.key, "suite": "quick", "status": "ok", "seed": 2}]
+    assert stale_keys(_write(tmp_path, seeded)) == set()  # a --seed run is judged at its own seed
 
 
 def test_report_without_any_usable_row(tmp_path):

@@ -27,8 +27,9 @@ from torch import nn
 from ..errors import PackFormatError, UserError
 from ..nn.compressed import decode_weights, set_module
 from ..nn.packable import Packable
-from ..registry import PACKABLE, create_model
+from ..registry import MODELS, PACKABLE, create_model
 from .encodings import FLOAT_DTYPES, decode_weight, encode_weight
+from .graph import build_graph_module, pending_modules, record_graph, trace
 from .payload import PayloadReader, PayloadWriter, _fail, crc
 
 FORMAT = "deepshrink.dsz"
@@ -53,6 +54,25 @@ def _check_rebuildable(model: nn.Module, arch: dict, packable_paths: list[str]) 
                             "@register_packable so that deepshrink.load can rebuild it")
 
 
+def _architecture(model: nn.Module) -> tuple[nn.Module, dict]:
+    """(the module to pack, its architecture record): a zoo model's registry name; otherwise the graph
+    torch.fx traces (so the file opens without the model's code), or, for a model that cannot be traced
+    but was built by `create_model` from a constructor the user registered, that registry name."""
+    arch = getattr(model, "deepshrink_arch", None)
+    named = isinstance(arch, dict) and "name" in arch
+    if named:
+        arch = {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
+        if arch["name"] in MODELS and MODELS.get(arch["name"]).__module__.startswith("deepshrink."):
+            return model, arch
+    try:
+        traced = trace(model)
+        return traced, {"graph": record_graph(traced)}
+    except UserError:
+        if named:
+            return model, arch
+        raise
+
+
 def _collect(model: nn.Module) -> tuple[list[dict], dict]:
     modules, encoded = [], {}
     for path, module in packable_modules(model):
@@ -73,13 +93,10 @@ def build_payload(model: nn.Module, float_dtype: str = "fp32", ternary_base3: bo
     """The metadata and the blobs of `model` (what `save` writes)."""
     if float_dtype not in FLOAT_DTYPES:
         raise UserError(f"float_dtype must be one of {sorted(FLOAT_DTYPES)}, got {float_dtype!r}")
-    arch = getattr(model, "deepshrink_arch", None)
-    if not isinstance(arch, dict) or "name" not in arch:
-        raise UserError("the model records no architecture; build it with deepshrink.create_model(name, ...) "
-                        "so that deepshrink.load can rebuild it")
-    arch = {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
+    model, arch = _architecture(model)  # a traced model packs as its GraphModule (same modules and tensors)
     modules, encoded = _collect(model)
-    _check_rebuildable(model, arch, [m["path"] for m in modules])
+    if "name" in arch:
+        _check_rebuildable(model, arch, [m["path"] for m in modules])
     writer = PayloadWriter(entropy=entropy, ternary_base3=ternary_base3)
     dtype = FLOAT_DTYPES[float_dtype]
     meta = {"format": FORMAT, "version": VERSION, "arch": arch, "modules": modules,
@@ -126,7 +143,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def save(model: nn.Module, path, float_dtype: str = "fp32", ternary_base3: bool = False,
          entropy: bool = False) -> dict:
-    """Pack `model` (inference form, built by `create_model`) into `path`; returns the size report.
+    """Pack `model` (inference form) into `path`; returns the size report.
+
+    The file records the architecture: a zoo model's registry name, otherwise the graph torch.fx traces
+    (see `graph`), so that `load` rebuilds the model without its code.
 
     float_dtype: "fp32" | "fp16" | "bf16" for float tensors; ternary_base3: 1.6-bit ternary codes;
     entropy: entropy-code each code stream (zstd or rANS, whichever is smaller) when it saves bytes.
@@ -227,12 +247,19 @@ def _holds_unfilled_tensor(module: nn.Module) -> bool:
 
 def _build(meta: dict) -> tuple[nn.Module, dict[str, nn.Module]]:
     arch = meta.get("arch")
-    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
-        _fail("architecture", f"expected {{'name': str, 'kwargs': dict}}, found {arch!r}")
-    try:
-        model = create_model(arch["name"], **arch["kwargs"])
-    except Exception as exc:  # noqa: BLE001
-        _fail(f"architecture {arch['name']!r}", f"cannot be built: {exc}")
+    if isinstance(arch, dict) and set(arch) == {"graph"}:
+        model = build_graph_module(arch["graph"])
+    elif not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
+        _fail("architecture", f"expected {{'name': str, 'kwargs': dict}} or {{'graph': dict}}, "
+                              f"found {str(arch)[:200]}")
+    elif arch["name"] not in MODELS:
+        _fail(f"architecture {arch['name']!r}", "is not a registered model in this process; import the code that "
+                                                "registers its constructor with @register_model")
+    else:
+        try:
+            model = create_model(arch["name"], **arch["kwargs"])
+        except Exception as exc:  # noqa: BLE001
+            _fail(f"architecture {arch['name']!r}", f"cannot be built: {exc}")
     records = meta.get("modules")
     if not isinstance(records, list):
         _fail("modules", "must be a list")
@@ -249,6 +276,8 @@ def _build(meta: dict) -> tuple[nn.Module, dict[str, nn.Module]]:
             _fail(f"module {path!r}", f"cannot rebuild {record.get('type')!r}: {exc}")
         _check_same_shapes(replaced, module, path)
         modules[path] = module
+    for path in pending_modules(model):
+        _fail(f"module {path!r}", "the graph calls it as a packable module, but the file records none")
     return model, modules
 
 

@@ -12,6 +12,10 @@ The issue-21 targets are evaluated on the 1-thread rows and written with the fig
         --model dorefa-w4a4=runs/speed/dorefa-w4a4/model.dsz \\
         --base ../shared/models/resnet20-cifar10jpeg.pt --data-root ~/.cache/deepshrink/cifar10-jpeg \\
         --out benchmarks/results/speed_resnet20.json
+
+The models: `deepshrink compress --method ldnq --set levels=3` (and 5), and `--recipe dorefa-w4a4
+--set train.epochs=1 --set train.max_steps_per_epoch=150`, each with `--model resnet20 --model-args
+shortcut=B --base ../shared/models/resnet20-cifar10jpeg.pt --data cifar10 --out runs/speed/NAME`.
 """
 from __future__ import annotations
 
@@ -67,9 +71,10 @@ def torch_x86_int8(model, calibration, batches, threads, rounds, test_batches) -
             q25, q50, q75 = np.percentile(samples, [25, 50, 75])
             rows.append({"engine": "torch-x86-int8-ptq", "batch": batch, "threads": count,
                          "median_ms": round(float(q50), 4), "iqr_ms": round(float(q75 - q25), 4)})
-    accuracy = top1(TorchRunner(quantized, max(threads)), test_batches(), max(batches))
-    for row in rows:
-        row["top1"] = accuracy
+    if test_batches is not None:
+        accuracy = top1(TorchRunner(quantized, max(threads)), test_batches(), max(batches))
+        for row in rows:
+            row["top1"] = accuracy
     return rows
 
 
@@ -107,10 +112,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calibration", type=int, default=512)
+    parser.add_argument("--latency-only", action="store_true", help="skip top-1 (a timing rerun)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
     calibration, test_batches, shape = speed_data(args.data, args.data_root, args.calibration)
+    if args.latency_only:
+        test_batches = None
     result = {"command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
               "cpu": _cpu(), "torch": torch.__version__, "onnxruntime": _ort_version(),
               "batches": args.batch, "threads": args.threads, "rounds": args.rounds,

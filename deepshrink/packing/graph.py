@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import UserError
+from ..errors import PackFormatError, UserError
 from ..nn.packable import Packable
 from .payload import _fail
 
@@ -250,7 +250,24 @@ def record_graph(traced: fx.GraphModule) -> dict:
         nodes.append({"op": node.op, "name": node.name, "target": target,
                       "args": _encode(tuple(node.args), node)["tuple"],
                       "kwargs": {k: _encode(v, node) for k, v in node.kwargs.items()}})
-    return {"class_name": type(traced).__name__, "nodes": nodes, "modules": modules, "tensors": tensors}
+    record = {"class_name": type(traced).__name__, "nodes": nodes, "modules": modules, "tensors": tensors}
+    _check_rebuilds(traced, record)
+    return record
+
+
+def _check_rebuilds(traced: fx.GraphModule, record: dict) -> None:
+    """What `load` will build from `record` holds the traced model's tensors, shape for shape (else the
+    file would pack but not load)."""
+    try:
+        with torch.device("meta"):
+            rebuilt = build_graph_module(record).state_dict()
+    except PackFormatError as exc:
+        raise UserError(f"cannot record the architecture of {type(traced).__name__}: {exc}") from None
+    for key, value in traced.state_dict().items():
+        if key in rebuilt and rebuilt[key].shape != value.shape:
+            raise UserError(f"cannot record the architecture of {type(traced).__name__}: {key} has shape "
+                            f"{list(value.shape)}, but its module rebuilt from its constructor arguments has "
+                            f"{list(rebuilt[key].shape)}")
 
 
 # ---------------------------------------------------------------- rebuilding

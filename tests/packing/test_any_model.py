@@ -196,3 +196,10 @@ def test_the_cli_evaluates_inspects_and_exports_the_file(packed, tmp_path, capsy
     assert "depthwise" in table and "excite.reduce" in table
     assert main(["export", str(path), "-o", str(tmp_path / "m.onnx"), "--input-shape", "1,8,8"]) == 0
     assert json.loads(capsys.readouterr().out)["integer_layers"] == 4
+
+
+def test_a_layer_its_constructor_cannot_rebuild_is_refused_at_pack_time(tmp_path):
+    model = UserNet().eval()
+    model.head.weight = nn.Parameter(torch.zeros(10, 64))  # no longer what Linear(32, 10) builds
+    with pytest.raises(UserError, match=r"head.weight has shape \[10, 64\].*\[10, 32\]"):
+        deepshrink.pack(model, tmp_path / "m.dsz")

@@ -126,10 +126,8 @@ def test_plain_float_model_packs_and_loads(images, tmp_path):
     assert 0.99 < report["totals"]["ratio_vs_fp32"] <= 1.0
 
 
-def test_a_model_without_architecture_record_or_with_unknown_modules_is_refused(tmp_path):
-    bare = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    with pytest.raises(UserError, match="records no architecture"):
-        save(bare, tmp_path / "x.dsz")
+def test_a_zoo_model_with_modules_its_architecture_does_not_build_is_refused(tmp_path):
+    # (a model without a registry name packs its traced graph: tests/packing/test_any_model.py)
     model = deepshrink.create_model("lenet5")
     model.extra = torch.nn.Tanh()
     with pytest.raises(UserError, match="'extra'.*register_packable"):

@@ -76,16 +76,18 @@ class _OrtEngine(Engine):
 
 
 class _GraphCache:
-    """The last graph built per engine for one (model, calibration) pair: `deepshrink speed` prepares
-    each engine once per batch size and thread count, and the graph does not depend on either."""
+    """The last few graphs an engine built, per (model, calibration) pair: `deepshrink speed` prepares
+    each engine once per batch size and thread count, and the graph depends on neither."""
 
-    def __init__(self):
-        self.key, self.graph = None, None
+    def __init__(self, size: int = 4):
+        self.size, self.entries = size, []  # [(model, calibration, graph)], newest last
 
     def get(self, model, calibration, build) -> bytes:
-        if self.key is None or self.key[0] is not model or self.key[1] is not calibration:
-            self.key, self.graph = (model, calibration), build()
-        return self.graph
+        for entry in self.entries:
+            if entry[0] is model and entry[1] is calibration:
+                return entry[2]
+        self.entries = self.entries[-(self.size - 1):] + [(model, calibration, build())]
+        return self.entries[-1][2]
 
 
 @register_engine

@@ -1,5 +1,5 @@
 """Fixtures for the run-time engine tests: a small ResNet trained on scikit-learn's 8x8 digits, and
-its W4A4 (DoReFa) and weight-only (L-DNQ round-to-nearest, 5 levels) compressions, packed and loaded."""
+its W4A4 (DoReFa) and weight-only (5-level pow2, L-DNQ's levels) compressions, packed and loaded."""
 from __future__ import annotations
 
 import pytest
@@ -52,17 +52,29 @@ def _compressed(model, recipe, tmp_path_factory, name, overrides, **data):
 @pytest.fixture(scope="session")
 def w4a4_digits(float_digits_resnet, digits_calibration, tmp_path_factory):
     """(loaded model, path): DoReFa W4A4 with calibrated clipping ranges, first conv and fc in float,
-    fine-tuned 25 steps."""
+    fine-tuned 15 steps."""
     return _compressed(float_digits_resnet, {"method": "dorefa", "keep_first_last": True, "params": {
         "weight_bits": 4, "act_bits": 4, "act_range": "calibrate"}}, tmp_path_factory, "w4a4",
-        ["train.epochs=1", "train.max_steps_per_epoch=25", "train.optimizer=adam", "train.lr=0.001",
+        ["train.epochs=1", "train.max_steps_per_epoch=15", "train.optimizer=adam", "train.lr=0.001",
          "train.weight_decay=0.0"], train_data=_batches("train", 32, train=True))
 
 
 @pytest.fixture(scope="session")
-def weight_only_digits(float_digits_resnet, digits_calibration, tmp_path_factory):
-    """(loaded model, path): L-DNQ's round-to-nearest 5-level pow2 weights, float activations."""
-    data = [(digits_calibration, torch.zeros(len(digits_calibration), dtype=torch.long))]
-    return _compressed(float_digits_resnet, {"method": "ldnq_rtn", "keep_first_last": True,
-                                             "params": {"levels": 5}}, tmp_path_factory, "ldnq5",
-                       ["train.epochs=0"], calib_data=data)
+def weight_only_digits(float_digits_resnet, tmp_path_factory):
+    """(loaded model, path): 5-level pow2 weights {0, +-a, +-2a} (L-DNQ's levels, rounded to nearest, a per
+    filter) on every conv but the first, float activations: a weight-only model, built directly."""
+    import copy
+
+    from deepshrink.nn import EncodedWeight, compress_layer, set_module
+
+    model = copy.deepcopy(float_digits_resnet)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and n != "conv1"]
+    for name, conv in convs:
+        weight = conv.weight.detach()
+        alpha = weight.abs().amax(dim=(1, 2, 3)) / 2  # (out,)
+        steps = torch.clamp(torch.round(weight / alpha.reshape(-1, 1, 1, 1)), -2, 2)  # in {0, +-1, +-2}
+        set_module(model, name, compress_layer(conv, EncodedWeight(
+            "pow2", weight.shape, codes=steps.to(torch.int8), levels=5, params={"alpha": alpha})))
+    path = tmp_path_factory.mktemp("runtime") / "pow2.dsz"
+    deepshrink.pack(model.eval(), path)
+    return deepshrink.load(path).eval(), path

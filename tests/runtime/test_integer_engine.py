@@ -89,6 +89,7 @@ def test_weight_only_engine_with_8bit_activations_agrees(weight_only_digits, dig
     model, _ = weight_only_digits
     images, labels = digits_test
     assert all(m.encoded.kind == "pow2" and m.input_quant is None for m in _compressed_layers(model))
+    assert len(_compressed_layers(model)) == 20
     runner = get_engine("onnxruntime-int8").prepare(model, images[:1], threads=1, calibration=digits_calibration)
     got, want = runner(images), _logits(model, images)
     assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.98

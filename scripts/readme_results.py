@@ -108,8 +108,52 @@ def fresh_seed_tables(results_root: Path) -> list[str]:
 
 
 def runtime_tables(results_root: Path) -> list[str]:
-    """The run-time result files (speed of the integer engine, the bit kernels), when present."""
-    return []
+    """The run-time result files (speed of the engines per model, the bit kernels), when present."""
+    return speed_table(_json(results_root / "speed_resnet20.json")) + \
+        bits_table(_json(results_root / "bits_kernels.json"))
+
+
+def speed_table(speed: dict | None) -> list[str]:
+    """Per model and engine: median latency at each batch and thread count, resident bytes, top-1."""
+    if not speed or not speed.get("models"):
+        return []
+    shapes = sorted({(r["batch"], r["threads"]) for m in speed["models"].values() for r in m["rows"]},
+                    key=lambda bt: (bt[1], bt[0]))
+    head = " | ".join(f"batch {b}, {t} thr. ms" for b, t in shapes)
+    out = ["### Run time: the shared ResNet-20, compressed, on each engine", "",
+           f"`{speed.get('command', '')}` ({speed.get('cpu', '?')}, torch {speed.get('torch', '?')}, onnxruntime "
+           f"{speed.get('onnxruntime', '?')}; median of {speed.get('rounds', '?')} interleaved rounds, warm-up "
+           "excluded; resident: bytes the engine keeps for the model; top-1 on the 10,000 test images).", "",
+           f"| model | file | engine | {head} | resident | top-1 |", "|---|---:|---|" + "---:|" * (len(shapes) + 2)]
+    for name, model in speed["models"].items():
+        engines = list(dict.fromkeys(r["engine"] for r in model["rows"]))
+        for engine in engines:
+            rows = {(r["batch"], r["threads"]): r for r in model["rows"] if r["engine"] == engine}
+            cells = " | ".join(_num(rows.get(bt, {}).get("median_ms"), ".3f") for bt in shapes)
+            any_row = next(iter(rows.values()))
+            out.append(f"| {name} | {model.get('file_bytes', 0):,} B | {engine} | {cells} | "
+                       f"{any_row.get('resident_bytes', 0):,} | {_num(any_row.get('top1'))} |")
+    out.append("")
+    return out
+
+
+def bits_table(bits: dict | None) -> list[str]:
+    """Per layer shape: PyTorch fp32, ONNX Runtime int8 and the binary kernels on each code path."""
+    if not bits or not bits.get("layers"):
+        return []
+    out = ["### Run time: binary and ternary layers on packed bits", "",
+           f"`{bits.get('command', '')}` (batch {bits.get('batch', '?')}, {bits.get('threads', '?')} thread, median "
+           f"of {bits.get('rounds', '?')} interleaved rounds, microseconds; speed-up against PyTorch fp32 / ONNX "
+           "Runtime int8 QLinearConv of the same shape).", "",
+           "| layer | kernel | µs | vs torch fp32 | vs ORT int8 |", "|---|---|---:|---:|---:|"]
+    for layer, figures in bits["layers"].items():
+        medians, speedups = figures.get("median_us", {}), figures.get("speedup", {})
+        for kernel, micros in medians.items():
+            ratio = speedups.get(kernel, {})
+            out.append(f"| {layer} | {kernel} | {_num(micros, '.1f')} | {_num(ratio.get('vs torch-fp32'))} | "
+                       f"{_num(ratio.get('vs ort-int8'))} |")
+    out.append("")
+    return out
 
 
 def _met(row: dict) -> str:

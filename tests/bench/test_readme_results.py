@@ -112,3 +112,17 @@ def test_readme_block_has_fresh_seeds_and_links_the_history(tmp_path, script):
     assert "`deepshrink bench --seed 2`, `deepshrink bench --seed 3`" in text
     assert "[HISTORY.md](HISTORY.md)" in text
     assert "L-DNQ 5 levels" not in script.history(results, tmp_path)  # seed folders only in the README
+
+
+def test_runtime_tables_show_every_engine_and_kernel(tmp_path, script):
+    speed = {"command": "python benchmarks/speed_resnet20.py", "rounds": 5, "models": {"ldnq-l3": {
+        "file_bytes": 90590, "rows": [
+            {"engine": "torch-fp32", "batch": 1, "threads": 1, "median_ms": 2.9, "resident_bytes": 1096336, "top1": 84.3},
+            {"engine": "onnxruntime-int8", "batch": 1, "threads": 1, "median_ms": 0.38, "resident_bytes": 314671,
+             "top1": 84.35}]}}}
+    bits = {"command": "python benchmarks/bits_kernels.py", "batch": 1, "threads": 1, "rounds": 21, "layers": {
+        "layer3 64->64 8x8": {"median_us": {"torch-fp32": 83.3, "avx512 conv": 6.0},
+                              "speedup": {"avx512 conv": {"vs torch-fp32": 13.86, "vs ort-int8": 3.22}}}}}
+    text = "\n".join(script.speed_table(speed) + script.bits_table(bits))
+    assert "| ldnq-l3 | 90,590 B | onnxruntime-int8 | 0.380 | 314,671 | 84.35 |" in text
+    assert "| layer3 64->64 8x8 | avx512 conv | 6.0 | 13.86 | 3.22 |" in text

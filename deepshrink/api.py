@@ -45,6 +45,7 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     recipe = load_recipe(recipe, overrides)
     if not inplace:
         model = copy.deepcopy(model)
+    _decode_resident(model)
     entry = METHODS.get(recipe.method)
     handler = entry.handler_cls(recipe, select_layers(model, recipe))
     # the teacher of train.distill: the model as given, before the method changes it
@@ -63,6 +64,16 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     if val_data is not None:
         metrics.update(evaluate(model, val_data, device=device))
     return CompressResult(model=model, method=entry.name, recipe=recipe, metrics=metrics)
+
+
+def _decode_resident(model: nn.Module) -> None:
+    """A loaded model's compressed layers hold codes only, and a method's writes to `layer.weight` would be
+    lost: give them the float copy that the layers `convert` produces have."""
+    from .nn.compressed import _CompressedMixin
+
+    for module in model.modules():
+        if isinstance(module, _CompressedMixin) and module.is_resident:
+            module.decode_weight(trainable=False)
 
 
 def evaluate(model: nn.Module, data, device=None) -> dict:

@@ -107,3 +107,21 @@ def test_file_without_codes_for_a_layer_is_refused(tmp_path):
     (tmp_path / "m.dsz").write_bytes(to_bytes(meta, blobs))
     with pytest.raises(PackFormatError, match="layer1.0.conv1.weight: the file holds no codes"):
         deepshrink.load(tmp_path / "m.dsz")
+
+
+def test_a_loaded_model_can_be_compressed_again_and_the_method_sees_its_weights(tmp_path):
+    """L-OBS then L-DNQ in two steps: the second method writes each layer's new weights into the loaded
+    model before it captures the next layer's inputs, exactly as on a float model."""
+    import deepshrink
+
+    torch.manual_seed(0)
+    model = deepshrink.create_model("lenet300", num_classes=10, in_channels=1, input_size=8).eval()
+    data = [(torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,)))]
+    pruned = deepshrink.compress(model, "magnitude", calib_data=data, overrides=["sparsity=0.5"]).model
+    deepshrink.pack(pruned, tmp_path / "pruned.dsz")
+    recipe = {"method": "ldnq", "keep_first_last": False, "params": {"levels": 3}}
+    from_codes = deepshrink.compress(deepshrink.load(tmp_path / "pruned.dsz"), recipe, calib_data=data).model
+    from_floats = deepshrink.compress(deepshrink.load(tmp_path / "pruned.dsz", decode=True), recipe,
+                                      calib_data=data).model
+    for name in ("fc1", "fc2", "fc3"):
+        assert torch.equal(getattr(from_codes, name).weight, getattr(from_floats, name).weight), name

@@ -247,16 +247,17 @@ std::vector<at::Tensor> conv_on(const at::Tensor& x, const at::Tensor& sign, con
         for (int64_t g = 0; g < s.groups; ++g)
           count(x_img + g * words, wp + g * group_weights, mp ? mp + g * group_weights : nullptr, steps,
                 static_cast<int>(lanes / 8), positions, counts.data() + ow * pos_counts + g * lanes);
-        for (int64_t p = 0; p < n_pos; ++p) {
-          if (!nz) {
+        if (!nz) {
+          for (int64_t p = 0; p < n_pos; ++p)
             valid[ow + p] = static_cast<int32_t>(group_channels * n_taps);  // every channel of every valid tap
-            continue;
-          }
+        } else {  // the run's positions share their taps: count non-zero weights once
+          int32_t* first = valid.data() + ow * s.out_ch;
           for (int64_t o = 0; o < s.out_ch; ++o) {
             int32_t v = 0;
             for (int t = 0; t < n_taps; ++t) v += nz[o * taps_all + tap_id[t]];
-            valid[(ow + p) * s.out_ch + o] = v;
+            first[o] = v;
           }
+          for (int64_t p = 1; p < n_pos; ++p) std::copy(first, first + s.out_ch, first + p * s.out_ch);
         }
         ow += n_pos;
       }

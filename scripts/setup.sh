@@ -33,3 +33,12 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
     echo "setup: installing Debian's dataset-fashion-mnist"
     apt_install dataset-fashion-mnist
 fi
+if ! command -v g++ >/dev/null || ! command -v ninja >/dev/null || ! .venv/bin/python -c "import sysconfig, os; assert os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))" 2>/dev/null; then
+    echo "setup: installing g++ and the Python headers (Debian), for the native bit kernels"
+    apt_install g++ python3-dev ninja-build || echo "setup: no compiler; binary layers will run on the float path"
+fi
+if ! .venv/bin/python -c "import deepshrink.kernels as k, sys; sys.exit(k.native() is None)" 2>/dev/null; then
+    echo "setup: building the native bit kernels"
+    .venv/bin/python -c "import deepshrink.kernels as k; k.build()" \
+        || echo "setup: native bit kernels did not build; binary layers will run on the float path"
+fi

@@ -111,18 +111,19 @@ def fresh_seed_tables(results_root: Path) -> list[str]:
 
 def runtime_tables(results_root: Path) -> list[str]:
     """The run-time result files (speed of the engines per model, the bit kernels), when present."""
-    return speed_table(_json(results_root / "speed_resnet20.json")) + \
+    return speed_table(_json(results_root / "speed_resnet20_latency_t1.json"), "latency, 1 thread, quiet machine") + \
+        speed_table(_json(results_root / "speed_resnet20.json"), "top-1 per engine, 1 and 2 threads") + \
         bits_table(_json(results_root / "bits_kernels.json"))
 
 
-def speed_table(speed: dict | None) -> list[str]:
+def speed_table(speed: dict | None, what: str = "") -> list[str]:
     """Per model and engine: median latency at each batch and thread count, resident bytes, top-1."""
     if not speed or not speed.get("models"):
         return []
     shapes = sorted({(r["batch"], r["threads"]) for m in speed["models"].values() for r in m["rows"]},
                     key=lambda bt: (bt[1], bt[0]))
     head = " | ".join(f"batch {b}, {t} thr. ms" for b, t in shapes)
-    out = ["### Run time: the shared ResNet-20, compressed, on each engine", "",
+    out = [f"### Run time: the shared ResNet-20, compressed, on each engine ({what})", "",
            f"`{speed.get('command', '')}` ({speed.get('cpu', '?')}, torch {speed.get('torch', '?')}, onnxruntime "
            f"{speed.get('onnxruntime', '?')}; median of {speed.get('rounds', '?')} interleaved rounds, warm-up "
            "excluded; resident: bytes the engine keeps for the model; top-1 on the 10,000 test images).", "",

@@ -53,34 +53,18 @@ def _per_channel(param: torch.Tensor, out: int) -> torch.Tensor:
 
 
 def _integers(encoded: EncodedWeight) -> tuple[torch.Tensor, torch.Tensor] | str:
-    """(q int64 of the weight's shape, scale (out,)) or the reason there is none."""
-    kind, params, out = encoded.kind, encoded.params, encoded.shape[0]
-    if kind == "sparse":
-        inner = _integers(encoded.inner)
-        if isinstance(inner, str):
-            return inner
-        return inner[0] * encoded.mask.reshape(encoded.shape).long(), inner[1]
-    if kind in ("pq", "float"):
-        return f"{kind} weights are not integer codes"
-    codes = encoded.codes.reshape(encoded.shape).long()
-    if kind == "binary":
-        return 2 * codes - 1, _per_channel(params["scale"], out)
-    if kind == "ternary":
-        pos, neg = _per_channel(params["pos_scale"], out), _per_channel(params["neg_scale"], out)
-        if not torch.equal(pos, neg):
-            return "ternary weights with different positive and negative scales (TTQ) are not one integer grid"
-        return codes, pos
-    if kind == "uniform":
-        zero, scale = _per_channel(params["zero_point"], out), _per_channel(params["scale"], out)
-        if torch.equal(zero, zero.round()):
-            return codes - zero.long().reshape(out, *[1] * (codes.dim() - 1)), scale
-        if torch.equal(2 * zero, (2 * zero).round()):  # (c - z) s == (2c - 2z)(s / 2) exactly in float
-            return 2 * codes - (2 * zero).long().reshape(out, *[1] * (codes.dim() - 1)), scale / 2
-        return "uniform weights whose zero point is not a multiple of 1/2"
-    if kind == "pow2":
-        magnitude = torch.pow(2, (codes.abs() - 1).clamp(min=0))
-        return torch.sign(codes) * magnitude, _per_channel(params["alpha"], out)
-    return f"{kind} weights have no integer form"  # pragma: no cover - every kind is handled above
+    """(q int64 of the weight's shape, scale (out,)) or the reason there is none; the encoding owns its
+    integer form (`EncodedWeight.integer_form`), this only asks for one scale per output channel."""
+    form = encoded.integer_form()
+    if form is None:
+        return (f"{encoded.kind} weights are not integer codes times a scale (PQ and float weights are not; "
+                "nor is a uniform grid whose zero point is not a multiple of 1/2)")
+    out = encoded.shape[0]
+    pos, neg = _per_channel(form.pos_scale, out), _per_channel(form.neg_scale, out)
+    if not torch.equal(pos, neg):
+        return "ternary weights with different positive and negative scales (TTQ) are not one integer grid"
+    zero = _per_channel(form.zero_point, out).long().reshape(out, *[1] * (form.q.dim() - 1))
+    return form.q.long() - zero, pos
 
 
 def weight_integer_form(encoded: EncodedWeight) -> tuple[torch.Tensor, torch.Tensor] | str:

@@ -128,6 +128,9 @@ std::vector<at::Tensor> pack_weights(const at::Tensor& codes_in, int64_t groups,
 // One output row: y[p, o] = (valid - 2 * count[p, o]) * scale[o] + shift[o] (+ residual[p, o]), then
 // ReLU. valid is per position (binary weights) or per (position, channel) (ternary); counts hold
 // `lanes` slots per group and `pos_stride` per position; y and residual are (positions, channels).
+// Cloned per instruction set (picked by the CPU, like glibc's memcpy): without -march the default
+// clone is SSE2. Multiply and add stay separate (-ffp-contract=off), so every clone rounds alike.
+__attribute__((target_clones("avx512f", "avx2", "default")))
 void epilogue(const int32_t* __restrict counts, int64_t pos_stride, const int32_t* __restrict valid,
               bool valid_per_channel, int64_t n_pos, int64_t groups, int64_t group_out, int64_t lanes,
               const float* __restrict scale, const float* __restrict shift, const float* __restrict residual,

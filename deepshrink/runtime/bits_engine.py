@@ -125,10 +125,23 @@ def to_bits(model: nn.Module, path: str) -> torch.fx.GraphModule:
     for node in calls:
         while _fold_next(gm, node, order, once):
             pass
+    _channels_last_input(gm.graph)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _channels_last_input(graph: torch.fx.Graph) -> None:
+    """Convert the image to channels-last once at the start: the native layers read and write that
+    layout, so float layers before and between them (stem, shortcut projections) then keep it too,
+    instead of each hand-over copying between layouts."""
+    for node in list(graph.nodes):
+        if node.op == "placeholder" and node.users:
+            with graph.inserting_after(node):
+                converted = graph.call_method("contiguous", (node,), {"memory_format": torch.channels_last})
+            node.replace_all_uses_with(converted, delete_user_cb=lambda user: user is not converted)
+            break
 
 
 @contextmanager

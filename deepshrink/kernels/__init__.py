@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def build():
     name = f"deepshrink_bits_{digest.hexdigest()[:12]}"  # a source or flag change is a new library
     folder = _build_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
+    compiler = os.environ.get("CXX", "c++")
+    if not any(folder.glob("*.so")) and shutil.which(compiler) is None:  # a cached build needs no compiler
+        raise RuntimeError(f"no C++ compiler ({compiler} not found)")
     return cpp_extension.load(name=name, sources=[str(here / s) for s in _SOURCES], extra_cflags=_FLAGS,
                               extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
 
@@ -72,8 +76,10 @@ def native():
 def _summary(exc: Exception) -> str:
     """The compiler's first error line when there is one (a build log's first line is its command)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-    errors = [line for line in lines if "error" in line.lower() and not line.startswith(("[", "c++", "g++"))]
-    return (errors or lines)[0][:200]
+    errors = [line for line in lines if "error:" in line]
+    if errors:
+        return errors[0][:200]
+    return lines[0][:200] if "Error building extension" not in lines[0] else "the C++ build failed"
 
 
 def unavailable_reason() -> str | None:

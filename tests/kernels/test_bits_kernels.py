@@ -3,7 +3,6 @@
 Integer sums must equal F.conv2d of the +-1 tensors exactly (any stride, padding, dilation, groups,
 channel counts that are not multiples of 64); fused epilogues equal the float layer up to rounding.
 """
-import os
 
 import pytest
 import torch
@@ -179,3 +178,12 @@ def test_a_path_this_cpu_lacks_is_refused_with_its_name(monkeypatch):
 def test_codes_outside_the_encoding_are_refused():
     with pytest.raises(RuntimeError, match="weight code 2 out of range for binary weights"):
         kernels.pack_weights(torch.full((2, 3), 2, dtype=torch.int8))
+
+
+def test_without_a_compiler_the_package_says_so_in_one_line_and_keeps_the_float_path(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("DEEPSHRINK_KERNELS_BUILD", str(tmp_path / "build"))
+    monkeypatch.setattr(kernels, "_state", {})
+    assert kernels.native() is None and kernels.supported_paths() == []
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "no C++ compiler" in lines[0] and "float path" in lines[0]

@@ -6,8 +6,8 @@ CompressedConv2d/CompressedLinear with binary or ternary weights and XNOR-Net bi
 chain has a single consumer: an eval-mode BatchNorm, a residual add whose other operand is already
 computed, a ReLU, and finally the next binary layer's sign, so that consecutive binary layers hand
 over packed bits. Everything else (the float first conv, the classifier, float shortcuts) runs as in
-PyTorch. A ResNet basic block then costs three native calls (pack, conv1 -> bits, conv2 + BN +
-residual + ReLU) instead of a dozen tensor ops.
+PyTorch. A ResNet basic block then costs two native calls (conv1: pack its float input, emit the
+bits conv2 reads; conv2: BN + residual + ReLU) instead of a dozen tensor ops.
 
 Models whose binary layers read float inputs (BWN, TWN, TTQ, DoReFa W1) are not this engine's: their
 arithmetic is float x +-alpha, which the integer engine runs.

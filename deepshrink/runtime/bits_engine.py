@@ -187,7 +187,8 @@ class _BitsEngine(Engine):
     def unsupported_reason(self, model: nn.Module) -> str | None:
         return bits_unsupported_reason(model)
 
-    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1) -> Runner:
+    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1, calibration=None) -> Runner:
+        # binary layers need no calibration: their inputs are signs and their scales come from the file
         return BitsRunner(to_bits(model.eval(), self.path), threads)
 
 

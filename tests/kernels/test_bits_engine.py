@@ -102,3 +102,18 @@ def test_ternary_weights_with_binary_inputs_match_the_float_layer(asymmetric):
     with torch.no_grad():
         expected = layer(x)
     assert torch.allclose(BitConv2d.from_compressed(layer, "portable")(x), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_deepshrink_speed_lists_the_bit_engines_for_an_xnor_file(xnor_no_k, capsys):
+    """`deepshrink speed` prepares every engine the same way (with calibration images): the bit engines
+    take part beside the float references."""
+    import json
+
+    from deepshrink.cli import main
+
+    _, path = xnor_no_k
+    assert main(["speed", str(path), "--batch", "1", "--rounds", "2", "--input-shape", "3", "16", "16",
+                 "--engine", *[p.values[0] for p in ENGINES if not p.marks[0].args[0]], "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    engines = {row["engine"] for row in rows}
+    assert {"torch-fp32", "onnxruntime-fp32"} <= engines and any(e.startswith("bits-") for e in engines)

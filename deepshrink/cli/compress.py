@@ -65,7 +65,7 @@ def run(args) -> int:
         return 0
     summary = (f"{metrics['method']}: test top-1 {metrics['top1']:.2f}% (base {metrics.get('base_top1', float('nan')):.2f}%; "
                f"val {metrics['val_top1']:.2f}%), "
-               f"{metrics['file_bytes']:,} bytes, {metrics['ratio']:.1f}x smaller than fp32, "
+               f"{metrics['file_bytes']:,} bytes, {_size_against_fp32(metrics['ratio'])}, "
                f"compressed in {metrics['compress_seconds']:.1f} s -> {metrics['packed']}")
     print(summary, file=sys.stderr if args.json else sys.stdout)
     if args.json:
@@ -93,3 +93,10 @@ def check_out_dir(out: Path, recipe, resume: bool, overwrite: bool) -> None:
         raise UserError(f"{out} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
                         "pass --overwrite to replace it, --resume to continue it, or choose another --out")
     shutil.rmtree(out)
+
+
+def _size_against_fp32(ratio: float) -> str:
+    """'8.8x smaller than fp32', or, for settings that compress nothing, how much larger the file is."""
+    if ratio >= 1:
+        return f"{ratio:.1f}x smaller than fp32"
+    return f"{1 / ratio:.2f}x LARGER than the fp32 weights (these settings compress nothing)"

@@ -76,3 +76,9 @@ def test_train_refuses_to_replace_an_earlier_run(tmp_path, capsys):
     line = _one_line_error(["train", "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits",
                             "--out", str(out)], capsys)
     assert "--overwrite" in line and (out / "best.pt").read_bytes() == b"an 85% model"
+
+
+def test_settings_that_compress_nothing_say_the_file_is_larger(tmp_path, capsys):
+    assert main(["compress", "--method", "lobs", "--model", "lenet300", "--model-args", "input_size=8",
+                 "--data", "digits", "--out", str(tmp_path / "r"), "--set", "sparsity=0"]) == 0
+    assert "LARGER than the fp32 weights (these settings compress nothing)" in capsys.readouterr().out

@@ -119,8 +119,16 @@ class Recipe:
             self.train = _build(TrainConfig, self.train, "train")
         if isinstance(self.calib, dict):
             self.calib = _build(CalibConfig, self.calib, "calib")
+        if not isinstance(self.layers, list):
+            raise UserError(f"layers must be a list of mappings, e.g. [{{pattern: 'fc1', skip: true}}], "
+                            f"got {self.layers!r}")
+        for index, override in enumerate(self.layers):
+            if not isinstance(override, (dict, LayerOverride)):
+                raise UserError(f"layers[{index}] must be a mapping like {{pattern: 'fc*', params: {{...}}}} or "
+                                f"{{pattern: 'fc1', skip: true}}, got {override!r}")
         self.layers = [
-            o if isinstance(o, LayerOverride) else _build(LayerOverride, o, "layers[]") for o in self.layers
+            o if isinstance(o, LayerOverride) else _build(LayerOverride, o, f"layers[{i}]")
+            for i, o in enumerate(self.layers)
         ]
 
     def method_config(self, **extra):
@@ -183,13 +191,16 @@ def _matches(value, expected) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected is str:
         return isinstance(value, str)
+    if expected in (dict, list):
+        return isinstance(value, expected)
     return True
 
 
 def _describe(expected) -> str:
     if typing.get_origin(expected) in (typing.Union, types.UnionType):
         return " or ".join(_describe(member) for member in typing.get_args(expected))
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
+             dict: "a mapping (key: value, ...)", list: "a list ([..., ...])"}
     return names.get(expected, getattr(expected, "__name__", str(expected)))
 
 

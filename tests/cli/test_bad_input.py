@@ -82,3 +82,16 @@ def test_settings_that_compress_nothing_say_the_file_is_larger(tmp_path, capsys)
     assert main(["compress", "--method", "lobs", "--model", "lenet300", "--model-args", "input_size=8",
                  "--data", "digits", "--out", str(tmp_path / "r"), "--set", "sparsity=0"]) == 0
     assert "LARGER than the fp32 weights (these settings compress nothing)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("method: bwn\nlayers: {pattern: fc1}\n", "layers must be a list of mappings"),
+    ("method: bwn\nlayers: [fc1]\n", "layers[0] must be a mapping"),
+    ("method: bwn\nparams: [3]\n", "params must be a mapping"),
+])
+def test_a_recipe_of_the_wrong_shape_is_named(recipe, message, tmp_path, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe)
+    line = _one_line_error(["compress", "--recipe", str(path), "--model", "lenet300", "--model-args", "input_size=8",
+                            "--data", "digits", "--out", str(tmp_path / "r")], capsys)
+    assert message in line

@@ -14,6 +14,8 @@ def add_parser(sub) -> None:
                                    "the totals and the ratio against fp32.")
     p.add_argument("file", help="a packed .dsz file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking every payload checksum and rebuilding the model (faster on large files)")
     p.set_defaults(func=run)
 
 
@@ -21,5 +23,9 @@ def run(args) -> int:
     from ..packing import format_report, inspect
 
     report = inspect(args.file)
+    if not args.no_verify:  # every payload checksum and the model's rebuild, as `deepshrink eval` checks them
+        from ..api import load
+
+        load(args.file)
     print(json.dumps(report) if args.json else format_report(report))
     return 0

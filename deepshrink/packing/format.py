@@ -168,6 +168,10 @@ def read_container(path) -> tuple[dict, dict[str, torch.Tensor], int]:
     if not path.is_file():
         raise UserError(f"no such file: {path}")
     data = path.read_bytes()
+    what = _foreign_kind(data)
+    if what:
+        raise PackFormatError(f"{path} is not a .dsz file: it is {what}; give a file written by deepshrink.pack "
+                              "or `deepshrink compress`")
     if len(data) < 8 or struct.unpack("<Q", data[:8])[0] > len(data) - 8:
         raise PackFormatError(f"{path}: truncated: the safetensors header runs past the end of the file")
     try:
@@ -330,3 +334,20 @@ def load(path, decode: bool = False) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - never let a bad file surface as anything else
         raise PackFormatError(f"{path}: {type(exc).__name__}: {exc}") from None
     return model.eval()
+
+
+def _foreign_kind(data: bytes) -> str | None:
+    """What a file that is clearly not a .dsz is (None when it may be one: then the checks say what is wrong)."""
+    if not data:
+        return "empty"
+    if data.startswith(b"PK"):
+        return "a zip archive (a torch.save checkpoint? load it with --base, or `deepshrink eval --checkpoint`)"
+    if data[:1] == b"\x80":
+        return "a Python pickle"
+    if data[:1] == b"\x08" and (b"onnx" in data[:200] or b"pytorch" in data[:200]):
+        return "an ONNX model"
+    head = data[:64]
+    if len(data) >= 8 and not head.startswith(b"{") and struct.unpack("<Q", data[:8])[0] > len(data) \
+            and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return None

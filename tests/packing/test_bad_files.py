@@ -185,3 +185,26 @@ def test_a_blob_whose_dtype_was_changed_in_the_header_is_refused(packed, tmp_pat
                                      + packed[8 + header_len:])
     with pytest.raises(PackFormatError, match="blob 'float32' is stored as torch.int32"):
         load(tmp_path / "d.dsz")
+
+
+def test_inspect_verifies_every_checksum_unless_told_not_to(packed, tmp_path, capsys):
+    from deepshrink.cli import main
+
+    data = bytearray(packed)
+    data[_codes_offset(packed)] ^= 0x04
+    (tmp_path / "f.dsz").write_bytes(bytes(data))
+    assert main(["inspect", str(tmp_path / "f.dsz")]) == 2
+    assert "conv2.weight codes: checksum mismatch" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "f.dsz"), "--no-verify"]) == 0  # the size report alone
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"PK\x03\x04" + bytes(100), "a zip archive"),
+    (b"\x80\x02}q\x00." + bytes(20), "a Python pickle"),
+    (b"this is a README, not a model\n" * 3, "a text file"),
+    (b"", "empty"),
+])
+def test_a_file_that_is_not_a_dsz_is_named(tmp_path, content, what):
+    (tmp_path / "x.dsz").write_bytes(content)
+    with pytest.raises(PackFormatError, match=f"is not a .dsz file: it is {what}"):
+        read_container(tmp_path / "x.dsz")

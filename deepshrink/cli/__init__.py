@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deepshrink {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = ""
+        if args.command in ("train", "compress") and getattr(args, "out", None):
+            hint = (f"; the same command with --resume continues from the last finished epoch in {args.out}"
+                    if args.command == "compress" else
+                    f"; the same command with --resume continues from {args.out}/last.pt")
+        print("interrupted" + hint, file=sys.stderr)
         return 130
     except BrokenPipeError:  # `deepshrink recipes --json | head`: the reader left; end quietly
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -95,3 +95,14 @@ def test_a_recipe_of_the_wrong_shape_is_named(recipe, message, tmp_path, capsys)
     line = _one_line_error(["compress", "--recipe", str(path), "--model", "lenet300", "--model-args", "input_size=8",
                             "--data", "digits", "--out", str(tmp_path / "r")], capsys)
     assert message in line
+
+
+def test_an_interrupt_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import deepshrink.pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deepshrink.pipeline, "run_compress", interrupted)
+    assert main(COMPRESS + ["--out", str(tmp_path / "r")]) == 130
+    assert "the same command with --resume continues" in capsys.readouterr().err

@@ -141,7 +141,8 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
     if not main_process:  # rank 0 alone packs, measures and writes the run folder
         return {**metrics, "rank": distributed.rank()}
     packed = out_dir / "model.dsz"
-    api.pack(result.model, packed)
+    api.pack(result.model, packed, data={"name": data, "input_shape": list(input_size),
+                                         "mean": list(ds.mean), "std": list(ds.std), "num_classes": ds.num_classes})
     reloaded = api.load(packed)
     from_file = api.evaluate(reloaded, bundle.val, device=device)
     test = api.evaluate(reloaded, bundle.test, device=device)  # the one look at the test set

@@ -53,3 +53,17 @@ def test_compress_resume_continues_from_the_last_finished_epoch(tmp_path, capsys
     # nothing left to train: no new epoch lines, and the same model as the finished run
     assert (out / "train" / "metrics.jsonl").read_text().count('"epoch"') == epochs_logged
     assert second["top1"] == first["top1"] and second["file_bytes"] == first["file_bytes"]
+
+
+def test_a_packed_run_records_its_data_set_so_eval_needs_no_data_flag(tmp_path, capsys):
+    from deepshrink.packing.format import recorded_data
+
+    out = tmp_path / "run"
+    assert main(["compress", "--method", "ldnq", "--model", "lenet300", "--model-args", "input_size=8",
+                 "--data", "digits", "--out", str(out), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    recorded = recorded_data(out / "model.dsz")
+    assert recorded["name"] == "digits" and recorded["input_shape"] == [1, 8, 8] and recorded["num_classes"] == 10
+    assert main(["eval", str(out / "model.dsz"), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["data"] == "digits" and evaluated["top1"] == pytest.approx(metrics["top1"])

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line at the end")
     from ..data import add_data_args
 
-    add_data_args(p, required=True)
+    add_data_args(p)  # default: the data set a .dsz file records
     p.set_defaults(func=run)
 
 
@@ -63,6 +63,10 @@ def run(args) -> int:
         from ..errors import UserError
 
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not args.data and args.file and Path(args.file).suffix == ".dsz" and Path(args.file).is_file():
+        from ..packing.format import recorded_data
+
+        args.data = recorded_data(args.file).get("name")
     if args.split == "test":
         dataset = dataset_from_args(args, "test")
     else:

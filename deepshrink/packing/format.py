@@ -142,7 +142,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def save(model: nn.Module, path, float_dtype: str = "fp32", ternary_base3: bool = False,
-         entropy: bool = False) -> dict:
+         entropy: bool = False, data: dict | None = None) -> dict:
     """Pack `model` (inference form) into `path`; returns the size report.
 
     The file records the architecture: a zoo model's registry name, otherwise the graph torch.fx traces
@@ -150,6 +150,8 @@ def save(model: nn.Module, path, float_dtype: str = "fp32", ternary_base3: bool 
 
     float_dtype: "fp32" | "fp16" | "bf16" for float tensors; ternary_base3: 1.6-bit ternary codes;
     entropy: entropy-code each code stream (zstd or rANS, whichever is smaller) when it saves bytes.
+    data: what the model takes, recorded for `deepshrink eval` / `speed` to default to: {"name": data set,
+    "input_shape": [C, H, W], "mean": [...], "std": [...], "num_classes": N} (JSON values only).
     """
     from .report import build_report
 
@@ -157,9 +159,18 @@ def save(model: nn.Module, path, float_dtype: str = "fp32", ternary_base3: bool 
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
     meta, blobs = build_payload(model, float_dtype, ternary_base3, entropy)
-    data = to_bytes(meta, blobs)
-    atomic_write(path, data)
-    return build_report(meta, len(data), str(path))
+    if data is not None:
+        meta["data"] = json.loads(json.dumps(data))  # JSON values only, as the file will hold them
+    content = to_bytes(meta, blobs)
+    atomic_write(path, content)
+    return build_report(meta, len(content), str(path))
+
+
+def recorded_data(path) -> dict:
+    """The data set a `.dsz` file records (see `save`'s `data`); {} when it records none."""
+    meta, _, _ = read_container(path)
+    data = meta.get("data")
+    return data if isinstance(data, dict) else {}
 
 
 def read_container(path) -> tuple[dict, dict[str, torch.Tensor], int]:

@@ -15,6 +15,24 @@ from ..errors import UserError
 COMMANDS = ["demo", "train", "eval", "info", "data", "compress", "recipes", "pack", "inspect", "export",
             "bench", "report", "speed"]
 
+# One example per sub-command, shown at the end of its --help.
+EXAMPLES = {
+    "demo": "deepshrink demo --out runs/demo",
+    "train": "deepshrink train --model lenet5 --data fashion-mnist --epochs 10 --lr 0.05 -o runs/lenet5",
+    "eval": "deepshrink eval runs/ldnq/model.dsz --json",
+    "info": "deepshrink info --model resnet20 --model-args shortcut=B",
+    "data": "deepshrink data info --data fashion-mnist",
+    "compress": "deepshrink compress --recipe ldnq-l3 --model lenet5 --base runs/lenet5/best.pt "
+                "--data fashion-mnist -o runs/ldnq",
+    "recipes": "deepshrink recipes --json",
+    "pack": "deepshrink pack runs/lenet5/best.pt --model lenet5 -o lenet5.dsz",
+    "inspect": "deepshrink inspect runs/ldnq/model.dsz",
+    "export": "deepshrink export runs/ldnq/model.dsz -o ldnq.onnx",
+    "bench": "deepshrink bench --suite quick --out runs/quick",
+    "report": "deepshrink report runs/quick",
+    "speed": "deepshrink speed runs/ldnq/model.dsz --batch 1 64 --threads 1 2 --json",
+}
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: same one-line form, exit 2
@@ -37,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # sub-command not built yet
         module.add_parser(sub)
+        if name in EXAMPLES and name in sub.choices:
+            sub.choices[name].epilog = f"example: {EXAMPLES[name]}"
     return parser
 
 

@@ -67,3 +67,8 @@ def test_a_packed_run_records_its_data_set_so_eval_needs_no_data_flag(tmp_path, 
     assert main(["eval", str(out / "model.dsz"), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluated["data"] == "digits" and evaluated["top1"] == pytest.approx(metrics["top1"])
+    import onnx
+
+    assert main(["export", str(out / "model.dsz"), "-o", str(tmp_path / "m.onnx")]) == 0  # shape from the file
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert props["deepshrink.name"] == "digits" and props["deepshrink.mean"] == recorded["mean"]

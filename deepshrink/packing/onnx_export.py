@@ -247,8 +247,11 @@ def export_onnx(src, out_path, input_shape: tuple[int, ...] | None = None, opset
 
     from .format import load
 
+    from .format import recorded_data
+
     model = load(src) if not isinstance(src, nn.Module) else src.eval()
-    shape = tuple(input_shape or getattr(model, "default_input_size", ()) or ())
+    recorded = recorded_data(src) if not isinstance(src, nn.Module) else {}
+    shape = tuple(input_shape or getattr(model, "default_input_size", ()) or recorded.get("input_shape") or ())
     if not shape:
         raise UserError("the model does not say its input size; give input_shape=(C, H, W) (--input-shape)")
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
@@ -259,6 +262,8 @@ def export_onnx(src, out_path, input_shape: tuple[int, ...] | None = None, opset
                           input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     opset, n_int4 = _finish_graph(str(out_path), opset)
+    if recorded:
+        _write_metadata(str(out_path), recorded)
     for name, nbytes in forms["float"].items():
         warnings.warn(f"{name}: its encoding has no integer or codebook form in ONNX; exported as float "
                       f"({nbytes:,} bytes)", stacklevel=2)
@@ -278,3 +283,17 @@ def export_onnx(src, out_path, input_shape: tuple[int, ...] | None = None, opset
         info["max_abs_diff"] = float(abs(got - want).max())
         info["max_abs_output"] = float(abs(want).max())
     return info
+
+
+def _write_metadata(path: str, recorded: dict) -> None:
+    """The data set, input shape and normalisation the .dsz records, as ONNX metadata_props (`deepshrink.*`),
+    so that a deployment reads its preprocessing from the model file."""
+    import json
+
+    import onnx
+
+    graph = onnx.load(path)
+    for key, value in recorded.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = f"deepshrink.{key}", json.dumps(value)
+    onnx.save(graph, path)

@@ -15,6 +15,7 @@ A recipe is YAML (or a dict)::
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
 import types
@@ -214,7 +215,7 @@ def load_recipe(source, overrides: list[str] | None = None, method: str | None =
     if isinstance(source, Recipe):
         data = source.to_dict()
     elif isinstance(source, dict):
-        data = dict(source)
+        data = copy.deepcopy(source)  # overrides write into nested mappings: never into the caller's
     elif source is None:
         if method is None:
             raise UserError("give a recipe (--recipe FILE or a built-in name) or a method (--method NAME)")

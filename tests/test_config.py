@@ -85,3 +85,21 @@ def test_every_builtin_recipe_validates_against_its_method(name):
     entry = METHODS.get(recipe.method)
     assert isinstance(recipe.method_config(), entry.config_cls)
     assert recipe.train.epochs >= 1
+
+
+def test_overrides_never_write_into_the_callers_recipe():
+    """A suite's YAML anchor shares one recipe between rows: one row's --set must not reach the next."""
+    from deepshrink.config import load_recipe
+
+    shared = {"method": "pq", "params": {"n_centroids": 64}}
+    load_recipe(shared, ["params.finetune_epochs=1"])
+    assert shared == {"method": "pq", "params": {"n_centroids": 64}}
+
+
+def test_the_cifar10_suite_plans_the_same_rows_every_time():
+    from deepshrink.bench.plan import plan_rows
+    from deepshrink.bench.suite import load_suite
+
+    suite = load_suite("cifar10")
+    first, second = [r.key for r in plan_rows(suite, "base")], [r.key for r in plan_rows(suite, "base")]
+    assert first == second and len(first) == len(set(first)) == 1 + len(suite.rows)

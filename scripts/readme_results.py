@@ -113,6 +113,7 @@ def runtime_tables(results_root: Path) -> list[str]:
     """The run-time result files (speed of the engines per model, the bit kernels), when present."""
     return speed_table(_json(results_root / "speed_resnet20_latency_t1.json"), "latency, 1 thread, quiet machine") + \
         speed_table(_json(results_root / "speed_resnet20.json"), "top-1 per engine, 1 and 2 threads") + \
+        speed_table(_json(results_root / "speed_resnet20_pact_bwn.json"), "PACT W4A4 and BWN, 1 thread") + \
         speed_table(_json(results_root / "speed_xnor_resnet20.json"), "an XNOR-Net on the bit kernels") + \
         bits_table(_json(results_root / "bits_kernels.json"))
 

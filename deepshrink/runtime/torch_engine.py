@@ -13,8 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from ..nn.compressed import CompressedConv2d, CompressedLinear
-from ..nn.encoded import EncodedWeight
+from ..nn.compressed import CompressedConv2d, CompressedLinear, tensor_nbytes
 from .engines import Engine, Runner, register_engine
 
 
@@ -39,28 +38,6 @@ def float_reference(model: nn.Module) -> nn.Module:
     return model
 
 
-def _encoded_tensors(encoded: EncodedWeight):
-    yield from (t for t in (encoded.codes, encoded.mask) if t is not None)
-    yield from encoded.params.values()
-    if encoded.inner is not None:
-        yield from _encoded_tensors(encoded.inner)
-
-
-def tensor_bytes(model: nn.Module) -> int:
-    """Bytes of every distinct tensor storage the model holds: parameters, buffers and encoded weights."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    for module in model.modules():
-        encoded = getattr(module, "encoded_tensors", None)
-        if callable(encoded):
-            for weight in encoded().values():
-                tensors += list(_encoded_tensors(weight))
-    storages = {}
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
-
-
 class TorchRunner(Runner):
     """An eager module run under `torch.inference_mode` on `threads` intra-op threads."""
 
@@ -75,7 +52,8 @@ class TorchRunner(Runner):
             return self.model(x)
 
     def resident_bytes(self) -> int:
-        return tensor_bytes(self.model)
+        # the layers' resident codes at their packed width, not the codes unpacked (nn owns that count)
+        return tensor_nbytes(self.model)
 
 
 @register_engine

@@ -92,6 +92,21 @@ def check_out_dir(out: Path, recipe, resume: bool, overwrite: bool) -> None:
     if not overwrite:
         raise UserError(f"{out} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
                         "pass --overwrite to replace it, --resume to continue it, or choose another --out")
+    remove_run_folder(out, RUN_FILES)
+
+
+RUN_FILES = {"recipe.yaml", "metrics.json", "model.dsz", "train"}
+
+
+def remove_run_folder(out: Path, run_files: set[str]) -> None:
+    """--overwrite: remove `out`, but only a folder a run wrote (it holds nothing but run files), so that a
+    mistyped --out (the project folder, the home folder) is refused rather than deleted."""
+    from ..errors import UserError
+
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in run_files)
+    if foreign:
+        raise UserError(f"--overwrite: {out} holds files no run writes ({', '.join(foreign[:4])}); "
+                        "refusing to delete it: choose another --out")
     shutil.rmtree(out)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -91,6 +90,7 @@ def run(args) -> int:
     from ..data.splits import train_val_split
     from ..engine import Trainer, distributed, evaluate, seed_everything
     from ..errors import UserError
+    from .compress import remove_run_folder
     from ..engine.checkpoint import read_checkpoint
     from ..pipeline import build_model, parse_kv
 
@@ -100,7 +100,8 @@ def run(args) -> int:
         if not args.overwrite:
             raise UserError(f"{out} already holds a run; pass --overwrite to replace it, --resume to continue it, "
                             "or choose another --out")
-        shutil.rmtree(out)
+        remove_run_folder(out, {"best.pt", "last.pt", "config.yaml", "metrics.jsonl", "curves.png", "final.json",
+                                "tensorboard", "events"})
     resumed = read_checkpoint(resume).get("config") if resume else None
     config = resolve_train_config(args, resumed)
     distributed.init_from_env(args.device)

@@ -106,3 +106,15 @@ def test_an_interrupt_says_how_to_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(deepshrink.pipeline, "run_compress", interrupted)
     assert main(COMPRESS + ["--out", str(tmp_path / "r")]) == 130
     assert "the same command with --resume continues" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_a_run_but_never_a_folder_with_other_files(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "notes.txt").write_text("my own work")
+    (out / "model.dsz").write_bytes(b"an earlier run")
+    line = _one_line_error(COMPRESS + ["--out", str(out), "--overwrite"], capsys)
+    assert "refusing to delete it" in line and (out / "notes.txt").read_text() == "my own work"
+    (out / "notes.txt").unlink()
+    assert main(COMPRESS + ["--out", str(out), "--overwrite", "--set", "train.epochs=1"]) == 0
+    assert (out / "model.dsz").read_bytes() != b"an earlier run"

@@ -101,7 +101,7 @@ def run(args) -> int:
             raise UserError(f"{out} already holds a run; pass --overwrite to replace it, --resume to continue it, "
                             "or choose another --out")
         remove_run_folder(out, {"best.pt", "last.pt", "config.yaml", "metrics.jsonl", "curves.png", "final.json",
-                                "tensorboard", "events"})
+                                "tb"})
     resumed = read_checkpoint(resume).get("config") if resume else None
     config = resolve_train_config(args, resumed)
     distributed.init_from_env(args.device)

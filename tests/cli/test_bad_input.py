@@ -118,3 +118,10 @@ def test_overwrite_replaces_a_run_but_never_a_folder_with_other_files(tmp_path, 
     (out / "notes.txt").unlink()
     assert main(COMPRESS + ["--out", str(out), "--overwrite", "--set", "train.epochs=1"]) == 0
     assert (out / "model.dsz").read_bytes() != b"an earlier run"
+
+
+def test_train_overwrite_replaces_its_own_run(tmp_path):
+    argv = ["train", "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits", "--epochs", "1",
+            "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    assert main(argv + ["--overwrite"]) == 0

@@ -91,17 +91,23 @@ class _GraphCache:
         return self.entries[-1][2]
 
 
+_FLOAT_GRAPHS = _GraphCache()
+
+
+def float_graph(model, example: torch.Tensor) -> bytes:
+    """The uncompressed network as an fp32 ONNX graph, exported once per model for both engines that read it."""
+    return _FLOAT_GRAPHS.get(model, None, lambda: export_float(float_reference(model), example[:1]))
+
+
 @register_engine
 class OrtFloat(_OrtEngine):
     """The uncompressed network in ONNX Runtime at fp32."""
 
     name = "onnxruntime-fp32"
     reference = True
-    _cache = _GraphCache()
 
     def prepare(self, model, example, threads=1, calibration=None):
-        graph = self._cache.get(model, None, lambda: export_float(float_reference(model), example[:1]))
-        return OrtRunner(graph, threads)
+        return OrtRunner(float_graph(model, example), threads)
 
 
 class _Reader:
@@ -138,8 +144,7 @@ class OrtPTQ(_OrtEngine):
 
     def prepare(self, model, example, threads=1, calibration=None):
         images = (example if calibration is None else calibration)[:CALIBRATION_IMAGES]
-        graph = self._cache.get(model, calibration, lambda: ptq_graph(
-            export_float(float_reference(model), example[:1]), images))
+        graph = self._cache.get(model, calibration, lambda: ptq_graph(float_graph(model, example), images))
         return OrtRunner(graph, threads)
 
 

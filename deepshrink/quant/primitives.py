@@ -238,8 +238,7 @@ def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     if bits >= 32:
         return w
     if bits == 1:
-        # Eq. 8: dc/dr_i = dc/dr_o, the identity through the whole of Eq. 7 (sign *and* scale), so the
-        # latent weights get the output gradient unchanged (not E|W| * g, nor a path through E|W|)
+        # Eq. 8: dc/dr_i = dc/dr_o, the identity through sign *and* scale (not E|W| * g, no path through E|W|)
         return straight_through(w, w.abs().mean() * binary_sign(w))
     t = torch.tanh(w)
     return 2 * quantize_k(t / (2 * t.abs().max()) + 0.5, bits) - 1

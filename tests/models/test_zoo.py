@@ -37,6 +37,19 @@ def nin_params(batch_norm: bool, classes: int = 10, cin: int = 3) -> int:
     return total + 192 * classes + classes
 
 
+def efficientnet_lite0_params(classes: int = 1000, cin: int = 3) -> int:
+    """EfficientNet-Lite0 from the TF stage table: stem, MBConv blocks (expand, depthwise, project), head, fc."""
+    stages = [(1, 3, 1, 32, 16), (2, 3, 6, 16, 24), (2, 5, 6, 24, 40), (3, 3, 6, 40, 80), (3, 5, 6, 80, 112),
+              (4, 5, 6, 112, 192), (1, 3, 6, 192, 320)]  # repeats, kernel, expand, in, out
+    total = conv_bn(cin, 32, 3) + conv_bn(320, 1280, 1) + 1280 * classes + classes
+    for repeats, kernel, expand, first_in, out in stages:
+        for i in range(repeats):
+            hidden = (first_in if i == 0 else out) * expand
+            total += conv_bn(hidden // expand, hidden, 1) if expand != 1 else 0
+            total += hidden * kernel * kernel + 2 * hidden + conv_bn(hidden, out, 1)  # depthwise, project
+    return total
+
+
 # Default-argument parameter counts. Published figures: torchvision's model cards for ResNet-18/34/50,
 # Han et al. 2015 (Table 1/2) for LeNet-300-100 (267K) and LeNet-5 (431K with 20/50 filters; ours is the
 # 6/16-filter LeNet-5 of LeCun 1998: 61,706), LQ-Nets for VGG-Small (4.6M).
@@ -53,9 +66,10 @@ EXPECTED_PARAMS = {
     "nin": nin_params(batch_norm=True),
     "vgg_small": (conv_bn(3, 128, 3) + conv_bn(128, 128, 3) + conv_bn(128, 256, 3) + conv_bn(256, 256, 3)
                   + conv_bn(256, 512, 3) + conv_bn(512, 512, 3) + 512 * 4 * 4 * 10 + 10),
+    "efficientnet_lite0": efficientnet_lite0_params(),  # 4,652,008: the published 4.65 M
 }
 # ImageNet ResNets are fully convolutional up to the global pool: test their forward at 64x64 to save CPU.
-FORWARD_HW = {"resnet18": 64, "resnet34": 64, "resnet50": 64}
+FORWARD_HW = {"resnet18": 64, "resnet34": 64, "resnet50": 64, "efficientnet_lite0": 64}
 
 
 def n_params(model: nn.Module) -> int:
@@ -85,7 +99,7 @@ def test_every_model_counts_params_and_forwards(name):
     assert torch.isfinite(out).all()
     # Layers must be plain named modules so methods can swap them, and ReLUs modules, not functions.
     assert any(isinstance(m, nn.Conv2d) for m in model.modules()) or name == "lenet300"
-    assert any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in model.modules())
 
 
 def test_cifar_resnet_depths_are_distinct_architectures():

@@ -6,7 +6,10 @@ Weights (`weight_integer_form`): every encoding whose levels are integer multipl
 per output channel passes through exactly, W = q * scale with q an int8 (-128..127):
 
 - binary   q = 2c - 1                           scale = scale
-- ternary  q = c (when pos_scale == neg_scale)  scale = pos_scale
+- ternary  q = c                                scale = pos_scale (when pos_scale == neg_scale)
+           q = p c (c > 0), n c (c < 0)           scale = (pos + neg) / (p + n) (TTQ's two scales: the
+           integers p, n <= 127 whose ratio is nearest pos / neg; the one deviation from "exactly",
+           refused when either scale would move by more than SCALE_TOLERANCE of itself)
 - uniform  q = c - z (integer z), or 2c - 2z with scale / 2 (half-integer z: DoReFa's symmetric grid)
 - pow2     q = sign(c) 2^(|c| - 1)              scale = alpha (L-DNQ; levels <= 15 so |q| <= 64)
 - sparse   q = inner q * mask
@@ -31,6 +34,7 @@ from ..nn.encoded import EncodedWeight
 from ..quant.act_quant import DoReFaActivation, LSQActivation, PACTActivation, ScaledDoReFaActivation
 
 INT8_RANGE = (-128, 127)  # weight zero point 0: MLAS's symmetric u8s8 kernels
+SCALE_TOLERANCE = 1e-3  # the relative error TTQ's two scales may take as one int8 grid (module docstring)
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,35 @@ def _integers(encoded: EncodedWeight) -> tuple[torch.Tensor, torch.Tensor] | str
     out = encoded.shape[0]
     pos, neg = _per_channel(form.pos_scale, out), _per_channel(form.neg_scale, out)
     if not torch.equal(pos, neg):
-        return "ternary weights with different positive and negative scales (TTQ) are not one integer grid"
+        return _two_scales(form.q.long(), pos, neg)
     zero = _per_channel(form.zero_point, out).long().reshape(out, *[1] * (form.q.dim() - 1))
     return form.q.long() - zero, pos
+
+
+def _two_scales(codes: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """Ternary codes with a positive scale `pos` and a negative one `neg` (out,) as one int8 grid: per
+    channel the integers p, n in 1..127 whose ratio p / n is nearest pos / neg, q = p c or n c, and
+    scale (pos + neg) / (p + n); refused when a scale moves by more than SCALE_TOLERANCE of itself."""
+    if codes.numel() and (int(codes.min()) < -1 or int(codes.max()) > 1):
+        return "weights with different positive and negative scales are one integer grid only when ternary"
+    candidates = torch.arange(1, INT8_RANGE[1] + 1, dtype=torch.float64)  # (127,) values of n
+    ratio = (pos.double() / neg.double())[:, None]  # (out, 1)
+    p_of_n = (candidates * ratio).round().clamp(1, INT8_RANGE[1])  # (out, 127)
+    n_of_p = (candidates / ratio).round().clamp(1, INT8_RANGE[1])
+    p_all = torch.cat([p_of_n, candidates.expand_as(p_of_n)], 1)  # (out, 254): both ways round
+    n_all = torch.cat([candidates.expand_as(n_of_p), n_of_p], 1)
+    scale = (pos.double()[:, None] + neg.double()[:, None]) / (p_all + n_all)
+    error = torch.maximum((p_all * scale / pos.double()[:, None] - 1).abs(),
+                          (n_all * scale / neg.double()[:, None] - 1).abs())
+    best = error.argmin(1, keepdim=True)  # (out, 1)
+    worst = float(error.gather(1, best).max())
+    if worst > SCALE_TOLERANCE:
+        return (f"ternary scales {float(pos.max()):.3g} / {float(neg.min()):.3g} have no int8 ratio within "
+                f"{SCALE_TOLERANCE:g} (best {worst:.2g})")
+    p, n = p_all.gather(1, best), n_all.gather(1, best)  # (out, 1)
+    shape = (-1, *[1] * (codes.dim() - 1))
+    q = torch.where(codes > 0, codes * p.reshape(shape).long(), codes * n.reshape(shape).long())
+    return q, scale.gather(1, best).reshape(-1).float()
 
 
 def weight_integer_form(encoded: EncodedWeight) -> tuple[torch.Tensor, torch.Tensor] | str:

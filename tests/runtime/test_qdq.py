@@ -6,7 +6,7 @@ import torch
 from deepshrink.nn import EncodedWeight
 from deepshrink.quant.act_quant import (DoReFaActivation, LSQActivation, PACTActivation, ScaledDoReFaActivation,
                                         XNORActivation)
-from deepshrink.runtime.qdq import Grid, activation_grid, minmax_grid, weight_integer_form
+from deepshrink.runtime.qdq import SCALE_TOLERANCE, Grid, activation_grid, minmax_grid, weight_integer_form
 
 SHAPE = (6, 4, 3, 3)
 
@@ -42,6 +42,17 @@ def test_integer_form_decodes_to_the_same_weight_bit_for_bit(name):
     assert torch.equal(q.float() * scale.reshape(-1, 1, 1, 1), encoded.dequantize())
 
 
+def test_ttq_two_scales_become_one_int8_grid_within_the_tolerance():
+    # 0.3 / 0.2 is exactly 3 / 2; 0.3 / (0.2 sqrt 2) has no small integer ratio
+    for neg, tolerance in ((0.2, 1e-6), (0.2 * 2**0.5, SCALE_TOLERANCE)):
+        encoded = EncodedWeight("ternary", SHAPE, codes=_codes(-1, 1).to(torch.int8),
+                                params={"pos_scale": torch.tensor([0.3]), "neg_scale": torch.tensor([neg])})
+        q, scale = weight_integer_form(encoded)
+        weight = encoded.dequantize()
+        assert q.dtype == torch.int8 and torch.equal(q.sign(), weight.sign())
+        assert torch.allclose(q.float() * scale.reshape(-1, 1, 1, 1), weight, rtol=tolerance, atol=0)
+
+
 def test_pow2_levels_are_the_integers_0_1_2_4():
     q, _ = weight_integer_form(EXACT["pow2_l7"])
     assert sorted(q.unique().tolist()) == [-4, -2, -1, 0, 1, 2, 4]
@@ -49,7 +60,7 @@ def test_pow2_levels_are_the_integers_0_1_2_4():
 
 @pytest.mark.parametrize("encoded, words", [
     (EncodedWeight("ternary", SHAPE, codes=_codes(-1, 1).to(torch.int8),
-                   params={"pos_scale": torch.tensor([0.3]), "neg_scale": torch.tensor([0.2])}), "TTQ"),
+                   params={"pos_scale": torch.tensor([1.0]), "neg_scale": torch.tensor([1e-3])}), "no int8 ratio"),
     (EncodedWeight("pow2", SHAPE, codes=_codes(-8, 8).to(torch.int16), levels=17, params={"alpha": _scale()}),
      "beyond int8"),
     (EncodedWeight("pq", SHAPE, codes=torch.zeros(6, 4, dtype=torch.long),

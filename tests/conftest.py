@@ -42,6 +42,16 @@ def _seeded():
     random.seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensor ops on a shared 2-core machine run far faster on one thread (use it per module with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _require(path: Path, how: str) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: {how}")

@@ -58,7 +58,8 @@ def m_step(vectors, weights, codes, centroids) -> torch.Tensor:
             0, codes, torch.einsum("nde,ne->nd", weights, vectors))  # (K, d)
         filled = counts > 0
         new = centroids.clone()
-        solved = torch.linalg.lstsq(lhs[filled], rhs[filled].unsqueeze(2)).solution.squeeze(2)
+        # gelsd (SVD): LAPACK's default gelsy gives run-to-run different bits on the same input here
+        solved = torch.linalg.lstsq(lhs[filled], rhs[filled].unsqueeze(2), driver="gelsd").solution.squeeze(2)
         new[filled] = solved
     return torch.where((counts > 0).unsqueeze(1), new, centroids)
 

@@ -10,11 +10,24 @@ through the off-diagonal blocks. Two exact steps on the full objective fix that:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
 
 from ..nn import EncodedWeight
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """PyTorch's deterministic kernels inside the block (the CPU backward of indexing adds in thread
+    order by default: two runs of PQ gave codebooks a few ulps apart, and so different codes)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def refit_codebook(encoded: EncodedWeight, weight: torch.Tensor, hessian: torch.Tensor, iterations: int = 30):
@@ -32,7 +45,8 @@ def refit_codebook(encoded: EncodedWeight, weight: torch.Tensor, hessian: torch.
 
     def gradient_of(residual):  # adjoint of decode applied to residual @ H: summed per centroid
         book = codebook.clone().requires_grad_(True)
-        (decode(book) * (residual @ hessian)).sum().backward()
+        with deterministic_algorithms():  # the gather's backward sums in thread order otherwise
+            (decode(book) * (residual @ hessian)).sum().backward()
         return book.grad
 
     target = weight.to(torch.float64).reshape(groups, -1, hessian.shape[-1])

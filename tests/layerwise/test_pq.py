@@ -134,3 +134,22 @@ def test_assignment_polish_never_increases_the_full_objective(layout):
         return reconstruction_error(h, e.dequantize().double().reshape(1, 6, 36) - w).item()
 
     assert err(polished) < err(encoded)
+
+
+def test_pq_gives_the_same_bits_on_every_run():
+    # the codebook refit's backward and the M-step's least squares summed in thread order: two runs
+    # of the same PQ compression gave different codes (and a different demo row)
+    from deepshrink.layerwise.pq_refine import polish_assignments, refit_codebook
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 128, 3, bias=False)  # D = 576, 128 rows of 64 blocks of 9
+    x = torch.randn(1000, 576, dtype=torch.float64)
+    h = (x.T @ x / 1000).unsqueeze(0)
+    w = conv.weight.detach().double().reshape(1, 128, 576)
+    runs = []
+    for _ in range(3):
+        encoded, _ = quantize_layer(conv, h, KMeansConfig(n_centroids=64, iterations=4), damp=0.01)
+        refit = refit_codebook(polish_assignments(refit_codebook(encoded, w, h), w, h), w, h)
+        runs.append((encoded.codes, encoded.params["codebook"], refit.codes, refit.params["codebook"]))
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], run))

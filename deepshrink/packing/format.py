@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import PackFormatError, UserError
+from ..nn.attention import split_attention
 from ..nn.compressed import decode_weights, set_module
 from ..nn.packable import Packable
 from ..registry import MODELS, PACKABLE, create_model
@@ -46,7 +47,7 @@ def packable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _check_rebuildable(model: nn.Module, arch: dict, packable_paths: list[str]) -> None:
     """Every module outside a packable one must be what the architecture builds, or load cannot rebuild it."""
-    reference = dict(create_model(arch["name"], **arch["kwargs"]).named_modules())
+    reference = dict(split_attention(create_model(arch["name"], **arch["kwargs"])).named_modules())
     for name, module in model.named_modules():
         inside = any(name == p or name.startswith(p + ".") or p == "" for p in packable_paths)
         if not inside and type(reference.get(name)) is not type(module):
@@ -273,7 +274,7 @@ def _build(meta: dict) -> tuple[nn.Module, dict[str, nn.Module]]:
                                                 "registers its constructor with @register_model")
     else:
         try:
-            model = create_model(arch["name"], **arch["kwargs"])
+            model = split_attention(create_model(arch["name"], **arch["kwargs"]))  # as compress() left it
         except Exception as exc:  # noqa: BLE001
             _fail(f"architecture {arch['name']!r}", f"cannot be built: {exc}")
     records = meta.get("modules")

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.attention import attend
+
 
 def _table(namespace, prefix: str, names: str) -> dict[str, object]:
     return {f"{prefix}.{name}": getattr(namespace, name) for name in names.split() if hasattr(namespace, name)}
@@ -32,6 +34,8 @@ FUNCTIONS: dict[str, object] = {
                                        "adaptive_max_pool2d avg_pool2d max_pool2d dropout pad interpolate "
                                        "layer_norm group_norm batch_norm linear conv1d conv2d normalize "
                                        "scaled_dot_product_attention embedding sigmoid tanh"),
+    # SplitAttention's core between its projections, recorded as one call (deepshrink.nn.attention)
+    "deepshrink.nn.attention.attend": attend,
 }
 _FUNCTION_NAMES = {id(fn): name for name, fn in reversed(FUNCTIONS.items())}  # first name wins
 

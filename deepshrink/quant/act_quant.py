@@ -215,7 +215,9 @@ class XNORActivation(Packable, nn.Module):
 
     forward: sign(BN(x)) with the STE 1{|.| <= 1}; `scale_output(x, y)` multiplies the binary
     layer's output by K = A * k, A = mean_c |BN(x)|, k a box filter of the conv's kernel size
-    (same stride/padding/dilation); for a Linear layer K = mean over features of |BN(x)|.
+    (same stride/padding/dilation); for a Linear layer K = mean over features of |BN(x)|. A Linear's
+    input may carry leading dimensions, (B, T, C) in a transformer: BN and K then normalise and average
+    over the features C (BN's statistics over B and T), never over T.
 
     Block order: the paper's block is BN -> binary activation -> binary conv -> pool. Applied to an
     existing network (e.g. ResNet: conv -> BN -> ReLU), we put a BatchNorm (affine, `bn=True`) in
@@ -245,13 +247,18 @@ class XNORActivation(Packable, nn.Module):
                     stride=list(self.stride), padding=list(self.padding), dilation=list(self.dilation),
                     conv=self.conv, bn=self.has_bn, scaling_map=self.scaling_map)
 
+    def _bn(self, x):
+        if self.conv or x.dim() <= 2:
+            return self.bn(x)
+        return self.bn(x.reshape(-1, x.shape[-1])).reshape(x.shape)  # (B*T, C): features, not T, normalised
+
     def _normalized(self, x):
         if self._cache is not None and self._cache[0] is x:
             return self._cache[1]  # BN already applied to this input by forward (one stats update)
-        return self.bn(x)
+        return self._bn(x)
 
     def forward(self, x):
-        normalized = self.bn(x)
+        normalized = self._bn(x)
         self._cache = (x, normalized)
         return P.sign_ste(normalized)
 
@@ -264,10 +271,10 @@ class XNORActivation(Packable, nn.Module):
 
     @torch.no_grad()
     def _k(self, x):
-        abs_mean = self._normalized(x).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W) or (N, 1)
+        abs_mean = self._normalized(x).abs().mean(dim=1 if self.conv else -1, keepdim=True)  # (N, 1, H, W), (..., 1)
         if not self.conv:
             return abs_mean
         return P.xnor_scaling_map(abs_mean, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def codes(self, x) -> torch.Tensor:
-        return P.binary_codes(self.bn(x))
+        return P.binary_codes(self._bn(x))

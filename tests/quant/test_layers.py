@@ -36,6 +36,19 @@ def test_xnor_conv_is_binary_conv_times_alpha_and_k():
                               atol=1e-5)  # scaling_map=False: the binary conv times alpha only
 
 
+def test_xnor_linear_on_tokens_normalises_and_scales_over_features_not_time():
+    torch.manual_seed(0)
+    linear = QLinear.from_float(nn.Linear(8, 3), BinaryWeight(), XNORActivation(8, conv=False))
+    x = torch.randn(2, 5, 8) * torch.arange(1, 9)  # (B, T, C): each feature on its own scale
+    y = linear(x)  # train mode: BN over the B*T tokens, one statistic per feature
+    assert linear.input_quant.bn.running_mean.shape == (8,)
+    normed = F.batch_norm(x.reshape(10, 8), None, None, linear.input_quant.bn.weight, linear.input_quant.bn.bias,
+                          training=True).reshape(2, 5, 8)  # (B, T, C)
+    k = normed.abs().mean(-1, keepdim=True)  # (B, T, 1): K = mean over features of |BN(x)|
+    expected = F.linear(torch.sign(normed), linear.quantized_weight(), linear.bias) * k
+    torch.testing.assert_close(y, expected)
+
+
 def test_gradient_bits_quantize_the_output_gradient_only():
     torch.manual_seed(0)
     layer = QLinear.from_float(nn.Linear(5, 7, bias=False), WeightQuantizer(), grad_bits=2)

@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import Recipe, load_recipe, select_layers
 from .methods import CompressContext
+from .prepare import check_layers_run, first_inputs, split_attention
 from .registry import METHODS
 
 
@@ -32,6 +33,10 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     for methods with one training phase, such as every QAT method). A recipe with `train.distill` > 0
     also distils from `model` as given (a frozen copy is the teacher of every training phase).
 
+    Before the method runs, every nn.MultiheadAttention becomes a SplitAttention (its four projections
+    Linear layers the method compresses), and a layer whose weight the network reads outside the layer's
+    forward, or never runs, is refused by name (`deepshrink.prepare`; checked on the first data batch).
+
     Example::
 
         result = deepshrink.compress(model, "bwn", train_data=train, val_data=test,
@@ -46,8 +51,11 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     if not inplace:
         model = copy.deepcopy(model)
     _decode_resident(model)
+    model = split_attention(model)  # attention's projections become Linear layers every method compresses
     entry = METHODS.get(recipe.method)
-    handler = entry.handler_cls(recipe, select_layers(model, recipe))
+    layers = select_layers(model, recipe)
+    check_layers_run(model, layers, first_inputs(calib_data, train_data, val_data))
+    handler = entry.handler_cls(recipe, layers)
     # the teacher of train.distill: the model as given, before the method changes it
     teacher = copy.deepcopy(model).eval() if recipe.train.distill > 0 else None
     ctx = CompressContext(train_data=train_data, val_data=val_data,

@@ -20,7 +20,6 @@ import dataclasses
 import fnmatch
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,7 +277,6 @@ def select_layers(model: nn.Module, recipe: Recipe) -> dict[str, dict]:
     overrides apply in order, later ones winning. Returns {module_name: params}.
     """
     names = [n for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE)]
-    names = _outside_attention(model, names)
     if not names:
         raise UserError("the model has no Conv2d or Linear layer to compress")
     skipped = {names[0], names[-1]} if recipe.keep_first_last and len(names) > 1 else set()
@@ -298,19 +296,3 @@ def select_layers(model: nn.Module, recipe: Recipe) -> dict[str, dict]:
             f"layer pattern(s) {unmatched} match no Conv2d/Linear layer; layers are: {', '.join(names)}"
         )
     return chosen
-
-
-def _outside_attention(model: nn.Module, names: list[str]) -> list[str]:
-    """`names` without the layers inside an nn.MultiheadAttention, with a warning naming each such module.
-
-    MultiheadAttention's forward reads `in_proj_weight` and `out_proj.weight` itself and never calls
-    `out_proj.forward()`, so a method that swaps `out_proj` for its quantized form would train and pack a
-    layer the network never runs: its weights stay float, said aloud, rather than compressed wrongly."""
-    attention = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    for name, module in attention:
-        floats = sum(p.numel() for p in module.parameters())
-        warnings.warn(f"{name or 'the model'}: nn.MultiheadAttention reads its projection weights itself, so "
-                      f"they stay float ({4 * floats:,} bytes); to compress them, write the attention with "
-                      "nn.Linear projections for q, k, v and the output", UserWarning, stacklevel=3)
-    inside = tuple(f"{name}." for name, _ in attention)
-    return [n for n in names if not (inside and n.startswith(inside))]

@@ -6,8 +6,9 @@
 A suite is YAML (`deepshrink/bench/suites/*.yaml`); each finished row is appended to
 `results.jsonl`; `report.md` and `pareto.png` are rebuilt after every row.
 """
-from .pareto import pareto_front, plot_pareto
+from .pareto import pareto_front
 from .plan import PlannedRow, plan_rows
+from .plot import plot_pareto
 from .report import render_markdown, render_text, write_report
 from .results import append_result, read_results
 from .runner import RowTask, run_suite

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .pareto import pareto_front, plot_pareto
+from .pareto import pareto_front
+from .plot import plot_pareto
 from .published import published_drop
 from .results import RESULTS_FILE, current_results, latest_by_key
 from .stale import stale_keys
@@ -124,8 +125,10 @@ def write_report(out_dir, title: str = "") -> tuple[Path, Path | None]:
     tmp.write_text(render_markdown(records, title, stale_keys(out_dir)))
     tmp.replace(report)
     suite = next((r["suite"] for r in reversed(records) if r.get("suite")), out_dir.name)
+    classes = _num(baseline.get("classes")) if baseline else None
     plot = plot_pareto(([baseline] if baseline else []) + others, out_dir / "pareto.png",
-                       title=f"deepshrink bench {suite}: top-1 against packed size")
+                       title=f"deepshrink bench {suite}: top-1 against packed size",
+                       chance=100 / classes if classes else None)
     return report, plot
 
 

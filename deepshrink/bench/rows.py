@@ -61,7 +61,8 @@ def measure_baseline(task: RowTask) -> dict:
     return {"top1": from_file["top1"], "top5": from_file["top5"], "val_top1": val["top1"],
             "val_top5": val["top5"], "bytes": file_bytes,
             "ratio": round(fp32_bytes(net) / file_bytes, 3), "macs": totals.get("macs"),
-            "bops": totals.get("bops"), "compress_seconds": 0.0, "epochs": 0, "fp32_bytes": fp32_bytes(net)}
+            "bops": totals.get("bops"), "compress_seconds": 0.0, "epochs": 0, "fp32_bytes": fp32_bytes(net),
+            "classes": ds.num_classes}  # the plot's chance level
 
 
 def train_base(suite: Suite, path: Path) -> None:

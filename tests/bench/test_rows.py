@@ -23,6 +23,7 @@ def test_bench_command_measures_rows_from_the_packed_file(tmp_path, capsys):
     assert "[bench] row 2/2 done" in printed.err
     fp, pruned = read_results(out / "results.jsonl")
     assert fp["method"] == "fp32" and fp["top1"] > 80  # the base trained by the suite learned digits
+    assert fp["classes"] == 10  # the plot reads chance level (10%) from it
     assert pruned["status"] == "ok" and pruned["top1"] > fp["top1"] - 15
     for record in (fp, pruned):
         files = list((out / "rows").glob(f"*-{record['key']}/model.dsz"))

@@ -249,7 +249,7 @@ class LayerwiseMethod(Method):
 
         with InputCapture(hooked, on_input) as capture:
             capture.run(source, batches)
-        return acc.hessian()
+        return acc.hessian(f"layer {name!r}")
 
     def _solve_and_write(self, name: str, layer: nn.Module, hessian, cfg) -> None:
         weight = weight_matrix(layer).to(torch.float64)  # (G, R, D)

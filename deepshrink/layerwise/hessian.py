@@ -16,6 +16,8 @@ import warnings
 
 import torch
 
+from ..errors import UserError
+
 
 class HessianAccumulator:
     """Running sum of x x^T over input columns, per conv group: `add(cols)`, then `hessian()`.
@@ -51,10 +53,10 @@ class HessianAccumulator:
         self.sum += cols.transpose(1, 2) @ cols
         self.count += n
 
-    def hessian(self) -> torch.Tensor:
-        """H = X X^T / N, (G, D', D') float64."""
+    def hessian(self, layer: str = "the layer") -> torch.Tensor:
+        """H = X X^T / N, (G, D', D') float64; `layer` names the layer in the error when no input came."""
         if self.count == 0:
-            raise RuntimeError("no input reached the layer: is it used in the forward pass?")
+            raise UserError(f"no input reached {layer} during calibration: is it used in the forward pass?")
         return self.sum / self.count
 
 

@@ -121,7 +121,7 @@ def calibrate(model: nn.Module, data) -> None:
     ~10x too large and so would every PACT alpha, which then rounds nearly every activation to 0.
     BatchNorm's running statistics are restored afterwards, so calibration changes no statistic.
     """
-    lazy = [m for m in model.modules() if hasattr(m, "initialized") and not bool(m.initialized)]
+    lazy = {n: m for n, m in model.named_modules() if hasattr(m, "initialized") and not bool(m.initialized)}
     if data is None or not lazy:
         return
     inputs = next(iter(data))[0]
@@ -134,6 +134,7 @@ def calibrate(model: nn.Module, data) -> None:
     model.train(was_training)
     for module, state in zip(norms, saved):
         module.load_state_dict(state)
-    for module in lazy:
+    for name, module in lazy.items():
         if not bool(module.initialized):
-            raise UserError(f"{type(module).__name__} saw no input during calibration; is it in the forward path?")
+            raise UserError(f"{name} ({type(module).__name__}) saw no input during calibration: its layer "
+                            f"{name.rpartition('.')[0]!r} is not in the forward path; leave it out of the recipe")

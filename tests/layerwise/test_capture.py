@@ -123,3 +123,10 @@ def test_bn_shift_correction_keeps_original_stats_and_adds_the_measured_change()
     expected_var = 2.0 * y_new.var((0, 2, 3)) / y_old.var((0, 2, 3))
     torch.testing.assert_close(shifted[1].running_mean, expected_mean, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(shifted[1].running_var, expected_var, rtol=1e-4, atol=1e-5)
+
+
+def test_a_hessian_of_no_input_names_the_layer():
+    from deepshrink.errors import UserError
+
+    with pytest.raises(UserError, match=r"no input reached layer 'block.fc' during calibration"):
+        HessianAccumulator(groups=1, dim=3).hessian("layer 'block.fc'")

@@ -161,3 +161,21 @@ def test_fine_tuning_starts_from_the_float_weights_and_from_scratch_does_not():
         out = handler.compress(copy.deepcopy(model), CompressContext(train=recipe.train))
         assert isinstance(out[1], QConv2d)
         assert torch.equal(out[1].weight.detach(), original) is (not from_scratch)
+
+
+def test_a_quantizer_that_saw_no_input_is_named_with_its_layer():
+    from deepshrink.errors import UserError
+    from deepshrink.quant import calibrate
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(4, 4)
+            self.unused = QLinear.from_float(nn.Linear(4, 4), LSQWeight(bits=4), LSQActivation(4))
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = Net()
+    with pytest.raises(UserError, match=r"^unused.input_quant \(LSQActivation\) saw no input.*layer 'unused'"):
+        calibrate(model, [(torch.randn(2, 4), torch.zeros(2))])

@@ -129,3 +129,28 @@ def test_the_traced_graph_records_attend_by_name_and_rebuilds():
     padding[1, -2:] = True
     with torch.no_grad():
         assert torch.equal(rebuilt(x, padding), model(x, padding))
+
+
+def test_a_zoo_model_with_attention_reloads_by_its_name_with_the_attention_split(tmp_path):
+    import deepshrink
+    from deepshrink.packing.format import read_container
+    from deepshrink.registry import MODELS, register_model
+
+    def block_with_head(num_classes=3):
+        return nn.Sequential(nn.Linear(DIM, DIM), Block(), nn.Linear(DIM, num_classes))
+
+    block_with_head.__module__ = "deepshrink.models.test_only"  # what the format treats as a zoo model
+    register_model("test_attention_block")(block_with_head)
+    try:
+        torch.manual_seed(0)
+        model = deepshrink.create_model("test_attention_block")
+        data = [(torch.randn(4, TARGET, DIM), torch.zeros(4, dtype=torch.long))]
+        compressed = deepshrink.compress(model, "ldnq", calib_data=data).model
+        deepshrink.pack(compressed, tmp_path / "zoo.dsz")
+        assert read_container(tmp_path / "zoo.dsz")[0]["arch"]["name"] == "test_attention_block"
+        loaded = deepshrink.load(tmp_path / "zoo.dsz")
+        assert type(loaded[1].attn) is SplitAttention
+        with torch.no_grad():
+            assert torch.equal(loaded(data[0][0]), compressed(data[0][0]))
+    finally:
+        MODELS._entries.pop("test_attention_block")

@@ -36,6 +36,18 @@ def test_linear_columns_are_its_inputs():
     assert torch.equal(layer_columns(lin, x)[0], x)
 
 
+def test_token_inputs_of_a_linear_give_one_column_per_token():
+    lin = nn.Linear(5, 3)
+    tokens = torch.randn(2, 7, 5)  # (B, T, C)
+    cols = layer_columns(lin, tokens)  # (1, B*T, C)
+    assert cols.shape == (1, 14, 5)
+    torch.testing.assert_close(cols[0] @ lin.weight.detach().T + lin.bias, lin(tokens).reshape(14, 3))
+    acc = HessianAccumulator(groups=1, dim=5)
+    acc.add(cols)
+    flat = tokens.reshape(14, 5).double()
+    torch.testing.assert_close(acc.hessian()[0], flat.T @ flat / 14)  # N counts tokens, not sequences
+
+
 def test_hessian_is_xxt_over_samples_with_bias_column():
     torch.manual_seed(0)
     cols = torch.randn(1, 50, 4)

@@ -4,7 +4,10 @@
   element, a Linear `in_features` per output element; a module may define
   `deepshrink_macs(self, inputs, output) -> int` (MACs for the whole batch it just ran) to report what
   it really performs, e.g. a dynamically gated conv. Normalisation, activations and pooling count 0,
-  as in the figures papers quote (ResNet-18: 1.82 GMACs at 224x224).
+  as in the figures papers quote (ResNet-18: 1.82 GMACs at 224x224). Attention counts its two products,
+  Q K^T and weights @ V (T x S x C each per sample, as ViT papers count them); nn.MultiheadAttention also
+  its four projections, computed inside its own forward (SplitAttention's are Linear modules with rows of
+  their own).
 - BOPs (bit operations, Baskin et al. / "UNIQ", TOCS 2021, Eq. 1 without the accumulator term):
   BOPs = MACs x weight bits x activation bits; a float layer costs MACs x 32 x 32.
 - bytes: the layer's own parameters at the precision they are stored at (see `precision`).
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..nn.attention import SplitAttention
 from .precision import act_bits, encoded_weights, param_count, storage_bytes, weight_bits
 
 
@@ -84,6 +88,9 @@ def _bits(bits: float) -> str:
     return f"{bits:g}" if bits == int(bits) else f"{bits:.2f}"
 
 
+ATTENTION = (nn.MultiheadAttention, SplitAttention)
+
+
 def _dense_macs(module: nn.Module, output: torch.Tensor, batch: int) -> int:
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
@@ -93,8 +100,25 @@ def _dense_macs(module: nn.Module, output: torch.Tensor, batch: int) -> int:
     return 0
 
 
+def _attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> int:
+    """MACs per sample of an attention module's forward(query, key, value, ...): 2 T S C for Q K^T and
+    weights @ V (T queries, S keys, C = embed_dim), plus the projections nn.MultiheadAttention runs itself."""
+    query, key = (list(args) + [kwargs.get("query"), kwargs.get("key")][len(args):])[:2]
+    token_dim = 1 if module.batch_first and query.dim() == 3 else 0  # (B, T, C) or (T, B, C) / (T, C)
+    target, source = query.shape[token_dim], key.shape[token_dim]
+    source += (module.bias_k is not None) + bool(module.add_zero_attn)  # the appended key and value
+    dim = module.embed_dim
+    macs = 2 * target * source * dim
+    if isinstance(module, nn.MultiheadAttention):
+        macs += 2 * target * dim * dim + key.shape[token_dim] * (module.kdim + module.vdim) * dim
+    return macs
+
+
 def _precision_source(module: nn.Module) -> nn.Module:
-    """A wrapper (e.g. a gated conv) takes its precision from its first conv/linear unless it has its own."""
+    """A wrapper (e.g. a gated conv) takes its precision from its first conv/linear unless it has its own;
+    attention's products multiply activations by activations: float, whatever its projections hold."""
+    if isinstance(module, ATTENTION):
+        return module
     if encoded_weights(module) or any(hasattr(module, a) for a in ("weight_bits", "input_quant", "act_bits")):
         return module
     if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -150,7 +174,18 @@ def profile(model: nn.Module, input_size=None, inputs: torch.Tensor | None = Non
             macs[name] += count
         return hook
 
-    handles = [m.register_forward_hook(hook_for(name)) for name, m in model.named_modules()]
+    def attention_hook_for(name: str):
+        def hook(module, args, kwargs, output):
+            if id(module) in inside_custom:
+                return
+            if name not in macs:
+                order.append(name)
+                macs[name] = 0
+            macs[name] += _attention_macs(module, args, kwargs)
+        return hook
+
+    handles = [m.register_forward_hook(attention_hook_for(name), with_kwargs=True) if isinstance(m, ATTENTION)
+               else m.register_forward_hook(hook_for(name)) for name, m in model.named_modules()]
     was_training = model.training
     model.eval()
     try:

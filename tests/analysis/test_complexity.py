@@ -176,3 +176,30 @@ def test_inference_form_buffers_of_packable_modules_are_parameters():
     report = profile(nn.Sequential(FoldedLinear()), inputs=torch.randn(2, 4))
     assert {row.name: row.params for row in report.layers} == {"0": 12, "0.bn": 6}
     assert report.totals["bytes"] == 4 * 18
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_counts_its_products_and_multihead_attention_its_projections(batch_first):
+    from deepshrink.nn import SplitAttention
+
+    class CrossAttention(nn.Module):
+        def __init__(self, attention):
+            super().__init__()
+            self.attn = attention
+
+        def forward(self, x):  # (B, 12) -> 5 queries over 7 keys of 8 channels, the key called by keyword
+            query, key = x[:, :5 * 8].reshape(-1, 5, 8), x.reshape(-1, 12, 8)[:, 5:]  # (B, 5, 8), (B, 7, 8)
+            if not batch_first:
+                query, key = query.transpose(0, 1), key.transpose(0, 1)  # (T, B, C)
+            return self.attn(query, key=key, value=key, need_weights=False)[0]
+
+    torch.manual_seed(0)
+    fused = nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
+    products = 2 * 5 * 7 * 8  # Q K^T and weights @ V: T x S x C each
+    projections = 5 * 8 * 8 + 7 * 8 * 8 + 7 * 8 * 8 + 5 * 8 * 8  # q, k, v, out
+    assert profile(CrossAttention(fused), input_size=(96,)).totals["macs"] == products + projections
+    report = profile(CrossAttention(SplitAttention.from_float(fused)), input_size=(96,))
+    rows = {row.name: row for row in report.layers}
+    assert rows["attn"].macs == products and rows["attn.k_proj"].macs == 7 * 8 * 8
+    assert report.totals["macs"] == products + projections
+    assert rows["attn"].weight_bits == rows["attn"].act_bits == 32  # activations times activations

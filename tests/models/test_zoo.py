@@ -50,6 +50,14 @@ def efficientnet_lite0_params(classes: int = 1000, cin: int = 3) -> int:
     return total
 
 
+def vit_params(dim: int = 128, depth: int = 4, hidden: int = 256, tokens: int = 64, classes: int = 10,
+               cin: int = 3) -> int:
+    """A pre-norm ViT: 4x4 patch conv, position embedding, per block two LayerNorms, q/k/v/out projections
+    and a two-Linear MLP, then a LayerNorm and the head."""
+    block = 2 * 2 * dim + 4 * (dim * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
+    return cin * 16 * dim + dim + tokens * dim + depth * block + 2 * dim + dim * classes + classes
+
+
 # Default-argument parameter counts. Published figures: torchvision's model cards for ResNet-18/34/50,
 # Han et al. 2015 (Table 1/2) for LeNet-300-100 (267K) and LeNet-5 (431K with 20/50 filters; ours is the
 # 6/16-filter LeNet-5 of LeCun 1998: 61,706), LQ-Nets for VGG-Small (4.6M).
@@ -67,6 +75,7 @@ EXPECTED_PARAMS = {
     "vgg_small": (conv_bn(3, 128, 3) + conv_bn(128, 128, 3) + conv_bn(128, 256, 3) + conv_bn(256, 256, 3)
                   + conv_bn(256, 512, 3) + conv_bn(512, 512, 3) + 512 * 4 * 4 * 10 + 10),
     "efficientnet_lite0": efficientnet_lite0_params(),  # 4,652,008: the published 4.65 M
+    "vit_tiny_cifar": vit_params(),  # 545,930
 }
 # ImageNet ResNets are fully convolutional up to the global pool: test their forward at 64x64 to save CPU.
 FORWARD_HW = {"resnet18": 64, "resnet34": 64, "resnet50": 64, "efficientnet_lite0": 64}
@@ -97,9 +106,9 @@ def test_every_model_counts_params_and_forwards(name):
         out = model(torch.randn(3, channels, height, width))
     assert out.shape == (3, 7)
     assert torch.isfinite(out).all()
-    # Layers must be plain named modules so methods can swap them, and ReLUs modules, not functions.
+    # Layers must be plain named modules so methods can swap them, and activations modules, not functions.
     assert any(isinstance(m, nn.Conv2d) for m in model.modules()) or name == "lenet300"
-    assert any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in model.modules())
+    assert any(isinstance(m, (nn.ReLU, nn.ReLU6, nn.GELU)) for m in model.modules())
 
 
 def test_cifar_resnet_depths_are_distinct_architectures():

@@ -38,6 +38,20 @@ def test_cifar10_rows_resolve_with_the_papers_budget():
     assert bwn.recipe["train"]["epochs"] == 8
 
 
+def test_vit_suite_pairs_each_layerwise_method_with_its_baseline_and_keeps_the_ends_float():
+    suite = load_suite("vit-cifar10")
+    assert suite.model["name"] == "vit_tiny_cifar" and suite.base["train"]["epochs"] >= 1  # trains its own base
+    rows = plan_rows(suite, "base-id")
+    assert [r.error for r in rows if r.error] == []
+    assert all(row.recipe["keep_first_last"] is True for row in rows[1:])  # patch embedding and head float
+    methods = [r.method for r in rows]
+    for method, baseline in [("ldnq", "ldnq_rtn"), ("lobs", "magnitude"), ("pq", "kmeans")]:
+        assert methods.count(method) == methods.count(baseline) >= 1
+    for row in rows:
+        if row.method in ("bwn", "lsq"):  # a short, capped fine-tune: the suite runs on a CPU budget
+            assert row.recipe["train"]["epochs"] == 1 and row.recipe["train"]["max_steps_per_epoch"] <= 200
+
+
 def test_row_keys_are_stable_and_sensitive():
     suite = load_suite("quick")
     first = [r.key for r in plan_rows(suite, "base-a")]

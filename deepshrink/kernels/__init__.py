@@ -32,7 +32,7 @@ from ..errors import UserError
 
 PATHS = ("avx512", "avx2", "portable")
 PATH_ENV = "DEEPSHRINK_BITS_PATH"
-_SOURCES = ("bits_paths.cpp", "bits_ops.cpp")
+_SOURCES = ("bits_paths.cpp", "bits_lanes.cpp", "bits_ops.cpp", "bits_plan.cpp")
 _HEADERS = ("bits.h",)
 _FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]  # no -march: the SIMD paths carry target attributes
 

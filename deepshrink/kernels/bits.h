@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace deepshrink_bits {
 
@@ -39,5 +40,37 @@ CountFn count_fn(Path path);
 using PackFn = void (*)(const float* x, const float* scale, const float* shift, int64_t channels,
                         uint64_t* words);
 PackFn pack_fn(Path path);
+
+struct ConvShape {
+  int64_t in_ch, out_ch, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+};
+
+// One output row of a convolution on 64-channel words (bits_ops.cpp): counts[ow * pos_counts + g * lanes
+// + l] (lanes = output channels of a group rounded up to 8) and the valid +-1 products per position
+// (valid[ow]) or, for ternary weights (nz: non-zero weights per (o, tap)), per position and channel.
+struct RowGeometry {
+  int64_t height, width, out_w, words, lanes, pos_counts, inner_lo, inner_hi;
+};
+RowGeometry row_geometry(const ConvShape& s, int64_t height, int64_t width, int64_t out_w);
+struct RowScratch {
+  RowScratch(const ConvShape& s, int64_t out_w);
+  std::vector<int64_t> x_off, w_off, tap_id;
+  std::vector<int32_t> counts, valid;
+};
+void count_row(const uint64_t* x_img, const uint64_t* w, const uint64_t* mask, const int32_t* nz, const ConvShape& s,
+               const RowGeometry& geo, int64_t oh, CountFn count, RowScratch& scratch);
+
+// Pixel-lane counts (bits_lanes.cpp) of one output row of a stride-1, one-group binary convolution whose
+// input channels (at most the lane's bits) fill one T per pixel: x is (height, width) T, w is
+// (out_ch, kh * kw) T; counts[o * out_w + ow] = sum over taps inside the image of popcount(x ^ w),
+// valid[ow] = in_ch * (taps inside the image).
+struct LaneShape {
+  int64_t in_ch, out_ch, height, width, kh, kw, ph, pw, dh, dw, out_w;
+};
+template <typename T>
+using LaneCountFn = void (*)(const T* x, const T* w, const LaneShape& shape, int64_t oh, int32_t* counts,
+                             int32_t* valid);
+template <typename T>
+LaneCountFn<T> lane_count_fn(Path path);
 
 }  // namespace deepshrink_bits

@@ -19,7 +19,6 @@
 #include "bits.h"
 
 namespace deepshrink_bits {
-namespace {
 
 Path parse_path(const std::string& name) {
   Path path;
@@ -30,6 +29,8 @@ Path parse_path(const std::string& name) {
   TORCH_CHECK(cpu_supports(path), "this CPU cannot run the ", name, " bit-kernel path");
   return path;
 }
+
+namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -158,9 +159,65 @@ void epilogue(const int32_t* __restrict counts, int64_t pos_stride, const int32_
   }
 }
 
-struct ConvShape {
-  int64_t in_ch, out_ch, kh, kw, sh, sw, ph, pw, dh, dw, groups;
-};
+RowGeometry row_geometry(const ConvShape& s, int64_t height, int64_t width, int64_t out_w) {
+  RowGeometry g;
+  g.height = height, g.width = width, g.out_w = out_w;
+  g.words = ceil_div(s.in_ch / s.groups, 64);
+  g.lanes = ceil_div(s.out_ch / s.groups, 8) * 8;
+  g.pos_counts = s.groups * g.lanes;
+  // output columns whose taps all fall inside the image share one tap list: one kernel call per run
+  g.inner_lo = std::min(out_w, ceil_div(s.pw, s.sw));
+  const int64_t last_start = width - 1 + s.pw - (s.kw - 1) * s.dw;  // the largest ow * sw with all taps inside
+  g.inner_hi = last_start < 0 ? g.inner_lo : std::max(g.inner_lo, std::min(out_w, last_start / s.sw + 1));
+  return g;
+}
+
+RowScratch::RowScratch(const ConvShape& s, int64_t out_w)
+    : x_off(s.kh * s.kw * ceil_div(s.in_ch / s.groups, 64)), w_off(x_off.size()), tap_id(s.kh * s.kw),
+      counts(out_w * s.groups * ceil_div(s.out_ch / s.groups, 8) * 8), valid(out_w * s.out_ch) {}
+
+void count_row(const uint64_t* x_img, const uint64_t* wp, const uint64_t* mp, const int32_t* nz, const ConvShape& s,
+               const RowGeometry& geo, int64_t oh, CountFn count, RowScratch& scratch) {
+  const int64_t x_words = s.groups * geo.words, taps_all = s.kh * s.kw;
+  const int64_t group_weights = taps_all * geo.words * geo.lanes, group_channels = s.in_ch / s.groups;
+  // one call for the interior run [inner_lo, inner_hi), one per border column
+  for (int64_t ow = 0; ow < geo.out_w;) {
+    const bool run = ow == geo.inner_lo && geo.inner_hi > geo.inner_lo;
+    const int64_t n_pos = run ? geo.inner_hi - geo.inner_lo : 1;
+    int n_taps = 0, n_steps = 0;
+    for (int64_t i = 0; i < s.kh; ++i) {
+      const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+      if (ih < 0 || ih >= geo.height) continue;
+      for (int64_t j = 0; j < s.kw; ++j) {
+        const int64_t iw = ow * s.sw - s.pw + j * s.dw;
+        if (iw < 0 || iw >= geo.width) continue;
+        scratch.tap_id[n_taps++] = i * s.kw + j;
+        for (int64_t k = 0; k < geo.words; ++k, ++n_steps) {
+          scratch.x_off[n_steps] = (ih * geo.width + iw) * x_words + k;
+          scratch.w_off[n_steps] = ((i * s.kw + j) * geo.words + k) * geo.lanes;
+        }
+      }
+    }
+    const Steps steps{scratch.x_off.data(), scratch.w_off.data(), n_steps};
+    const Positions positions{static_cast<int>(n_pos), s.sw * x_words, geo.pos_counts};
+    for (int64_t g = 0; g < s.groups; ++g)
+      count(x_img + g * geo.words, wp + g * group_weights, mp ? mp + g * group_weights : nullptr, steps,
+            static_cast<int>(geo.lanes / 8), positions, scratch.counts.data() + ow * geo.pos_counts + g * geo.lanes);
+    if (!nz) {
+      for (int64_t p = 0; p < n_pos; ++p)
+        scratch.valid[ow + p] = static_cast<int32_t>(group_channels * n_taps);  // every channel of every valid tap
+    } else {  // the run's positions share their taps: count non-zero weights once
+      int32_t* first = scratch.valid.data() + ow * s.out_ch;
+      for (int64_t o = 0; o < s.out_ch; ++o) {
+        int32_t v = 0;
+        for (int t = 0; t < n_taps; ++t) v += nz[o * taps_all + scratch.tap_id[t]];
+        first[o] = v;
+      }
+      for (int64_t p = 1; p < n_pos; ++p) std::copy(first, first + s.out_ch, first + p * s.out_ch);
+    }
+    ow += n_pos;
+  }
+}
 
 // Binary (or ternary) convolution of packed activations with packed weights. For output channel o at
 // an output position with valid taps T: dot = valid(T) - 2 * popcount, valid(T) = (C/G) * |T| for
@@ -213,60 +270,19 @@ std::vector<at::Tensor> conv_on(const at::Tensor& x, const at::Tensor& sign, con
   auto* pp = packing ? reinterpret_cast<uint64_t*>(packed.data_ptr<int64_t>()) : nullptr;
   const CountFn count = count_fn(path);
   const PackFn pack = pack_fn(path);
-  const int64_t group_weights = taps_all * words * lanes;
 
-  // Output columns whose taps all fall inside the image share one tap list: one kernel call per row.
-  const int64_t inner_lo = std::min(out_w, ceil_div(s.pw, s.sw));
-  const int64_t last_start = width - 1 + s.pw - (s.kw - 1) * s.dw;  // the largest ow * sw with all taps inside
-  const int64_t inner_hi = last_start < 0 ? inner_lo : std::max(inner_lo, std::min(out_w, last_start / s.sw + 1));
-  const int64_t pos_counts = s.groups * lanes;
+  const RowGeometry geo = row_geometry(s, height, width, out_w);
   at::parallel_for(0, n * out_h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> counts(out_w * pos_counts), valid(out_w * s.out_ch);
-    std::vector<int64_t> x_off(taps_all * words), w_off(taps_all * words), tap_id(taps_all);
+    RowScratch scratch(s, out_w);
     std::vector<float> row(yp ? 0 : out_w * s.out_ch);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t img = r / out_h, oh = r % out_h;
-      const uint64_t* x_img = xp + img * height * width * x_words;
-      // one call for the interior run [inner_lo, inner_hi), one per border column
-      for (int64_t ow = 0; ow < out_w;) {
-        const bool run = ow == inner_lo && inner_hi > inner_lo;
-        const int64_t n_pos = run ? inner_hi - inner_lo : 1;
-        int n_taps = 0, n_steps = 0;
-        for (int64_t i = 0; i < s.kh; ++i) {
-          const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-          if (ih < 0 || ih >= height) continue;
-          for (int64_t j = 0; j < s.kw; ++j) {
-            const int64_t iw = ow * s.sw - s.pw + j * s.dw;
-            if (iw < 0 || iw >= width) continue;
-            tap_id[n_taps++] = i * s.kw + j;
-            for (int64_t k = 0; k < words; ++k, ++n_steps) {
-              x_off[n_steps] = (ih * width + iw) * x_words + k;
-              w_off[n_steps] = ((i * s.kw + j) * words + k) * lanes;
-            }
-          }
-        }
-        const Steps steps{x_off.data(), w_off.data(), n_steps};
-        const Positions positions{static_cast<int>(n_pos), s.sw * x_words, pos_counts};
-        for (int64_t g = 0; g < s.groups; ++g)
-          count(x_img + g * words, wp + g * group_weights, mp ? mp + g * group_weights : nullptr, steps,
-                static_cast<int>(lanes / 8), positions, counts.data() + ow * pos_counts + g * lanes);
-        if (!nz) {
-          for (int64_t p = 0; p < n_pos; ++p)
-            valid[ow + p] = static_cast<int32_t>(group_channels * n_taps);  // every channel of every valid tap
-        } else {  // the run's positions share their taps: count non-zero weights once
-          int32_t* first = valid.data() + ow * s.out_ch;
-          for (int64_t o = 0; o < s.out_ch; ++o) {
-            int32_t v = 0;
-            for (int t = 0; t < n_taps; ++t) v += nz[o * taps_all + tap_id[t]];
-            first[o] = v;
-          }
-          for (int64_t p = 1; p < n_pos; ++p) std::copy(first, first + s.out_ch, first + p * s.out_ch);
-        }
-        ow += n_pos;
-      }
+      count_row(xp + img * height * width * x_words, wp, mp, nz, s, geo, oh, count, scratch);
+      const int32_t* counts = scratch.counts.data();
+      const int32_t* valid = scratch.valid.data();
       const int64_t pos0 = r * out_w;
       float* target = yp ? yp + pos0 * s.out_ch : row.data();
-      epilogue(counts.data(), pos_counts, valid.data(), nz != nullptr, out_w, s.groups, group_out, lanes, sc, sh,
+      epilogue(counts, geo.pos_counts, valid, nz != nullptr, out_w, s.groups, group_out, lanes, sc, sh,
                rp ? rp + pos0 * s.out_ch : nullptr, relu, target);
       if (pp)
         for (int64_t ow = 0; ow < out_w; ++ow)
@@ -342,10 +358,13 @@ class BitConvPlan {
   Path path_;
 };
 
+void register_net_plan(pybind11::module& m);  // bits_plan.cpp
+
 }  // namespace deepshrink_bits
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace deepshrink_bits;
+  register_net_plan(m);
   m.def("supported_paths", &supported_paths, "bit-kernel paths this CPU can run, fastest first");
   m.def("pack_activations", &pack_activations, "sign bits of x * scale + shift, 64 channels per word");
   m.def("pack_weights", &pack_weights, "weight bit planes from binary or ternary codes");

@@ -30,6 +30,7 @@ from torch import nn
 from .. import kernels
 from ..kernels.layers import BitConv2d, binary_input_reason, weight_reason
 from ..nn import CompressedConv2d, CompressedLinear, set_module
+from .bits_plan import PlanRunner, compile_plan
 from .engines import Engine, Runner, register_engine
 
 _RELUS = (torch.relu, torch.nn.functional.relu)
@@ -158,16 +159,19 @@ def _threads(count: int):
 
 
 class BitsRunner(Runner):
-    """A model prepared by `to_bits`; calling it returns float logits."""
+    """A model prepared by `to_bits`, run as one native plan where `compile_plan` takes it (`plan`), else as
+    the fx graph (`module`); calling it returns float logits."""
 
-    def __init__(self, module: torch.fx.GraphModule, threads: int):
-        self.module, self.threads = module, int(threads)
+    def __init__(self, module: torch.fx.GraphModule | None, threads: int, plan: PlanRunner | None = None):
+        self.module, self.threads, self.plan = module, int(threads), plan
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), _threads(self.threads):
-            return self.module(x)
+            return self.plan(x) if self.plan is not None else self.module(x)
 
     def resident_bytes(self) -> int:
+        if self.plan is not None:
+            return self.plan.resident_bytes()
         tensors = {id(t): t for t in list(self.module.parameters()) + list(self.module.buffers())}
         native = sum(m.resident_bytes() for m in self.module.modules() if isinstance(m, BitConv2d))
         return native + sum(t.numel() * t.element_size() for t in tensors.values())
@@ -189,7 +193,10 @@ class _BitsEngine(Engine):
 
     def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1, calibration=None) -> Runner:
         # binary layers need no calibration: their inputs are signs and their scales come from the file
-        return BitsRunner(to_bits(model.eval(), self.path), threads)
+        gm = to_bits(model.eval(), self.path)
+        plan = compile_plan(gm, tuple(example.shape[1:]), self.path) if example.dim() == 4 else None
+        # with a plan the graph (and the float copies it holds) is dropped: only the plan stays resident
+        return BitsRunner(None, threads, plan) if plan is not None else BitsRunner(gm, threads)
 
 
 @register_engine

@@ -7,6 +7,7 @@ import deepshrink
 from deepshrink import kernels
 from deepshrink.kernels.layers import BitConv2d
 from deepshrink.runtime import get_engine
+from deepshrink.runtime.bits_engine import to_bits
 
 if kernels.native() is None:
     pytest.skip(f"no native bit kernels here: {kernels.unavailable_reason()}", allow_module_level=True)
@@ -55,7 +56,7 @@ def test_engine_gives_the_loaded_models_logits(engine, xnor_no_k):
 
 def test_each_block_folds_into_two_native_layers_exchanging_bits(xnor_no_k):
     model, _ = xnor_no_k
-    gm = get_engine("bits-portable").prepare(model, torch.randn(1, 3, 16, 16)).module
+    gm = to_bits(model, "portable")
     bit_layers = [m for m in gm.modules() if isinstance(m, BitConv2d)]
     assert len(bit_layers) == 18  # every block conv; the stem conv and fc stay float
     for block in (m for m in gm.modules() if isinstance(m, nn.Module) and hasattr(m, "conv2")):
@@ -72,12 +73,26 @@ def test_resident_weights_stay_near_the_packed_file(xnor_no_k):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_the_whole_resnet_runs_as_one_native_plan_with_the_fx_graphs_logits(engine, xnor_no_k):
+    model, _ = xnor_no_k
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    runner = get_engine(engine).prepare(model, x[:1], threads=2)
+    assert runner.plan is not None and runner.module is None  # the graph is dropped, only the plan stays
+    with torch.inference_mode():
+        per_layer = to_bits(model, engine.removeprefix("bits-"))(x)
+    assert torch.allclose(runner(x), per_layer, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(runner(x[:1]), per_layer[:1], rtol=1e-5, atol=1e-5)  # workspaces reused across batches
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_scaling_map_k_is_applied(engine, tmp_path):
     model, _ = packed_and_loaded(tmp_path, "xnor", {"scaling_map": "true"})
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = model(x)
-    assert torch.allclose(get_engine(engine).prepare(model, x[:1])(x), expected, rtol=1e-4, atol=1e-4)
+    runner = get_engine(engine).prepare(model, x[:1])
+    assert runner.plan is None  # K is not in the native plan: the fx graph runs it
+    assert torch.allclose(runner(x), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_binary_weights_with_float_inputs_are_left_to_the_integer_engine(tmp_path):

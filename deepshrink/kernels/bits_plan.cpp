@@ -1,0 +1,473 @@
+// A whole network as one native call: a list of ops (float convolution, binary convolution on 64-channel
+// words or on pixel lanes, packing, global average pool + linear) over values that live in a per-thread
+// arena, run image by image. No op allocates, crosses into Python or goes through PyTorch's dispatcher;
+// at batch > 1 the images are split over PyTorch's intra-op threads.
+//
+// A value is one image's activation (C, H, W): its floats in (C, H, W) order (so that an output row of one
+// channel is contiguous: epilogues work a channel's row at a time) and/or its sign bits in the format its
+// binary consumer reads: (H, W) words of `lane` bits (16, 32 or 64; at most `lane` channels, read by the
+// pixel-lane kernel) or (H, W, groups * words) 64-bit words (read by the word kernel). The bits are
+// sign(y * pack_scale + pack_shift): the consumer's input BatchNorm, applied by whoever writes the value.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bits.h"
+
+namespace deepshrink_bits {
+
+Path parse_path(const std::string& name);                 // bits_ops.cpp
+ConvShape to_shape(const std::vector<int64_t>& shape);    // bits_ops.cpp
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct Value {
+  int64_t channels, height, width;
+  bool has_float;
+  int lane;                           // 0: no bits; 16/32: pixel lanes; 64: words
+  int64_t groups, words;              // words per group (lane 64)
+  std::optional<at::Tensor> pack_scale, pack_shift;
+  int64_t float_offset = 0, bits_offset = 0;  // in the arena, bytes
+  int64_t plane() const { return height * width; }
+  int64_t bits_bytes() const { return lane ? plane() * groups * words * lane / 8 : 0; }
+};
+
+// Where one output row goes: y (C, OH, OW) floats, a residual of the same layout, packed bits.
+struct RowSink {
+  float* y;
+  const float* residual;
+  void* bits;
+  const Value* out;
+  const float *pack_scale, *pack_shift;
+  bool relu;
+};
+
+template <typename T>
+inline void or_sign_bits(const float* v, int64_t n, const float* ps, const float* pt, int64_t o, T* bits,
+                         int64_t stride, int64_t word, int bit) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = ps ? v[i] * ps[o] + pt[o] : v[i];
+    uint32_t raw;
+    std::memcpy(&raw, &u, 4);
+    bits[i * stride + word] |= static_cast<T>(raw >> 31) << bit;
+  }
+}
+
+// Channel o's row v (n values, before the residual and ReLU) of output row oh into the sink.
+inline void finish_channel(float* __restrict v, int64_t o, int64_t oh, const RowSink& k) {
+  const Value& out = *k.out;
+  const int64_t n = out.width, at = o * out.plane() + oh * n;
+  if (k.residual)
+    for (int64_t i = 0; i < n; ++i) v[i] += k.residual[at + i];
+  if (k.relu)
+    for (int64_t i = 0; i < n; ++i) v[i] = v[i] < 0.0f ? 0.0f : v[i];
+  if (k.y) std::memcpy(k.y + at, v, n * sizeof(float));
+  if (!k.bits) return;
+  const int64_t row = oh * n;
+  if (out.lane == 16) or_sign_bits(v, n, k.pack_scale, k.pack_shift, o, static_cast<uint16_t*>(k.bits) + row, 1, 0, static_cast<int>(o));
+  else if (out.lane == 32) or_sign_bits(v, n, k.pack_scale, k.pack_shift, o, static_cast<uint32_t*>(k.bits) + row, 1, 0, static_cast<int>(o));
+  else {
+    const int64_t group_channels = out.channels / out.groups, g = o / group_channels, c = o % group_channels;
+    const int64_t stride = out.groups * out.words;
+    or_sign_bits(v, n, k.pack_scale, k.pack_shift, o, static_cast<uint64_t*>(k.bits) + row * stride, stride,
+                 g * out.words + c / 64, static_cast<int>(c % 64));
+  }
+}
+
+void clear_bits_row(const RowSink& k, int64_t oh) {
+  if (!k.bits) return;
+  const int64_t bytes = k.out->bits_bytes() / k.out->height;
+  std::memset(static_cast<char*>(k.bits) + oh * bytes, 0, bytes);
+}
+
+// Output row oh of a binary layer from its counts: v = (valid - 2 * count) * scale[o] + shift[o]. Cloned
+// per instruction set like the per-layer epilogue; multiply and add stay separate (-ffp-contract=off).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void count_epilogue(const int32_t* __restrict counts, int64_t pos_stride, const int64_t* chan_offset,
+                    const int32_t* __restrict valid, bool valid_per_channel, const float* scale, const float* shift,
+                    int64_t oh, const RowSink& sink, float* __restrict v) {
+  const int64_t out_ch = sink.out->channels, n = sink.out->width;
+  clear_bits_row(sink, oh);
+  for (int64_t o = 0; o < out_ch; ++o) {
+    const int32_t* cnt = counts + chan_offset[o];
+    if (valid_per_channel)
+      for (int64_t i = 0; i < n; ++i)
+        v[i] = static_cast<float>(valid[i * out_ch + o] - 2 * cnt[i * pos_stride]) * scale[o] + shift[o];
+    else
+      for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(valid[i] - 2 * cnt[i * pos_stride]) * scale[o] + shift[o];
+    finish_channel(v, o, oh, sink);
+  }
+}
+
+// Direct convolution of one (C, H, W) image, one output row at a time: acc (OW, O) sums over the valid
+// taps (i, j) and input channels c, vectorised over output channels (w is (C/G, KH, KW, O)).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void float_conv_row(const float* __restrict x, const Value& in, const float* __restrict w, const ConvShape& s,
+                    int64_t oh, int64_t out_w, float* __restrict acc) {
+  const int64_t group_in = s.in_ch / s.groups, group_out = s.out_ch / s.groups, out_ch = s.out_ch;
+  std::fill(acc, acc + out_w * out_ch, 0.0f);
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+    if (ih < 0 || ih >= in.height) continue;
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      float* a = acc + ow * out_ch;
+      for (int64_t j = 0; j < s.kw; ++j) {
+        const int64_t iw = ow * s.sw - s.pw + j * s.dw;
+        if (iw < 0 || iw >= in.width) continue;
+        for (int64_t g = 0; g < s.groups; ++g)
+          for (int64_t c = 0; c < group_in; ++c) {
+            const float xv = x[(g * group_in + c) * in.plane() + ih * in.width + iw];
+            const float* wr = w + ((c * s.kh + i) * s.kw + j) * out_ch + g * group_out;
+            float* ag = a + g * group_out;
+            for (int64_t o = 0; o < group_out; ++o) ag[o] += wr[o] * xv;
+          }
+      }
+    }
+  }
+}
+
+enum class Kind { float_conv, word_conv, lane_conv, pack, pool_linear, shortcut };
+
+struct Op {
+  Kind kind;
+  int in, residual, out;
+  ConvShape shape{};
+  bool relu = false;
+  at::Tensor weight, mask, nonzero, scale, shift;  // weight: floats, sign words or lane words
+  std::vector<int64_t> chan_offset;                 // where channel o's counts start in a count row
+};
+
+struct Workspace {
+  std::vector<uint64_t> arena;
+  std::vector<std::optional<RowScratch>> rows;  // per word-conv op
+  std::vector<int32_t> counts, valid;
+  std::vector<float> acc, row;
+  std::vector<double> op_seconds;  // per op, summed over images, when profiling
+};
+
+}  // namespace
+
+class NetPlan {
+ public:
+  explicit NetPlan(const std::string& path) : path_(parse_path(path)) {}
+
+  int64_t add_value(int64_t channels, int64_t height, int64_t width, bool has_float, int64_t lane, int64_t groups,
+                    std::optional<at::Tensor> pack_scale, std::optional<at::Tensor> pack_shift) {
+    TORCH_CHECK(lane == 0 || lane == 16 || lane == 32 || lane == 64, "lane is 0, 16, 32 or 64 bits");
+    TORCH_CHECK(lane == 64 || lane == 0 || (groups == 1 && channels <= lane), "pixel lanes hold one group of at most ",
+                lane, " channels");
+    TORCH_CHECK(groups >= 1 && channels % groups == 0, "groups must divide the channels");
+    Value v{channels, height, width, has_float, static_cast<int>(lane), groups,
+            lane == 64 ? ceil_div(channels / groups, 64) : 1, std::nullopt, std::nullopt};
+    for (auto* t : {&pack_scale, &pack_shift})
+      if (t->has_value()) TORCH_CHECK((*t)->numel() == channels, "pack affine needs one value per channel");
+    if (pack_scale) v.pack_scale = pack_scale->to(at::kFloat).contiguous();
+    if (pack_shift) v.pack_shift = pack_shift->to(at::kFloat).contiguous();
+    v.float_offset = arena_bytes_;
+    arena_bytes_ += ceil_div(has_float ? channels * v.plane() * 4 : 0, 64) * 64;
+    v.bits_offset = arena_bytes_;
+    arena_bytes_ += ceil_div(v.bits_bytes(), 64) * 64;
+    values_.push_back(std::move(v));
+    return static_cast<int64_t>(values_.size()) - 1;
+  }
+
+  void add_float_conv(int64_t in, int64_t out, const std::vector<int64_t>& shape, const at::Tensor& weight,
+                      const at::Tensor& scale, const at::Tensor& shift, bool relu) {
+    Op op = conv_op(Kind::float_conv, in, -1, out, shape, scale, shift, relu);
+    TORCH_CHECK(values_[in].has_float, "a float convolution reads floats");
+    const ConvShape& s = op.shape;
+    TORCH_CHECK(weight.numel() == s.out_ch * s.in_ch / s.groups * s.kh * s.kw, "weight does not match the shape");
+    // (O, C/G, KH, KW) -> (C/G, KH, KW, O): a tap's weights for every output channel side by side
+    op.weight = weight.to(at::kFloat).reshape({s.out_ch, s.in_ch / s.groups, s.kh, s.kw}).permute({1, 2, 3, 0}).contiguous();
+    acc_floats_ = std::max(acc_floats_, values_[out].channels * values_[out].width);
+    ops_.push_back(std::move(op));
+  }
+
+  // Binary/ternary convolution reading `in`'s bits: pixel lanes when `in` holds lanes, else words.
+  // sign/mask/nonzero as from pack_weights; scale/shift per output channel (BatchNorm folded in).
+  void add_bit_conv(int64_t in, int64_t residual, int64_t out, const std::vector<int64_t>& shape,
+                    const at::Tensor& sign, const at::Tensor& mask, const at::Tensor& nonzero, const at::Tensor& scale,
+                    const at::Tensor& shift, bool relu) {
+    const Value& x = values_.at(in);
+    const bool lanes = x.lane == 16 || x.lane == 32 || (x.lane == 64 && mask.numel() == 0 && x.groups == 1 &&
+                                                         x.channels <= 64 && shape[4] == 1 && shape[5] == 1 &&
+                                                         shape[10] == 1);
+    Op op = conv_op(lanes ? Kind::lane_conv : Kind::word_conv, in, residual, out, shape, scale, shift, relu);
+    const ConvShape& s = op.shape;
+    TORCH_CHECK(x.lane != 0 && x.channels == s.in_ch, "a binary convolution reads its input's bits");
+    const int64_t group_out = s.out_ch / s.groups, lanes_w = ceil_div(group_out, 8) * 8, taps = s.kh * s.kw;
+    if (lanes) {
+      TORCH_CHECK(mask.numel() == 0 && s.groups == 1 && s.sh == 1 && s.sw == 1 && taps <= 64,
+                  "pixel lanes take binary weights, one group, stride 1, at most 64 taps");
+      at::Tensor words = sign.reshape({taps, lanes_w}).t().slice(0, 0, s.out_ch).contiguous();  // (O, taps)
+      const auto dtype = x.lane == 16 ? at::kShort : x.lane == 32 ? at::kInt : at::kLong;
+      op.weight = words.to(dtype);  // the low lane bits (the input channels) survive the narrowing
+      for (int64_t o = 0; o < s.out_ch; ++o) op.chan_offset.push_back(o * values_[out].width);
+      lane_counts_ = std::max(lane_counts_, s.out_ch * values_[out].width);
+    } else {
+      TORCH_CHECK(x.lane == 64 && x.groups == s.groups, "the word kernel reads 64-bit words packed per group");
+      op.weight = sign, op.mask = mask, op.nonzero = nonzero;
+      for (int64_t o = 0; o < s.out_ch; ++o) op.chan_offset.push_back((o / group_out) * lanes_w + o % group_out);
+    }
+    ops_.push_back(std::move(op));
+  }
+
+  void add_pack(int64_t in, int64_t out) {
+    TORCH_CHECK(values_[in].has_float && values_[out].lane != 0, "pack reads floats and writes bits");
+    Op op{Kind::pack, static_cast<int>(in), -1, static_cast<int>(out)};
+    ops_.push_back(std::move(op));
+  }
+
+  // Global average pool of `in` then y = weight @ mean + bias into `out` (classes, 1, 1).
+  void add_pool_linear(int64_t in, int64_t out, const at::Tensor& weight, const at::Tensor& bias) {
+    Op op{Kind::pool_linear, static_cast<int>(in), -1, static_cast<int>(out)};
+    op.weight = weight.to(at::kFloat).contiguous(), op.shift = bias.to(at::kFloat).contiguous();
+    TORCH_CHECK(op.weight.dim() == 2 && op.weight.size(1) == values_[in].channels &&
+                op.weight.size(0) == values_[out].channels && op.shift.numel() == values_[out].channels,
+                "linear weight (classes, channels) and bias (classes)");
+    ops_.push_back(std::move(op));
+  }
+
+  // ResNet's option-A shortcut: out[c, h, w] = in[c - pad_before, h * stride, w * stride], zero in the
+  // pad_before channels before and the channels after the input's.
+  void add_shortcut(int64_t in, int64_t out, int64_t stride, int64_t pad_before) {
+    const Value &x = values_.at(in), &y = values_.at(out);
+    TORCH_CHECK(x.has_float && y.has_float && stride >= 1 && pad_before >= 0 &&
+                pad_before + x.channels <= y.channels && y.height == ceil_div(x.height, stride) &&
+                y.width == ceil_div(x.width, stride), "shortcut values do not match");
+    Op op{Kind::shortcut, static_cast<int>(in), -1, static_cast<int>(out)};
+    op.shape.sh = stride, op.shape.ph = pad_before;
+    ops_.push_back(std::move(op));
+  }
+
+  at::Tensor run(const at::Tensor& x_in, int64_t input, int64_t output);
+
+  // Seconds spent in each op (kind name, summed over images and threads) since profiling was switched on.
+  void set_profiling(bool on) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    profiling_ = on;
+    for (Workspace& ws : workspaces_) ws.op_seconds.assign(ops_.size(), 0.0);
+  }
+  std::vector<std::pair<std::string, double>> op_seconds() const {
+    static const char* names[] = {"float_conv", "word_conv", "lane_conv", "pack", "pool_linear", "shortcut"};
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::pair<std::string, double>> out;
+    for (size_t k = 0; k < ops_.size(); ++k) {
+      double total = 0.0;
+      for (const Workspace& ws : workspaces_) total += k < ws.op_seconds.size() ? ws.op_seconds[k] : 0.0;
+      out.emplace_back(names[static_cast<int>(ops_[k].kind)], total);
+    }
+    return out;
+  }
+
+  int64_t resident_bytes() const {
+    int64_t total = 0;
+    for (const Op& op : ops_)
+      for (const at::Tensor* t : {&op.weight, &op.mask, &op.nonzero, &op.scale, &op.shift})
+        if (t->defined()) total += t->numel() * t->element_size();
+    for (const Value& v : values_)
+      for (const auto* t : {&v.pack_scale, &v.pack_shift})
+        if (t->has_value()) total += (*t)->numel() * 4;
+    return total;
+  }
+
+ private:
+  Op conv_op(Kind kind, int64_t in, int64_t residual, int64_t out, const std::vector<int64_t>& shape,
+             const at::Tensor& scale, const at::Tensor& shift, bool relu) {
+    TORCH_CHECK(in >= 0 && in < static_cast<int64_t>(values_.size()) && out >= 0 &&
+                out < static_cast<int64_t>(values_.size()) && residual < static_cast<int64_t>(values_.size()),
+                "unknown value");
+    Op op{kind, static_cast<int>(in), static_cast<int>(residual), static_cast<int>(out), to_shape(shape), relu};
+    const ConvShape& s = op.shape;
+    const Value &x = values_[in], &y = values_[out];
+    TORCH_CHECK(y.channels == s.out_ch && y.height == (x.height + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1 &&
+                y.width == (x.width + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1, "output value does not match");
+    TORCH_CHECK(residual < 0 || (values_[residual].has_float && values_[residual].channels == y.channels &&
+                                 values_[residual].plane() == y.plane()), "residual must match the output");
+    op.scale = scale.to(at::kFloat).contiguous(), op.shift = shift.to(at::kFloat).contiguous();
+    TORCH_CHECK(op.scale.numel() == s.out_ch && op.shift.numel() == s.out_ch, "one scale and shift per channel");
+    return op;
+  }
+
+  void run_image(const float* x, float* logits, int64_t input, int64_t output, Workspace& ws) const;
+
+  Path path_;
+  std::vector<Value> values_;
+  std::vector<Op> ops_;
+  int64_t arena_bytes_ = 0, acc_floats_ = 0, lane_counts_ = 0;
+  bool profiling_ = false;
+  mutable std::mutex mutex_;  // the workspaces are shared by calls
+  mutable std::vector<Workspace> workspaces_;
+};
+
+void NetPlan::run_image(const float* x, float* result, int64_t input, int64_t output, Workspace& ws) const {
+  auto* base = reinterpret_cast<char*>(ws.arena.data());
+  auto floats = [&](int v) -> float* {
+    return v == input ? const_cast<float*>(x) : reinterpret_cast<float*>(base + values_[v].float_offset);
+  };
+  auto bits = [&](int v) -> void* { return base + values_[v].bits_offset; };
+  for (size_t k = 0; k < ops_.size(); ++k) {
+    const auto started = std::chrono::steady_clock::now();
+    const Op& op = ops_[k];
+    const Value& out = values_[op.out];
+    const RowSink sink{out.has_float ? floats(op.out) : nullptr, op.residual >= 0 ? floats(op.residual) : nullptr,
+                       out.lane ? bits(op.out) : nullptr, &out,
+                       out.pack_scale ? out.pack_scale->data_ptr<float>() : nullptr,
+                       out.pack_shift ? out.pack_shift->data_ptr<float>() : nullptr, op.relu};
+    const float *scale = op.scale.defined() ? op.scale.data_ptr<float>() : nullptr,
+                *shift = op.shift.defined() ? op.shift.data_ptr<float>() : nullptr;
+    switch (op.kind) {
+      case Kind::float_conv: {
+        for (int64_t oh = 0; oh < out.height; ++oh) {
+          float_conv_row(floats(op.in), values_[op.in], op.weight.data_ptr<float>(), op.shape, oh, out.width,
+                         ws.acc.data());
+          clear_bits_row(sink, oh);
+          for (int64_t o = 0; o < out.channels; ++o) {
+            for (int64_t i = 0; i < out.width; ++i) ws.row[i] = ws.acc[i * out.channels + o] * scale[o] + shift[o];
+            finish_channel(ws.row.data(), o, oh, sink);
+          }
+        }
+        break;
+      }
+      case Kind::lane_conv: {
+        const Value& in = values_[op.in];
+        const ConvShape& s = op.shape;
+        const LaneShape shape{s.in_ch, s.out_ch, in.height, in.width, s.kh, s.kw, s.ph, s.pw, s.dh, s.dw, out.width};
+        for (int64_t oh = 0; oh < out.height; ++oh) {
+          if (in.lane == 16)
+            lane_count_fn<uint16_t>(path_)(static_cast<const uint16_t*>(bits(op.in)),
+                                           reinterpret_cast<const uint16_t*>(op.weight.data_ptr<int16_t>()), shape, oh,
+                                           ws.counts.data(), ws.valid.data());
+          else if (in.lane == 32)
+            lane_count_fn<uint32_t>(path_)(static_cast<const uint32_t*>(bits(op.in)),
+                                           reinterpret_cast<const uint32_t*>(op.weight.data_ptr<int32_t>()), shape, oh,
+                                           ws.counts.data(), ws.valid.data());
+          else
+            lane_count_fn<uint64_t>(path_)(static_cast<const uint64_t*>(bits(op.in)),
+                                           reinterpret_cast<const uint64_t*>(op.weight.data_ptr<int64_t>()), shape, oh,
+                                           ws.counts.data(), ws.valid.data());
+          count_epilogue(ws.counts.data(), 1, op.chan_offset.data(), ws.valid.data(), false, scale, shift, oh, sink,
+                         ws.row.data());
+        }
+        break;
+      }
+      case Kind::word_conv: {
+        const Value& in = values_[op.in];
+        const RowGeometry geo = row_geometry(op.shape, in.height, in.width, out.width);
+        if (!ws.rows[k]) ws.rows[k].emplace(op.shape, out.width);
+        RowScratch& scratch = *ws.rows[k];
+        const bool ternary = op.mask.numel() > 0;
+        for (int64_t oh = 0; oh < out.height; ++oh) {
+          count_row(static_cast<const uint64_t*>(bits(op.in)),
+                    reinterpret_cast<const uint64_t*>(op.weight.data_ptr<int64_t>()),
+                    ternary ? reinterpret_cast<const uint64_t*>(op.mask.data_ptr<int64_t>()) : nullptr,
+                    ternary ? op.nonzero.data_ptr<int32_t>() : nullptr, op.shape, geo, oh, count_fn(path_), scratch);
+          count_epilogue(scratch.counts.data(), geo.pos_counts, op.chan_offset.data(), scratch.valid.data(), ternary,
+                         scale, shift, oh, sink, ws.row.data());
+        }
+        break;
+      }
+      case Kind::pack: {
+        const float* src = floats(op.in);
+        for (int64_t oh = 0; oh < out.height; ++oh) {
+          clear_bits_row(sink, oh);
+          for (int64_t o = 0; o < out.channels; ++o) {
+            std::memcpy(ws.row.data(), src + o * out.plane() + oh * out.width, out.width * sizeof(float));
+            finish_channel(ws.row.data(), o, oh, RowSink{nullptr, nullptr, sink.bits, &out, sink.pack_scale,
+                                                         sink.pack_shift, false});
+          }
+        }
+        break;
+      }
+      case Kind::shortcut: {
+        const Value& in = values_[op.in];
+        const float* src = floats(op.in);
+        float* dst = floats(op.out);
+        const int64_t stride = op.shape.sh, before = op.shape.ph;
+        std::fill(dst, dst + out.channels * out.plane(), 0.0f);
+        for (int64_t c = 0; c < in.channels; ++c)
+          for (int64_t h = 0; h < out.height; ++h)
+            for (int64_t w = 0; w < out.width; ++w)
+              dst[(c + before) * out.plane() + h * out.width + w] = src[c * in.plane() + h * stride * in.width + w * stride];
+        break;
+      }
+      case Kind::pool_linear: {
+        const Value& in = values_[op.in];
+        const float* src = floats(op.in);
+        float* mean = ws.row.data();
+        for (int64_t c = 0; c < in.channels; ++c) {
+          float sum = 0.0f;
+          for (int64_t i = 0; i < in.plane(); ++i) sum += src[c * in.plane() + i];
+          mean[c] = sum / static_cast<float>(in.plane());
+        }
+        const float* w = op.weight.data_ptr<float>();
+        float* y = floats(op.out);
+        for (int64_t j = 0; j < out.channels; ++j) {
+          float sum = 0.0f;
+          for (int64_t c = 0; c < in.channels; ++c) sum += w[j * in.channels + c] * mean[c];
+          y[j] = sum + shift[j];
+        }
+        break;
+      }
+    }
+    if (profiling_) ws.op_seconds[k] += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  }
+  const Value& y = values_[output];
+  std::memcpy(result, floats(static_cast<int>(output)), y.channels * y.plane() * sizeof(float));
+}
+
+at::Tensor NetPlan::run(const at::Tensor& x_in, int64_t input, int64_t output) {
+  const Value &in = values_.at(input), &out = values_.at(output);
+  TORCH_CHECK(x_in.dim() == 4 && x_in.size(1) == in.channels && x_in.size(2) == in.height && x_in.size(3) == in.width,
+              "input must be (N, ", in.channels, ", ", in.height, ", ", in.width, ")");
+  TORCH_CHECK(out.has_float, "the output value holds no floats");
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const int64_t n = x.size(0), in_size = in.channels * in.plane(), out_size = out.channels * out.plane();
+  at::Tensor result = at::empty({n, out.channels, out.height, out.width}, x.options());
+  std::lock_guard<std::mutex> lock(mutex_);
+  const int threads = at::get_num_threads();
+  if (static_cast<int>(workspaces_.size()) < threads) workspaces_.resize(threads);
+  for (int t = 0; t < threads; ++t) {  // sized once; later calls reuse them
+    Workspace& ws = workspaces_[t];
+    if (ws.arena.size() * 8 < static_cast<size_t>(arena_bytes_)) ws.arena.assign(ceil_div(arena_bytes_, 8), 0);
+    ws.rows.resize(ops_.size());
+    int64_t row = 0;  // a row of any value, or one value per channel (pool_linear's means)
+    for (const Value& v : values_) row = std::max({row, v.width, v.channels});
+    ws.counts.resize(lane_counts_), ws.valid.resize(row), ws.row.resize(row);
+    ws.acc.resize(acc_floats_);
+    ws.op_seconds.resize(ops_.size(), 0.0);
+  }
+  const float* xp = x.data_ptr<float>();
+  float* yp = result.data_ptr<float>();
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    Workspace& ws = workspaces_[at::get_thread_num()];
+    for (int64_t img = begin; img < end; ++img) run_image(xp + img * in_size, yp + img * out_size, input, output, ws);
+  });
+  return result;
+}
+
+void register_net_plan(pybind11::module& m) {
+  pybind11::class_<NetPlan>(m, "NetPlan", "a whole network's ops run natively, image by image; run(x, input, output)")
+      .def(pybind11::init<const std::string&>())
+      .def("add_value", &NetPlan::add_value)
+      .def("add_float_conv", &NetPlan::add_float_conv)
+      .def("add_bit_conv", &NetPlan::add_bit_conv)
+      .def("add_pack", &NetPlan::add_pack)
+      .def("add_pool_linear", &NetPlan::add_pool_linear)
+      .def("add_shortcut", &NetPlan::add_shortcut)
+      .def("run", &NetPlan::run)
+      .def("set_profiling", &NetPlan::set_profiling)
+      .def("op_seconds", &NetPlan::op_seconds)
+      .def("resident_bytes", &NetPlan::resident_bytes);
+}
+
+}  // namespace deepshrink_bits

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 from torch import nn
 
@@ -67,7 +69,9 @@ def build_data(name: str, root=None, download=False, batch_size=128, eval_batch_
     """Train / validation / test loaders and the stratified calibration subset (1% of the training part).
 
     The validation split is held out of the training split (`deepshrink.data.splits`); `train_subset`
-    (a ratio, or a total image count) limits the training part after that."""
+    (a ratio, or a total image count) limits the training part after that. With `world_size` > 1 the
+    training, validation and test loaders are this rank's shards; the calibration loader is whole (layer-wise
+    methods pick their shard of its batches, `deepshrink.layerwise.base`)."""
     from .data import get_dataset, make_loader, subset
     from .data.splits import train_val_split
 
@@ -83,8 +87,8 @@ def build_data(name: str, root=None, download=False, batch_size=128, eval_batch_
     return DataBundle(
         train=make_loader(train_set, batch_size, train=True, seed=seed, augment=augment, rank=rank,
                           world_size=world_size),
-        val=make_loader(val_set, eval_batch_size, train=False),
-        test=make_loader(test_set, eval_batch_size, train=False),
+        val=make_loader(val_set, eval_batch_size, train=False, rank=rank, world_size=world_size),
+        test=make_loader(test_set, eval_batch_size, train=False, rank=rank, world_size=world_size),
         calib=make_loader(calib_set, calib.batch_size, train=False),
         dataset=train_set,
     )
@@ -116,7 +120,9 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
         or Path(recipe).exists() else _named_recipe(recipe, overrides)
     from .engine import distributed, seed_everything
 
-    distributed.init_from_env(device)  # under torchrun: join the group before the loaders are split
+    # under torchrun: join the group before the loaders are split; one GPU per process, as the trainer picks
+    if distributed.init_from_env(device) and device is not None and torch.device(device).type == "cuda":
+        device = torch.device("cuda", distributed.local_rank())
     main_process = distributed.is_main_process()
     out_dir = Path(out_dir)
     if main_process:
@@ -138,14 +144,16 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
         (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     result = api.compress(net, recipe, train_data=bundle.train, val_data=bundle.val, calib_data=bundle.calib,
                           out_dir=out_dir / "train", device=device, inplace=True, resume=resume)
-    if not main_process:  # rank 0 alone packs, measures and writes the run folder
-        return {**metrics, "rank": distributed.rank()}
     packed = out_dir / "model.dsz"
-    api.pack(result.model, packed, data={"name": data, "input_shape": list(input_size),
-                                         "mean": list(ds.mean), "std": list(ds.std), "num_classes": ds.num_classes})
-    reloaded = api.load(packed)
-    from_file = api.evaluate(reloaded, bundle.val, device=device)
+    if main_process:  # rank 0 alone packs and writes the run folder
+        api.pack(result.model, packed, data={"name": data, "input_shape": list(input_size),
+                                             "mean": list(ds.mean), "std": list(ds.std),
+                                             "num_classes": ds.num_classes})
+    reloaded = _load_on_every_rank(packed)
+    from_file = api.evaluate(reloaded, bundle.val, device=device)  # under torchrun: each rank its shard
     test = api.evaluate(reloaded, bundle.test, device=device)  # the one look at the test set
+    if not main_process:
+        return {**metrics, "rank": distributed.rank()}
     totals = profile(reloaded, input_size).totals
     metrics.update(
         top1=test["top1"], top5=test["top5"], val_top1=from_file["top1"], val_top5=from_file["top5"],
@@ -159,6 +167,23 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
         metrics["drop"] = round(metrics["base_top1"] - metrics["top1"], 3)
     _write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _load_on_every_rank(packed: Path) -> nn.Module:
+    """The packed model, reloaded from rank 0's file on every rank: the bytes are broadcast, so ranks on
+    other machines need no shared file system."""
+    from . import api
+    from .engine import distributed
+
+    if not distributed.is_distributed():
+        return api.load(packed)
+    payload = distributed.broadcast_object(packed.read_bytes() if distributed.is_main_process() else None)
+    if distributed.is_main_process():
+        return api.load(packed)
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / packed.name
+        copy.write_bytes(payload)
+        return api.load(copy)
 
 
 def _named_recipe(name: str, overrides) -> Recipe:

@@ -7,7 +7,9 @@ folders (`LazyImageDataset`) are decoded per item in worker processes.
 Reproducibility: epoch e draws its permutation and every augmentation parameter from a generator
 seeded with (seed, e). Parameters belong to positions in the epoch's global permutation, and rank r
 of `world_size` takes positions r, r + world_size, ... (as `DistributedSampler`), so 2 processes with
-batch B/2 see exactly the images, crops and flips that 1 process with batch B sees.
+batch B/2 see exactly the images, crops and flips that 1 process with batch B sees. An evaluation
+loader (`train=False`) is split the same way but not padded, so the shards hold every image exactly
+once and `deepshrink.engine.evaluate` can add their counts.
 
 Example::
 
@@ -79,6 +81,8 @@ class _LoaderBase:
         self._explicit_epoch = True
 
     def _samples_per_rank(self) -> int:
+        if not self.train:  # evaluation: disjoint shards, no padding (each image is scored once)
+            return len(range(self.rank, len(self.dataset), self.world_size))
         return math.ceil(len(self.dataset) / self.world_size)
 
     def __len__(self) -> int:
@@ -90,6 +94,9 @@ class _LoaderBase:
         n = len(self.dataset)
         generator = _epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
+        if not self.train:
+            positions = torch.arange(self.rank, n, self.world_size)
+            return order[positions], positions, generator
         total = self._samples_per_rank() * self.world_size
         if total > n:  # pad by wrapping around so every rank gets as many samples (DistributedSampler)
             order = torch.cat([order, order[: total - n]])
@@ -197,7 +204,8 @@ def make_loader(dataset, batch_size: int, train: bool, seed: int = 0, augment=Tr
       + flip, "none"); `augment=False` turns it off. Evaluation (`train=False`) keeps file order and,
       for large images, resizes the shorter side and crops the centre.
     - `drop_last` defaults to `train`. `set_epoch(e)` picks epoch e's shuffle (same seed -> same batches).
-    - `rank`/`world_size`: this process's shard of every epoch (DDP).
+    - `rank`/`world_size`: this process's shard of every epoch (DDP); for evaluation the shards are
+      disjoint and unpadded, and `evaluate` sums their counts over the ranks.
     """
     if isinstance(dataset, TensorImageDataset):
         return TensorBatchLoader(dataset, batch_size, train, seed, augment, drop_last, rank, world_size)

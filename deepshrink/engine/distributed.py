@@ -5,6 +5,10 @@ MASTER_PORT; `init_from_env` joins the process group (gloo on CPU, nccl on CUDA)
 own shard of the training set (`make_loader(..., rank=, world_size=)`), gradients are averaged by
 DDP, so N processes with per-process batch b follow the same trajectory as one process with batch
 N*b (for models without batch-norm; BN statistics stay per process).
+
+Layer-wise methods and evaluation use the collectives below instead of DDP: each rank works on its
+`shard` of the batches and the sums (Hessians, statistics, correct counts) are added with
+`all_reduce_sum`; `broadcast_object` hands rank 0's result (a layer's solution, the packed file) to all.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import os
 
 import torch
 import torch.distributed as dist
+
+from ..errors import UserError
 
 
 def env_world_size() -> int:
@@ -65,6 +71,54 @@ def sum_across_ranks(value: float, device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor)
+
+
+def _collective_device() -> torch.device:
+    """Where collective tensors must live: the rank's GPU under nccl, the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Replace each tensor, in place, by its sum over all ranks (no-op when not distributed).
+
+    Every rank gets the same bits back, so ranks that go on computing from the sums stay identical.
+
+    Example::
+
+        count = torch.tensor([float(n)], dtype=torch.float64)
+        all_reduce_sum(hessian_sum, count)
+    """
+    if not is_distributed():
+        return
+    device = _collective_device()
+    for tensor in tensors:
+        moved = tensor.to(device)
+        dist.all_reduce(moved)
+        if moved is not tensor:
+            tensor.copy_(moved)
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s `obj` (any picklable object, e.g. a layer's solution) on every rank."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src, device=_collective_device())
+    return holder[0]
+
+
+def shard(count: int) -> range:
+    """The indices of `count` items (calibration batches) this rank takes: rank, rank + world, ...
+
+    Raises UserError when there are fewer items than processes (a rank would have nothing to do).
+    """
+    world = world_size()
+    if count < world:
+        raise UserError(f"{count} calibration batch(es) for {world} processes: every process needs at least one; "
+                        "lower calib.batch_size or raise the calibration set (calib.ratio / calib.per_class)")
+    return range(rank(), count, world)
 
 
 def cleanup() -> None:

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import distributed
+
 
 def model_device(model: nn.Module, default="cpu") -> torch.device:
     """The device of the model's first parameter or buffer (`default` for a model with neither)."""
@@ -34,7 +36,9 @@ def evaluate(model: nn.Module, data, device=None) -> dict:
 
     `data` is any iterable of (float inputs, int64 labels). The model is put in eval mode (and left
     there); `device` defaults to the model's own device. Top-5 counts a hit within the
-    min(5, num_classes) highest scores.
+    min(5, num_classes) highest scores. A loader split across torchrun ranks (`make_loader(...,
+    rank=, world_size=)`, `train=False`) is scored shard by shard and the counts are summed over the
+    ranks, so every rank must call `evaluate` and every rank gets the metrics of the whole set.
 
     Example::
 
@@ -55,6 +59,10 @@ def evaluate(model: nn.Module, data, device=None) -> dict:
         correct1 += c1
         correct5 += c5
         n += int(targets.numel())
+    if getattr(data, "world_size", 1) > 1 and distributed.is_distributed():
+        totals = torch.tensor([n, correct1, correct5, loss_sum], dtype=torch.float64)
+        distributed.all_reduce_sum(totals)
+        n, correct1, correct5, loss_sum = int(totals[0]), int(totals[1]), int(totals[2]), float(totals[3])
     if n == 0:
         return {"top1": 0.0, "top5": 0.0, "loss": float("nan"), "n": 0}
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}

@@ -101,10 +101,21 @@ def test_ranks_together_equal_one_process(world_size):
         assert torch.equal(xs, x) and torch.equal(ys, y)
 
 
-def test_shards_are_disjoint_and_padded_evenly():
+def test_training_shards_are_padded_evenly():
     ds = _toy(10)
-    shards = [torch.cat([y for _, y in make_loader(ds, 2, train=False, rank=r, world_size=4)]) for r in range(4)]
+    shards = [torch.cat([y for _, y in make_loader(ds, 2, train=True, augment=False, drop_last=False, rank=r,
+                                                   world_size=4)]) for r in range(4)]
     assert [len(s) for s in shards] == [3, 3, 3, 3]  # ceil(10 / 4) each, 2 samples wrapped around
+
+
+def test_evaluation_shards_hold_every_image_exactly_once():
+    """Unpadded, so that evaluation can add the ranks' counts and score each test image once."""
+    ds = _toy(10)
+    whole = torch.cat([x for x, _ in make_loader(ds, 10, train=False)])  # (10, C, H, W)
+    shards = [make_loader(ds, 2, train=False, rank=r, world_size=4) for r in range(4)]
+    assert [len(shard) for shard in shards] == [2, 2, 1, 1]  # 3, 3, 2, 2 images
+    for r, shard in enumerate(shards):
+        assert torch.equal(torch.cat([x for x, _ in shard]), whole[r::4])  # rank r: images r, r + 4, ...
 
 
 def test_bad_arguments():

@@ -143,16 +143,17 @@ def test_average_pool_and_linear(path):
                           rtol=1e-5, atol=1e-5)
 
 
-def test_float_conv_with_stride_padding_dilation_and_groups():
+@pytest.mark.parametrize("out_ch,groups", [(4, 2), (16, 1), (32, 1), (64, 1)])  # 16/32/64: sums held in registers
+def test_float_conv_with_stride_padding_dilation_and_groups(out_ch, groups):
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(2, 6, 9, 11, generator=gen)
-    weight = torch.randn(4, 3, 3, 2, generator=gen)
-    shape = [6, 4, 3, 2, 2, 3, 1, 2, 2, 1, 2]
+    weight = torch.randn(out_ch, 6 // groups, 3, 2, generator=gen)
+    shape = [6, out_ch, 3, 2, 2, 3, 1, 2, 2, 1, groups]
     plan = kernels.native().NetPlan("portable")
     x_v = plan.add_value(6, 9, 11, True, 0, 1, None, None)
-    expected = F.conv2d(x, weight, None, (2, 3), (1, 2), (2, 1), 2)
-    y_v = plan.add_value(4, *expected.shape[2:], True, 0, 1, None, None)
-    plan.add_float_conv(x_v, y_v, shape, weight, torch.ones(4), torch.zeros(4), False)
+    expected = F.conv2d(x, weight, None, (2, 3), (1, 2), (2, 1), groups)
+    y_v = plan.add_value(out_ch, *expected.shape[2:], True, 0, 1, None, None)
+    plan.add_float_conv(x_v, y_v, shape, weight, torch.ones(out_ch), torch.zeros(out_ch), False)
     assert torch.allclose(plan.run(x, x_v, y_v), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -120,6 +120,8 @@ void count_epilogue(const int32_t* __restrict counts, int64_t pos_stride, const 
     if (valid_per_channel)
       for (int64_t i = 0; i < n; ++i)
         v[i] = static_cast<float>(valid[i * out_ch + o] - 2 * cnt[i * pos_stride]) * scale[o] + shift[o];
+    else if (pos_stride == 1)  // pixel lanes: a channel's counts are contiguous, so the loop vectorises
+      for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(valid[i] - 2 * cnt[i]) * scale[o] + shift[o];
     else
       for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(valid[i] - 2 * cnt[i * pos_stride]) * scale[o] + shift[o];
     finish_channel(v, o, oh, sink);

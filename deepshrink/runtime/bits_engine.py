@@ -9,6 +9,10 @@ over packed bits. Everything else (the float first conv, the classifier, float s
 PyTorch. A ResNet basic block then costs two native calls (conv1: pack its float input, emit the
 bits conv2 reads; conv2: BN + residual + ReLU) instead of a dozen tensor ops.
 
+`prepare` then hands that graph to `bits_plan.compile_plan`: where every op is one the native plan
+knows (a ResNet's stem, blocks, shortcuts, pool and classifier), the whole network runs as one native
+call per batch and the graph is dropped; otherwise the graph runs as above.
+
 Models whose binary layers read float inputs (BWN, TWN, TTQ, DoReFa W1) are not this engine's: their
 arithmetic is float x +-alpha, which the integer engine runs.
 

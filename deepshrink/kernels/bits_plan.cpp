@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bits.h"
+#include "bits_plan.h"
 
 namespace deepshrink_bits {
 
@@ -29,145 +30,6 @@ ConvShape to_shape(const std::vector<int64_t>& shape);    // bits_ops.cpp
 namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-struct Value {
-  int64_t channels, height, width;
-  bool has_float;
-  int lane;                           // 0: no bits; 16/32: pixel lanes; 64: words
-  int64_t groups, words;              // words per group (lane 64)
-  std::optional<at::Tensor> pack_scale, pack_shift;
-  int64_t float_offset = 0, bits_offset = 0;  // in the arena, bytes
-  int64_t plane() const { return height * width; }
-  int64_t bits_bytes() const { return lane ? plane() * groups * words * lane / 8 : 0; }
-};
-
-// Where one output row goes: y (C, OH, OW) floats, a residual of the same layout, packed bits.
-struct RowSink {
-  float* y;
-  const float* residual;
-  void* bits;
-  const Value* out;
-  const float *pack_scale, *pack_shift;
-  bool relu;
-};
-
-// bits[i * STRIDE + word] |= sign(v[i] * ps[o] + pt[o]) << bit; a compile-time stride of 1 (pixel lanes,
-// one word per pixel) and affine flag let the loop vectorise.
-template <typename T, bool AFFINE, int STRIDE>
-inline void or_sign_bits(const float* __restrict v, int64_t n, const float* ps, const float* pt, int64_t o,
-                         T* __restrict bits, int64_t stride, int64_t word, int bit) {
-  const int64_t step = STRIDE ? STRIDE : stride;
-  const float mul = AFFINE ? ps[o] : 1.0f, add = AFFINE ? pt[o] : 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float u = AFFINE ? v[i] * mul + add : v[i];
-    uint32_t raw;
-    std::memcpy(&raw, &u, 4);
-    bits[i * step + word] |= static_cast<T>(raw >> 31) << bit;
-  }
-}
-
-template <typename T>
-inline void or_signs(const float* v, int64_t n, const RowSink& k, int64_t o, T* bits, int64_t stride, int64_t word,
-                     int bit) {
-  if (k.pack_scale && stride == 1) or_sign_bits<T, true, 1>(v, n, k.pack_scale, k.pack_shift, o, bits, 1, word, bit);
-  else if (k.pack_scale) or_sign_bits<T, true, 0>(v, n, k.pack_scale, k.pack_shift, o, bits, stride, word, bit);
-  else if (stride == 1) or_sign_bits<T, false, 1>(v, n, nullptr, nullptr, o, bits, 1, word, bit);
-  else or_sign_bits<T, false, 0>(v, n, nullptr, nullptr, o, bits, stride, word, bit);
-}
-
-// Channel o's row v (n values, before the residual and ReLU) of output row oh into the sink.
-inline void finish_channel(float* v, int64_t o, int64_t oh, const RowSink& k) {
-  const Value& out = *k.out;
-  const int64_t n = out.width, at = o * out.plane() + oh * n;
-  float* y = k.y ? k.y + at : v;  // may be v itself: every loop reads and writes element i only
-  const float* __restrict r = k.residual ? k.residual + at : nullptr;
-  if (r && k.relu)
-    for (int64_t i = 0; i < n; ++i) y[i] = std::max(v[i] + r[i], 0.0f);
-  else if (r)
-    for (int64_t i = 0; i < n; ++i) y[i] = v[i] + r[i];
-  else if (k.relu)
-    for (int64_t i = 0; i < n; ++i) y[i] = std::max(v[i], 0.0f);
-  else if (k.y)
-    std::memcpy(y, v, n * sizeof(float));
-  if (!k.bits) return;
-  const int64_t row = oh * n;
-  if (out.lane == 16) or_signs(y, n, k, o, static_cast<uint16_t*>(k.bits) + row, 1, 0, static_cast<int>(o));
-  else if (out.lane == 32) or_signs(y, n, k, o, static_cast<uint32_t*>(k.bits) + row, 1, 0, static_cast<int>(o));
-  else {
-    const int64_t group_channels = out.channels / out.groups, g = o / group_channels, c = o % group_channels;
-    const int64_t stride = out.groups * out.words;
-    or_signs(y, n, k, o, static_cast<uint64_t*>(k.bits) + row * stride, stride, g * out.words + c / 64,
-             static_cast<int>(c % 64));
-  }
-}
-
-void clear_bits_row(const RowSink& k, int64_t oh) {
-  if (!k.bits) return;
-  const int64_t bytes = k.out->bits_bytes() / k.out->height;
-  std::memset(static_cast<char*>(k.bits) + oh * bytes, 0, bytes);
-}
-
-// Output row oh of a binary layer from its counts: v = (valid - 2 * count) * scale[o] + shift[o]. Cloned
-// per instruction set like the per-layer epilogue; multiply and add stay separate (-ffp-contract=off).
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void count_epilogue(const int32_t* __restrict counts, int64_t pos_stride, const int64_t* chan_offset,
-                    const int32_t* __restrict valid, bool valid_per_channel, const float* scale, const float* shift,
-                    int64_t oh, const RowSink& sink, float* __restrict v) {
-  const int64_t out_ch = sink.out->channels, n = sink.out->width;
-  clear_bits_row(sink, oh);
-  for (int64_t o = 0; o < out_ch; ++o) {
-    const int32_t* cnt = counts + chan_offset[o];
-    if (valid_per_channel)
-      for (int64_t i = 0; i < n; ++i)
-        v[i] = static_cast<float>(valid[i * out_ch + o] - 2 * cnt[i * pos_stride]) * scale[o] + shift[o];
-    else if (pos_stride == 1)  // pixel lanes: a channel's counts are contiguous, so the loop vectorises
-      for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(valid[i] - 2 * cnt[i]) * scale[o] + shift[o];
-    else
-      for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(valid[i] - 2 * cnt[i * pos_stride]) * scale[o] + shift[o];
-    finish_channel(v, o, oh, sink);
-  }
-}
-
-// Direct convolution of one (C, H, W) image, one output row at a time: acc (OW, O) sums over the valid
-// taps (i, j) and input channels c, vectorised over output channels (w is (C/G, KH, KW, O)). OUT > 0: one
-// group of OUT output channels, whose sums stay in registers through a pixel's taps.
-template <int OUT>
-inline void float_conv_row_t(const float* __restrict x, const Value& in, const float* __restrict w, const ConvShape& s,
-                             int64_t oh, int64_t out_w, float* __restrict acc) {
-  const int64_t groups = OUT ? 1 : s.groups, group_in = s.in_ch / groups, group_out = OUT ? OUT : s.out_ch / groups;
-  const int64_t out_ch = s.out_ch;
-  for (int64_t ow = 0; ow < out_w; ++ow) {
-    float sum[OUT ? OUT : 1] = {};
-    float* a = OUT ? sum : acc + ow * out_ch;
-    if (!OUT) std::fill(a, a + out_ch, 0.0f);
-    for (int64_t i = 0; i < s.kh; ++i) {
-      const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-      if (ih < 0 || ih >= in.height) continue;
-      for (int64_t j = 0; j < s.kw; ++j) {
-        const int64_t iw = ow * s.sw - s.pw + j * s.dw;
-        if (iw < 0 || iw >= in.width) continue;
-        for (int64_t g = 0; g < groups; ++g)
-          for (int64_t c = 0; c < group_in; ++c) {
-            const float xv = x[(g * group_in + c) * in.plane() + ih * in.width + iw];
-            const float* wr = w + ((c * s.kh + i) * s.kw + j) * out_ch + g * group_out;
-            float* ag = a + g * group_out;
-            for (int64_t o = 0; o < group_out; ++o) ag[o] += wr[o] * xv;
-          }
-      }
-    }
-    if (OUT) std::memcpy(acc + ow * out_ch, sum, OUT * sizeof(float));
-  }
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void float_conv_row(const float* __restrict x, const Value& in, const float* __restrict w, const ConvShape& s,
-                    int64_t oh, int64_t out_w, float* __restrict acc) {
-  const bool one_group = s.groups == 1;
-  if (one_group && s.out_ch == 16) float_conv_row_t<16>(x, in, w, s, oh, out_w, acc);
-  else if (one_group && s.out_ch == 32) float_conv_row_t<32>(x, in, w, s, oh, out_w, acc);
-  else if (one_group && s.out_ch == 64) float_conv_row_t<64>(x, in, w, s, oh, out_w, acc);
-  else float_conv_row_t<0>(x, in, w, s, oh, out_w, acc);
-}
 
 enum class Kind { float_conv, word_conv, lane_conv, pack, pool_linear, shortcut };
 
@@ -201,11 +63,15 @@ class NetPlan {
                 lane, " channels");
     TORCH_CHECK(groups >= 1 && channels % groups == 0, "groups must divide the channels");
     Value v{channels, height, width, has_float, static_cast<int>(lane), groups,
-            lane == 64 ? ceil_div(channels / groups, 64) : 1, std::nullopt, std::nullopt};
-    for (auto* t : {&pack_scale, &pack_shift})
-      if (t->has_value()) TORCH_CHECK((*t)->numel() == channels, "pack affine needs one value per channel");
-    if (pack_scale) v.pack_scale = pack_scale->to(at::kFloat).contiguous();
-    if (pack_shift) v.pack_shift = pack_shift->to(at::kFloat).contiguous();
+            lane == 64 ? ceil_div(channels / groups, 64) : 1};
+    TORCH_CHECK(pack_scale.has_value() == pack_shift.has_value(), "give both pack_scale and pack_shift or neither");
+    if (pack_scale) {
+      TORCH_CHECK(pack_scale->numel() == channels && pack_shift->numel() == channels,
+                  "pack affine needs one value per channel");
+      held_.push_back(pack_scale->to(at::kFloat).contiguous());
+      held_.push_back(pack_shift->to(at::kFloat).contiguous());
+      v.pack_scale = held_[held_.size() - 2].data_ptr<float>(), v.pack_shift = held_.back().data_ptr<float>();
+    }
     v.float_offset = arena_bytes_;
     arena_bytes_ += ceil_div(has_float ? channels * v.plane() * 4 : 0, 64) * 64;
     v.bits_offset = arena_bytes_;
@@ -308,9 +174,7 @@ class NetPlan {
     for (const Op& op : ops_)
       for (const at::Tensor* t : {&op.weight, &op.mask, &op.nonzero, &op.scale, &op.shift})
         if (t->defined()) total += t->numel() * t->element_size();
-    for (const Value& v : values_)
-      for (const auto* t : {&v.pack_scale, &v.pack_shift})
-        if (t->has_value()) total += (*t)->numel() * 4;
+    for (const at::Tensor& t : held_) total += t.numel() * t.element_size();
     return total;
   }
 
@@ -336,6 +200,7 @@ class NetPlan {
 
   Path path_;
   std::vector<Value> values_;
+  std::vector<at::Tensor> held_;  // the values' pack affines
   std::vector<Op> ops_;
   int64_t arena_bytes_ = 0, acc_floats_ = 0, lane_counts_ = 0;
   bool profiling_ = false;
@@ -355,8 +220,7 @@ void NetPlan::run_image(const float* x, float* result, int64_t input, int64_t ou
     const Value& out = values_[op.out];
     const RowSink sink{out.has_float ? floats(op.out) : nullptr, op.residual >= 0 ? floats(op.residual) : nullptr,
                        out.lane ? bits(op.out) : nullptr, &out,
-                       out.pack_scale ? out.pack_scale->data_ptr<float>() : nullptr,
-                       out.pack_shift ? out.pack_shift->data_ptr<float>() : nullptr, op.relu};
+                       out.pack_scale, out.pack_shift, op.relu};
     const float *scale = op.scale.defined() ? op.scale.data_ptr<float>() : nullptr,
                 *shift = op.shift.defined() ? op.shift.data_ptr<float>() : nullptr;
     switch (op.kind) {
@@ -364,11 +228,7 @@ void NetPlan::run_image(const float* x, float* result, int64_t input, int64_t ou
         for (int64_t oh = 0; oh < out.height; ++oh) {
           float_conv_row(floats(op.in), values_[op.in], op.weight.data_ptr<float>(), op.shape, oh, out.width,
                          ws.acc.data());
-          clear_bits_row(sink, oh);
-          for (int64_t o = 0; o < out.channels; ++o) {
-            for (int64_t i = 0; i < out.width; ++i) ws.row[i] = ws.acc[i * out.channels + o] * scale[o] + shift[o];
-            finish_channel(ws.row.data(), o, oh, sink);
-          }
+          float_epilogue(ws.acc.data(), scale, shift, oh, sink, ws.row.data());
         }
         break;
       }
@@ -411,15 +271,8 @@ void NetPlan::run_image(const float* x, float* result, int64_t input, int64_t ou
         break;
       }
       case Kind::pack: {
-        const float* src = floats(op.in);
-        for (int64_t oh = 0; oh < out.height; ++oh) {
-          clear_bits_row(sink, oh);
-          for (int64_t o = 0; o < out.channels; ++o) {
-            std::memcpy(ws.row.data(), src + o * out.plane() + oh * out.width, out.width * sizeof(float));
-            finish_channel(ws.row.data(), o, oh, RowSink{nullptr, nullptr, sink.bits, &out, sink.pack_scale,
-                                                         sink.pack_shift, false});
-          }
-        }
+        const RowSink bits_only{nullptr, nullptr, sink.bits, &out, sink.pack_scale, sink.pack_shift, false};
+        for (int64_t oh = 0; oh < out.height; ++oh) pack_row(floats(op.in), oh, bits_only, ws.row.data());
         break;
       }
       case Kind::shortcut: {

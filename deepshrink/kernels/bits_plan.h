@@ -1,0 +1,48 @@
+// The plan's row-level pieces (bits_rows.cpp), shared with the plan (bits_plan.cpp): a value's layout and
+// where an output row goes; the epilogue of a binary layer's counts and the float convolution's rows.
+#pragma once
+
+#include <cstdint>
+
+#include "bits.h"
+
+namespace deepshrink_bits {
+
+inline int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct Value {
+  int64_t channels, height, width;
+  bool has_float;
+  int lane;                           // 0: no bits; 16/32: pixel lanes; 64: words
+  int64_t groups, words;              // words per group (lane 64)
+  const float *pack_scale = nullptr, *pack_shift = nullptr;  // per channel, held by the plan; null: identity
+  int64_t float_offset = 0, bits_offset = 0;  // in the arena, bytes
+  int64_t plane() const { return height * width; }
+  int64_t bits_bytes() const { return lane ? plane() * groups * words * lane / 8 : 0; }
+};
+
+// Where one output row goes: y (C, OH, OW) floats, a residual of the same layout, packed bits.
+struct RowSink {
+  float* y;
+  const float* residual;
+  void* bits;
+  const Value* out;
+  const float *pack_scale, *pack_shift;
+  bool relu;
+};
+
+
+// Output row oh of a binary layer: v = (valid - 2 * count) * scale[o] + shift[o], count of channel o at
+// position i = counts[chan_offset[o] + i * pos_stride]; valid per position or per (position, channel).
+void count_epilogue(const int32_t* counts, int64_t pos_stride, const int64_t* chan_offset, const int32_t* valid,
+                    bool valid_per_channel, const float* scale, const float* shift, int64_t oh, const RowSink& sink,
+                    float* v);
+// Output row oh of a float layer: v = acc[i * O + o] * scale[o] + shift[o], then as count_epilogue.
+void float_epilogue(const float* acc, const float* scale, const float* shift, int64_t oh, const RowSink& sink, float* v);
+// Output row oh of the sink's bits from the floats of a value of the same shape (src, (C, H, W)).
+void pack_row(const float* src, int64_t oh, const RowSink& sink, float* v);
+// acc (out_w, O) = output row oh of a float convolution of one (C, H, W) image; w is (C/G, KH, KW, O).
+void float_conv_row(const float* x, const Value& in, const float* w, const ConvShape& s, int64_t oh, int64_t out_w,
+                    float* acc);
+
+}  // namespace deepshrink_bits

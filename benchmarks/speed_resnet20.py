@@ -138,12 +138,16 @@ def main(argv=None) -> int:
         name, _, path = spec.partition("=")
         model = deepshrink.load(path).eval()
         engines = [get_engine(n) for n in COMPRESSED]
+        refused = {e.name: e.unsupported_reason(model) for e in engines if e.unsupported_reason(model)}
+        engines = [e for e in engines if e.name not in refused]
+        for engine, reason in refused.items():
+            log(f"{name}: {engine} refuses it: {reason}")
         engines += [e for e in available_engines(model) if e.name.startswith("bits-")]
         log(f"{name}: {', '.join(e.name for e in engines)}")
         rows = [r.as_dict() for r in measure(model, engines, args.batch, args.threads, shape, args.rounds,
                                              calibration, test_batches, log)]
         result["models"][name] = {"path": path, "file_bytes": Path(path).stat().st_size, "rows": rows,
-                                  "targets": targets(rows)}
+                                  "refused": refused, "targets": targets(rows) if not refused else {}}
         log(f"{name}: {json.dumps(result['models'][name]['targets'])}")
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     log(f"wrote {args.out}")

@@ -43,10 +43,11 @@ def test_integer_form_decodes_to_the_same_weight_bit_for_bit(name):
 
 
 def test_ttq_two_scales_become_one_int8_grid_within_the_tolerance():
-    # 0.3 / 0.2 is exactly 3 / 2; 0.3 / (0.2 sqrt 2) has no small integer ratio
-    for neg, tolerance in ((0.2, 1e-6), (0.2 * 2**0.5, SCALE_TOLERANCE)):
+    # 0.3 / 0.2 is exactly 3 / 2; 0.3 / (0.2 sqrt 2) has no small integer ratio; 0.0487 / 0.0485 (a trained
+    # ResNet-20 layer's) lies between 1 and 127 / 126, the worst place for a ratio of integers <= 127
+    for pos, neg, tolerance in ((0.3, 0.2, 1e-6), (0.3, 0.2 * 2**0.5, SCALE_TOLERANCE), (0.0487, 0.0485, SCALE_TOLERANCE)):
         encoded = EncodedWeight("ternary", SHAPE, codes=_codes(-1, 1).to(torch.int8),
-                                params={"pos_scale": torch.tensor([0.3]), "neg_scale": torch.tensor([neg])})
+                                params={"pos_scale": torch.tensor([pos]), "neg_scale": torch.tensor([neg])})
         q, scale = weight_integer_form(encoded)
         weight = encoded.dequantize()
         assert q.dtype == torch.int8 and torch.equal(q.sign(), weight.sign())

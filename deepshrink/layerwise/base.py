@@ -13,6 +13,16 @@ A method derives from `LayerwiseMethod` and overrides `solve` (and, where it nee
 4. writes the decoded weight back, keeps the `EncodedWeight` for `convert`;
 5. re-estimates BatchNorm statistics on the calibration data (`reestimate_bn`, default on).
 
+Under torchrun (`engine.distributed`) every rank reads all calibration batches (1% of the training set)
+but captures only its shard (batches rank, rank + N, ...): Hessians, their sample counts and the
+BatchNorm statistics are summed over ranks with all-reduce, so N processes build what one builds, up
+to summation order. Rank 0 alone solves each layer and broadcasts its solution, so every rank writes
+back the same weight (even where two machines' LAPACK builds would round differently) and the codes
+equal one process's. Distillation steps (PQ's `layer_finetune_steps` and `global_distill_steps`,
+L-DNQ's `cascade_steps`) are not sharded: every rank runs them on all batches, as one process does.
+PQ's k-means clusters the weights under the metric H, not the activations, so the all-reduced H is
+all it needs.
+
 Example::
 
     result = deepshrink.compress(model, {"method": "lobs", "params": {"sparsity": 0.7}},
@@ -28,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..engine import distributed
 from ..errors import UserError
 from ..methods import CompressContext, Method
 from ..nn import EncodedWeight, compress_layer, set_module
@@ -111,7 +122,10 @@ def calibration_batches(data, device=None) -> list[torch.Tensor]:
 
 
 def reestimate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
-    """Recompute every BatchNorm's running mean/var as the plain average over `batches`."""
+    """Recompute every BatchNorm's running mean/var as the plain average over `batches`.
+
+    Under torchrun each rank passes its shard; the per-batch averages are then combined over ranks,
+    weighted by each rank's batch count (the same average, up to rounding)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return
@@ -127,7 +141,20 @@ def reestimate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
             model(inputs)
     for m, momentum in saved:
         m.momentum = momentum
+    if distributed.is_distributed():
+        _average_bn_over_ranks(norms)
     model.train(was_training)
+
+
+def _average_bn_over_ranks(norms) -> None:
+    """Running mean/var = the average over every rank's batches of the batch statistics."""
+    for m in norms:
+        batches = m.num_batches_tracked.to(torch.float64).reshape(1)
+        mean, var = m.running_mean.double() * batches, m.running_var.double() * batches
+        distributed.all_reduce_sum(mean, var, batches)
+        m.running_mean.copy_(mean / batches)
+        m.running_var.copy_(var / batches)
+        m.num_batches_tracked.fill_(int(batches))
 
 
 class _ChannelStats:
@@ -141,6 +168,12 @@ class _ChannelStats:
         self.count += flat.shape[1]
         self.sum = self.sum + flat.sum(1)
         self.sumsq = self.sumsq + (flat * flat).sum(1)
+
+    def all_reduce(self) -> None:
+        """Add every rank's count and sums (under torchrun; a no-op in one process)."""
+        count = torch.tensor([float(self.count)], dtype=torch.float64)
+        distributed.all_reduce_sum(count, self.sum, self.sumsq)
+        self.count = int(count)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.sum / self.count
@@ -159,6 +192,8 @@ def _stats_of(model: nn.Module, names: list[str], batches, stop: bool) -> dict:
     finally:
         for capture in captures:
             capture.__exit__()
+    for stat in stats.values():
+        stat.all_reduce()
     return {name: stat.result() for name, stat in stats.items()}
 
 
@@ -167,6 +202,7 @@ def correct_bn(model: nn.Module, reference: nn.Module, batches) -> None:
 
     BatchNorms are corrected one at a time in execution order, each measured after the earlier ones
     are corrected: running_mean += m_c - m_o, running_var *= v_c / v_o (m, v over all samples).
+    Under torchrun each rank passes its shard of the batches; the sums behind m and v are all-reduced.
     """
     names = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
              and m.track_running_stats and m.running_mean is not None]
@@ -207,6 +243,7 @@ class LayerwiseMethod(Method):
     # ------------------------------------------------------------------ the driver
     def compress(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         batches = calibration_batches(ctx.calib_data, ctx.device)
+        shard = [batches[i] for i in distributed.shard(len(batches))]  # all of them in one process
         model.eval()
         self.encodings: dict[str, EncodedWeight] = {}
         self.report: dict[str, dict] = {}
@@ -229,15 +266,18 @@ class LayerwiseMethod(Method):
                                  "bits_per_weight": encoded_bits(encoded) / encoded.numel,
                                  "kind": encoded.kind, **self.report.get(name, {})}
         if shift_bn:
-            correct_bn(model, self.reference, batches)
+            correct_bn(model, self.reference, shard)
         elif self.config.reestimate_bn:
-            reestimate_bn(model, batches)
+            reestimate_bn(model, shard)
         self.finish(model, batches, ctx)
         model.deepshrink_report = self.summary()
         return model
 
     def layer_hessian(self, source: nn.Module, name: str, layer: nn.Module, batches) -> torch.Tensor:
-        """H = X X^T / N of `name`'s inputs in `source` over the calibration batches, (G, D', D')."""
+        """H = X X^T / N of `name`'s inputs in `source` over the calibration batches, (G, D', D').
+
+        Each rank captures its shard of `batches` (all of them in one process) and the sums are all-reduced.
+        """
         hooked = source.get_submodule(name)
         groups, _, dim = weight_matrix(layer).shape
         acc = hess.HessianAccumulator(groups, dim, bias=layer.bias is not None,
@@ -248,7 +288,10 @@ class LayerwiseMethod(Method):
                 acc.add(cols)
 
         with InputCapture(hooked, on_input) as capture:
-            capture.run(source, batches)
+            for index in distributed.shard(len(batches)):
+                acc.start_batch(index)  # batch i keeps the same columns whichever rank captures it
+                capture.run(source, [batches[index]])
+        acc.all_reduce()
         return acc.hessian(f"layer {name!r}")
 
     def _solve_and_write(self, name: str, layer: nn.Module, hessian, cfg) -> None:
@@ -256,7 +299,9 @@ class LayerwiseMethod(Method):
         gain = None
         if hessian is not None and layer.bias is not None:
             hessian, gain = hess.schur_free(hessian, 1, self.config.damp)
-        solution = self.solve(name, layer, weight, hessian, cfg)
+        # rank 0 solves; its solution reaches every rank, so all ranks go on from the same weights
+        solution = self.solve(name, layer, weight, hessian, cfg) if distributed.is_main_process() else None
+        solution = distributed.broadcast_object(solution)
         if tuple(solution.encoded.shape) != tuple(layer.weight.shape):
             raise AssertionError(f"{name}: encoding shape {solution.encoded.shape} != {tuple(layer.weight.shape)}")
         new_weight = solution.encoded.dequantize().to(layer.weight.device, layer.weight.dtype)

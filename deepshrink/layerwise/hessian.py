@@ -16,6 +16,7 @@ import warnings
 
 import torch
 
+from ..engine import distributed
 from ..errors import UserError
 
 
@@ -23,7 +24,10 @@ class HessianAccumulator:
     """Running sum of x x^T over input columns, per conv group: `add(cols)`, then `hessian()`.
 
     `max_samples` bounds the columns taken from one `add` call (uniform random subset, seeded), which
-    keeps ResNet-18 at 224x224 (3136 patches per image in layer1) within a few GiB.
+    keeps ResNet-18 at 224x224 (3136 patches per image in layer1) within a few GiB. `start_batch(i)`
+    reseeds that draw from (seed, i), so the columns kept from calibration batch i do not depend on
+    which batches came before it: ranks that each capture a shard of the batches and `all_reduce` their
+    sums build the Hessian one process builds, up to summation order.
 
     Example::
 
@@ -38,7 +42,12 @@ class HessianAccumulator:
         size = dim + int(bias)
         self.sum = torch.zeros(groups, size, size, dtype=torch.float64)  # (G, D', D')
         self.count = 0
+        self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
+
+    def start_batch(self, index: int) -> None:
+        """The columns of calibration batch `index` follow: draw their `max_samples` subset from (seed, index)."""
+        self._generator.manual_seed(self.seed * 1_000_003 + index)
 
     def add(self, cols: torch.Tensor) -> None:
         """Accumulate columns (G, N, D)."""
@@ -52,6 +61,12 @@ class HessianAccumulator:
             cols = torch.cat([cols, cols.new_ones(cols.shape[0], n, 1)], dim=2)  # (G, N, D+1)
         self.sum += cols.transpose(1, 2) @ cols
         self.count += n
+
+    def all_reduce(self) -> None:
+        """Add the sums and counts of every rank (under torchrun; a no-op in one process)."""
+        count = torch.tensor([float(self.count)], dtype=torch.float64)
+        distributed.all_reduce_sum(self.sum, count)
+        self.count = int(count)
 
     def hessian(self, layer: str = "the layer") -> torch.Tensor:
         """H = X X^T / N, (G, D', D') float64; `layer` names the layer in the error when no input came."""

@@ -14,6 +14,12 @@ its optimum and fine-tuned; BN keeps its place as an identity plus that bias), `
 (ChangeDim: blocks along input channels), `n_subspaces > 1` (Subspace: a codebook per group of block
 positions). `n_centroids` is clamped to the number of blocks of a subspace.
 Baseline `kmeans`: the same blocks and K, plain k-means in weight space, no fine-tuning.
+
+Under torchrun nothing here gathers activations: the k-means clusters the weight's blocks (the same on
+every rank) under metrics taken from H, and H is built from every rank's shard of the calibration batches
+and all-reduced by the driver (base.py). Activations enter only through X X^T, which sums over samples, so
+the all-reduced H is exact where all-gathering the sampled activations would cost memory and traffic that
+grow with the calibration set; the E-step and M-step then see the H one process sees.
 """
 from __future__ import annotations
 

@@ -182,11 +182,15 @@ def network_section(base_path: str, rounds: int, data_root: str | None) -> dict:
     paths = kernels.supported_paths()
     runners = {f"bits-{p}": get_engine(f"bits-{p}").prepare(loaded, torch.randn(1, 3, 32, 32), threads=1)
                for p in paths}
+    first = next(iter(runners.values()))
     section = {"file_bytes": file_bytes,
-               "resident_bytes": {name: r.resident_bytes() for name, r in runners.items()},
-               "native_layers": sum(type(m).__name__ == "BitConv2d" for m in next(iter(runners.values())).module.modules()),
-               "graph_calls": sum(n.op in ("call_module", "call_function", "call_method")
-                                  for n in next(iter(runners.values())).module.graph.nodes)}
+               "resident_bytes": {name: r.resident_bytes() for name, r in runners.items()}}
+    if first.plan is not None:  # the whole network is one native call; its ops run in C++
+        section.update({"graph_calls": 1, "plan_ops": [name for name, _ in first.plan.native.op_seconds()]})
+    else:
+        section.update({"native_layers": sum(type(m).__name__ == "BitConv2d" for m in first.module.modules()),
+                        "graph_calls": sum(n.op in ("call_module", "call_function", "call_method")
+                                           for n in first.module.graph.nodes)})
     for batch in (1, 64):
         log(f"network batch {batch}")
         x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))

@@ -22,10 +22,9 @@ EXAMPLES = {
     "eval": "deepshrink eval runs/ldnq/model.dsz --json",
     "info": "deepshrink info --model resnet20 --model-args shortcut=B",
     "data": "deepshrink data info --data fashion-mnist",
-    "compress": "deepshrink compress --recipe ldnq-l3 --model lenet5 --base runs/lenet5/best.pt "
-                "--data fashion-mnist -o runs/ldnq",
+    "compress": "deepshrink compress --recipe ldnq-l3 --base runs/lenet5/best.pt -o runs/ldnq",
     "recipes": "deepshrink recipes --json",
-    "pack": "deepshrink pack runs/lenet5/best.pt --model lenet5 -o lenet5.dsz",
+    "pack": "deepshrink pack runs/lenet5/best.pt -o lenet5.dsz",
     "inspect": "deepshrink inspect runs/ldnq/model.dsz",
     "export": "deepshrink export runs/ldnq/model.dsz -o ldnq.onnx",
     "bench": "deepshrink bench --suite quick --out runs/quick",

@@ -1,4 +1,9 @@
-"""`deepshrink compress`: run a recipe on a model and data set, leave a run folder with model.dsz."""
+"""`deepshrink compress`: run a recipe on a model and data set, leave a run folder with model.dsz.
+
+    deepshrink compress --recipe ldnq-l3 --base runs/lenet5/best.pt -o runs/ldnq  # model, data: as --base records
+    deepshrink compress --method bwn --model resnet20 --model-args shortcut=B --base resnet20.pt \
+        --data cifar10 -o runs/bwn                                            # a plain state_dict as --base
+"""
 from __future__ import annotations
 
 import json
@@ -18,10 +23,12 @@ def add_parser(sub) -> None:
     p.add_argument("--method", help="method name shorthand (its default parameters), instead of --recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set weight_bits=4 --set train.epochs=2")
-    p.add_argument("--model", required=True, help="registered model name (see `deepshrink info --help`)")
+    p.add_argument("--model", help="registered model name (see `deepshrink info --help`); default: the one "
+                                   "--base records")
     p.add_argument("--model-args", action="append", default=[], metavar="K=V",
                    help="model constructor arguments, e.g. shortcut=B")
-    p.add_argument("--base", help="checkpoint to start from (plain state_dict or deepshrink checkpoint)")
+    p.add_argument("--base", help="checkpoint to start from (a plain state_dict, with --model; or one "
+                                  "`deepshrink train` wrote, which records its model and data set)")
     p.add_argument("-o", "--out", required=True, help="run folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder at --out")
     p.add_argument("--print-config", action="store_true",
@@ -34,7 +41,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line at the end")
     from ..data import add_data_args
 
-    add_data_args(p, required=True)
+    add_data_args(p)  # default: the data set --base records
     p.set_defaults(func=run)
 
 
@@ -46,6 +53,15 @@ def run(args) -> int:
 
     if bool(args.recipe) == bool(args.method):
         raise UserError("give exactly one of --recipe FILE|NAME or --method NAME")
+    if args.base and not (args.model and args.data):
+        from .recorded import fill_from_checkpoint
+
+        fill_from_checkpoint(args, args.base)
+    if not args.model:
+        raise UserError("no model given; pass --model NAME, or --base CKPT written by `deepshrink train` "
+                        "(it records its model)")
+    if not args.data:
+        raise UserError("no data set given; pass --data NAME (e.g. --data fashion-mnist)")
     recipe = load_recipe(args.recipe, args.overrides, method=args.method) if args.recipe else \
         load_recipe(None, args.overrides, method=args.method)
     if args.print_config:

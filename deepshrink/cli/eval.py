@@ -2,7 +2,8 @@
 
     deepshrink eval --model resnet20 --model-args shortcut=B --checkpoint resnet20.pt --data cifar10 \
         --data-root ~/.cache/deepshrink/cifar10-jpeg
-    deepshrink eval model.dsz --data cifar10 --data-root ...
+    deepshrink eval model.dsz --data-root ...            # the data set the file records
+    deepshrink eval runs/resnet20/best.pt                 # a `deepshrink train` checkpoint records its model too
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from pathlib import Path
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint or packed model on a data set",
-                       description="Evaluate FILE.dsz (rebuilt by deepshrink.load) or --model with --checkpoint "
-                                   "on the test split of --data.")
-    p.add_argument("file", nargs="?", help="a packed .dsz file (or a .pt checkpoint, with --model)")
-    p.add_argument("--model", help="registered model name (for a .pt checkpoint)")
+                       description="Evaluate FILE.dsz (rebuilt by deepshrink.load) or a .pt checkpoint on the test "
+                                   "split of --data. --model and --data default to what the file records (a "
+                                   ".dsz, or a checkpoint written by `deepshrink train`); a plain state_dict "
+                                   "needs --model.")
+    p.add_argument("file", nargs="?", help="a packed .dsz file or a .pt checkpoint")
+    p.add_argument("--model", help="registered model name, for a .pt checkpoint that does not record it")
     p.add_argument("--model-args", action="append", default=[], metavar="K=V", help="e.g. shortcut=B")
     p.add_argument("--checkpoint", help="plain state_dict or deepshrink checkpoint (.pt)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"],
@@ -27,27 +30,33 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line at the end")
     from ..data import add_data_args
 
-    add_data_args(p)  # default: the data set a .dsz file records
+    add_data_args(p)  # default: the data set the file records
     p.set_defaults(func=run)
 
 
+def checkpoint_of(args) -> str | None:
+    """The .pt checkpoint to evaluate (FILE or --checkpoint), or None for a .dsz file."""
+    from ..errors import UserError
+
+    if args.file and (args.checkpoint or args.model or Path(args.file).suffix in (".pt", ".pth")):
+        if args.checkpoint:
+            raise UserError("give the checkpoint once: either FILE or --checkpoint")
+        return args.file
+    return args.checkpoint
+
+
 def load_model_for_eval(args, num_classes: int, in_channels: int):
-    """The model to evaluate, from a .dsz file or from --model + a .pt checkpoint."""
+    """The model to evaluate, from a .dsz file or from a .pt checkpoint (--model, or the one it records)."""
     from ..errors import UserError
     from ..pipeline import build_model
 
-    checkpoint = args.checkpoint
-    if args.file and (checkpoint or args.model or Path(args.file).suffix in (".pt", ".pth")):
-        if checkpoint:
-            raise UserError("give the checkpoint once: either FILE or --checkpoint")
-        checkpoint = args.file
-    if checkpoint:
-        if not args.model:
-            raise UserError(f"--model NAME is needed to rebuild the network for {checkpoint}")
+    checkpoint = checkpoint_of(args)
+    if checkpoint:  # run() filled --model from the checkpoint's record, or refused it
         return build_model(args.model, args.model_args, checkpoint, num_classes=num_classes,
                            in_channels=in_channels), checkpoint
     if not args.file:
-        raise UserError("nothing to evaluate: give FILE.dsz, or --model NAME --checkpoint FILE.pt")
+        raise UserError("nothing to evaluate: give FILE.dsz, or FILE.pt (with --model NAME unless `deepshrink "
+                        "train` wrote it)")
     if not Path(args.file).is_file():
         raise UserError(f"{args.file} does not exist")
     from ..api import load
@@ -63,7 +72,12 @@ def run(args) -> int:
         from ..errors import UserError
 
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not args.data and args.file and Path(args.file).suffix == ".dsz" and Path(args.file).is_file():
+    checkpoint = checkpoint_of(args)
+    if checkpoint and not (args.model and args.data):
+        from .recorded import fill_from_checkpoint
+
+        fill_from_checkpoint(args, checkpoint)
+    elif not args.data and args.file and Path(args.file).suffix == ".dsz" and Path(args.file).is_file():
         from ..packing.format import recorded_data
 
         args.data = recorded_data(args.file).get("name")

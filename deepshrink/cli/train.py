@@ -86,7 +86,7 @@ def _resume_path(args) -> Path | None:
 
 
 def run(args) -> int:
-    from ..data import dataset_from_args, make_loader
+    from ..data import data_record, dataset_from_args, make_loader
     from ..data.splits import train_val_split
     from ..engine import Trainer, distributed, evaluate, seed_everything
     from ..errors import UserError
@@ -117,8 +117,8 @@ def run(args) -> int:
         val = make_loader(val_set, config.eval_batch_size, train=False, num_workers=args.workers)
         test = make_loader(test_set, config.eval_batch_size, train=False, num_workers=args.workers)
         meta = {"model": {"name": args.model, "args": parse_kv(args.model_args), "base": args.base},
-                "data": {"name": args.data, "root": args.data_root, "train": len(train_set), "val": len(val_set),
-                         "test": len(test_set)}}
+                "data": {**data_record(args.data, train_set), "root": args.data_root, "train": len(train_set),
+                         "val": len(val_set), "test": len(test_set)}}
         trainer = Trainer(model, train, val, config, run_dir=args.out, device=args.device, resume=resume, meta=meta)
         metrics = trainer.fit()
         # the one look at the test set: the final model, after every choice was made on val

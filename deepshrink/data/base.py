@@ -47,6 +47,24 @@ class DatasetMeta:
     augment: str = "cifar"
 
 
+DATA_RECORD_KEYS = ("name", "input_shape", "mean", "std", "num_classes")
+
+
+def data_record(name: str, dataset) -> dict:
+    """What a model trained on `dataset` takes, as checkpoints and `.dsz` files record it so that commands
+    can default to it: {"name", "input_shape": [C, H, W], "mean", "std", "num_classes"}, JSON values only.
+
+    Example::
+
+        data_record("cifar10", get_dataset("cifar10", "test"))["input_shape"]  # -> [3, 32, 32]
+    """
+    size = dataset.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return {"name": str(name), "input_shape": [int(dataset.in_channels), int(height), int(width)],
+            "mean": [float(v) for v in dataset.mean], "std": [float(v) for v in dataset.std],
+            "num_classes": int(dataset.num_classes)}
+
+
 class _ImageDatasetBase(torch.utils.data.Dataset):
     meta: DatasetMeta
     targets: torch.Tensor

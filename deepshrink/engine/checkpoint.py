@@ -6,7 +6,11 @@ A training checkpoint is a dict of tensors and primitive containers (never pickl
      "scheduler": ..., "scaler": ... | None, "epoch": completed epochs, "step": global step,
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor...], "numpy": {...}, "python": {...}},
      "loader_seed": int | None, "config": TrainConfig as a dict, "arch": {"name", "kwargs"} | None,
+     "data": {"name", "input_shape", "mean", "std", "num_classes", ...} | None,
      "metrics": last epoch's metrics, "best_top1": float | None}
+
+"arch" (how `create_model` built the network) and "data" (`deepshrink.data.data_record`) are what
+`recorded_model` reads back, so that commands given such a file need neither --model nor --data.
 
 `load_weights(model, path)` accepts such a checkpoint or a plain `state_dict` file.
 """
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.base import DATA_RECORD_KEYS
 from ..errors import UserError
 
 FORMAT = "deepshrink-checkpoint"
@@ -82,6 +87,27 @@ def read_checkpoint(path) -> dict:
 
 def is_training_checkpoint(data: dict) -> bool:
     return data.get("format") == FORMAT
+
+
+def recorded_model(data: dict) -> tuple[dict | None, dict]:
+    """(architecture, data set) a loaded training checkpoint records: {"name", "kwargs"} for
+    `create_model`, or None; and the data set's record (`deepshrink.data.data_record` keys), or {}.
+    A plain state_dict records neither.
+
+    Example::
+
+        arch, data = recorded_model(read_checkpoint("runs/lenet5/best.pt"))
+        model = create_model(arch["name"], **arch["kwargs"])  # data["name"] == "fashion-mnist"
+    """
+    if not is_training_checkpoint(data):
+        return None, {}
+    arch, record = data.get("arch"), data.get("data")
+    named = isinstance(arch, dict) and isinstance(arch.get("name"), str)
+    arch = {"name": arch["name"], "kwargs": dict(arch.get("kwargs") or {})} if named else None
+    if isinstance(record, str):  # a run that recorded only the name
+        record = {"name": record}
+    record = {k: record[k] for k in DATA_RECORD_KEYS if k in record} if isinstance(record, dict) else {}
+    return arch, record
 
 
 def state_dict_of(data: dict, path="checkpoint") -> dict:

@@ -152,6 +152,7 @@ class Trainer:
             "loader_seed": getattr(self.train_data, "seed", None),
             "config": dataclasses.asdict(self.config),
             "arch": getattr(self.model, "deepshrink_arch", None),
+            "data": self.meta.get("data"),  # with "arch": `deepshrink eval best.pt` needs no --model, --data
             "metrics": dict(self.last_metrics), "best_top1": self.best_top1,
         }
 

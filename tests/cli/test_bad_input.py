@@ -125,3 +125,9 @@ def test_train_overwrite_replaces_its_own_run(tmp_path):
             "--out", str(tmp_path / "r")]
     assert main(argv) == 0
     assert main(argv + ["--overwrite"]) == 0
+
+
+def test_compress_without_a_model_names_both_ways_to_give_one(tmp_path, capsys):
+    line = _one_line_error(["compress", "--method", "bwn", "--data", "digits", "--out", str(tmp_path / "r")], capsys)
+    assert "--model NAME" in line and "--base CKPT written by `deepshrink train`" in line
+    assert not (tmp_path / "r").exists()

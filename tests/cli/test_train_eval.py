@@ -70,4 +70,59 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
                                                                    str(tmp_path / "x")], capsys)
     assert "fashion-mnist" in _user_error(["eval", *MODEL, "--checkpoint", str(junk), "--data", "fashion-mnist",
                                            "--data-root", str(tmp_path / "nowhere")], capsys)
-    assert "--model NAME is needed" in _user_error(["eval", str(junk), "--data", "digits"], capsys)
+    assert "is not a PyTorch checkpoint" in _user_error(["eval", str(junk), "--data", "digits"], capsys)
+
+
+# ---------------------------------------------------------------- what a training checkpoint records
+def test_train_checkpoints_record_their_network_and_data_set_loadable_weights_only(trained_run):
+    for name in ("best.pt", "last.pt"):
+        saved = torch.load(trained_run / name, weights_only=True)
+        assert saved["arch"] == {"name": "lenet300", "kwargs": {"input_size": 8, "num_classes": 10, "in_channels": 1}}
+        assert {k: saved["data"][k] for k in ("name", "input_shape", "num_classes")} == \
+            {"name": "digits", "input_shape": [1, 8, 8], "num_classes": 10}
+
+
+def test_eval_of_a_train_checkpoint_needs_no_model_or_data_flags(trained_run, capsys):
+    best = torch.load(trained_run / "best.pt", weights_only=True)
+    assert main(["eval", str(trained_run / "best.pt"), "--split", "val", "--json"]) == 0
+    metrics = _last_json(capsys)
+    assert metrics["data"] == "digits" and metrics["n"] == 142
+    assert metrics["top1"] == pytest.approx(best["metrics"]["val_top1"])
+
+
+def test_pack_of_a_train_checkpoint_needs_no_model_and_the_file_keeps_its_data_set(trained_run, tmp_path, capsys):
+    best = torch.load(trained_run / "best.pt", weights_only=True)
+    packed = tmp_path / "best.dsz"
+    assert main(["pack", str(trained_run / "best.pt"), "-o", str(packed)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(packed), "--split", "val", "--json"]) == 0  # no --data: the .dsz records it
+    assert _last_json(capsys)["top1"] == pytest.approx(best["metrics"]["val_top1"])
+    repacked = tmp_path / "again.dsz"
+    assert main(["pack", str(packed), "-o", str(repacked), "--fp16"]) == 0  # re-packing keeps the record
+    from deepshrink.packing.format import recorded_data
+
+    assert recorded_data(repacked)["name"] == "digits"
+
+
+def test_compress_from_a_train_checkpoint_needs_no_model_or_data_flags(trained_run, tmp_path, capsys):
+    argv = ["compress", "--method", "lobs", "--base", str(trained_run / "best.pt"), "-o", str(tmp_path / "r")]
+    assert main(argv + ["--print-config"]) == 0
+    import yaml
+
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["model"]["name"] == "lenet300" and shown["model"]["args"]["input_size"] == 8
+    assert shown["data"]["name"] == "digits"
+    assert main(argv + ["--json"]) == 0
+    metrics = _last_json(capsys)
+    assert metrics["base_top1"] > 80  # the trained weights, in the network the checkpoint records
+
+
+def test_a_plain_state_dict_still_needs_model_and_the_error_names_it(trained_run, tmp_path, capsys):
+    plain = tmp_path / "plain.pt"
+    torch.save(torch.load(trained_run / "best.pt", weights_only=True)["model"], plain)
+    for argv in (["eval", str(plain), "--data", "digits"], ["pack", str(plain), "-o", str(tmp_path / "p.dsz")],
+                 ["compress", "--method", "lobs", "--base", str(plain), "--data", "digits", "-o", str(tmp_path / "r")]):
+        message = _user_error(argv, capsys)
+        assert f"{plain} does not record its architecture" in message and "--model NAME" in message
+    assert not (tmp_path / "p.dsz").exists() and not (tmp_path / "r").exists()
+    assert main(["eval", str(plain), "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits"]) == 0

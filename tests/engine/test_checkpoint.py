@@ -133,3 +133,16 @@ def test_foreign_checkpoints_are_refused_in_our_own_words(tmp_path, content, mes
     path.write_bytes(content)
     with pytest.raises(UserError, match=message):
         read_checkpoint(path)
+
+
+def test_recorded_model_reads_what_a_training_checkpoint_records_and_nothing_from_a_state_dict():
+    from deepshrink.engine.checkpoint import FORMAT, recorded_model
+
+    data = {"name": "digits", "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.5], "num_classes": 10,
+            "root": "/somewhere", "train": 1295}
+    saved = {"format": FORMAT, "arch": {"name": "lenet300", "kwargs": {"input_size": 8}}, "data": data}
+    arch, record = recorded_model(saved)
+    assert arch == {"name": "lenet300", "kwargs": {"input_size": 8}}
+    assert record == {k: data[k] for k in ("name", "input_shape", "mean", "std", "num_classes")}  # as a .dsz records
+    assert recorded_model({"format": FORMAT, "arch": None, "data": "digits"}) == (None, {"name": "digits"})
+    assert recorded_model({"fc.weight": torch.zeros(2, 2)}) == (None, {})  # a plain state_dict records nothing

@@ -230,6 +230,13 @@ class MetaQuantHook(Hook):
 class MetaQuant(QATMethod):
     """Handler: the QAT machinery (layer swap, convert to codes) with MetaWeight-wrapped quantizers."""
 
+    def __init__(self, recipe, layers: dict[str, dict]):
+        super().__init__(recipe, layers)
+        self.quantizers: list[MetaWeight] = []  # one per swapped layer, found by `prepare`
+        # built by `prepare`, after the layer swap: its initial weights are drawn where they always were,
+        # so a seed gives the same run as before
+        self.meta_net: MetaNetwork | None = None
+
     def weight_quantizer(self, cfg, layer: nn.Module) -> WeightQuantizer:
         inner = BinaryWeight(cfg.per_channel) if cfg.quantizer == "bwn" else DoReFaWeight(int(cfg.weight_bits))
         return MetaWeight(inner)

@@ -325,8 +325,9 @@ def script_for_latency(model: nn.Module) -> torch.jit.ScriptModule:
     overhead between the blocks, and freezing inlines the buffers as constants and folds any
     conv -> BatchNorm pair left outside the blocks (the stem) into one conv. The result is a frozen
     copy (later changes to `model` do not reach it) and is not packable: pack the eager model and
-    compile it after `deepshrink.load`. On ResNet-20 at keep ratio 0.5 it runs batch 1 about 1.3x
-    faster than the eager converted model (benchmarks/fbs_cifar10.py). Example::
+    compile it after `deepshrink.load`. It runs batch 1 faster than the eager converted model
+    (measured on ResNet-20 at keep ratio 0.5: benchmarks/results/fbs_cifar10_*_latency.json, `fbs`
+    against `fbs_eager`). Example::
 
         fast = script_for_latency(deepshrink.load("fbs.dsz"))
         logits = fast(image[None])    # (1, num_classes)

@@ -59,10 +59,10 @@ class XNOR(BWN):
     `drop_relu: true` follows the paper's block (BN -> sign -> binary conv -> pool), where sign is the
     only non-linearity: a ReLU right before a binary activation would map every negative input to
     one value and stop its gradient (the STE 1{|x| <= 1} then passes only positive inputs). A ReLU
-    whose output also feeds something else (a ResNet's identity path) is kept. Off by default: fine-
-    tuning the shared CIFAR-10 ResNet-20 for one epoch (Adam + distillation) reached 38.0% with it and
-    44.8% without (benchmarks/results/qat_cifar10.jsonl, rows `xnor (adam-kd-droprelu)`, `xnor (adam-kd)`):
-    the pretrained network's features survive binarisation better with their ReLUs in place.
+    whose output also feeds something else (a ResNet's identity path) is kept. Off by default: when a
+    pretrained network is fine-tuned, its features survive binarisation better with their ReLUs in
+    place (measured on the shared CIFAR-10 ResNet-20: benchmarks/results/qat_cifar10.jsonl, the `xnor`
+    rows tagged `...-droprelu` against the same tags without it).
     """
 
     def prepare(self, model: nn.Module) -> nn.Module:

@@ -225,6 +225,13 @@ class LayerwiseMethod(Method):
     needs_hessian = True
     needs_reference = False  # keep an unmodified copy of the model (teacher) in self.reference
 
+    def __init__(self, recipe, layers):
+        super().__init__(recipe, layers)
+        self.encodings: dict[str, EncodedWeight] = {}  # per layer, as solved
+        self.report: dict[str, dict] = {}  # per layer: seconds, bits, the solver's figures
+        self.reference: nn.Module | None = None  # the model before compression, where a method needs it
+        self._teacher_outputs: list[torch.Tensor] | None = None  # reference outputs per batch, made once
+
     def solve(self, name: str, layer: nn.Module, weight: torch.Tensor, hessian: torch.Tensor | None,
               cfg) -> LayerSolution:
         """Compress one layer: `weight` (G, R, D) float64, `hessian` (G, D, D) float64 or None."""
@@ -245,8 +252,7 @@ class LayerwiseMethod(Method):
         batches = calibration_batches(ctx.calib_data, ctx.device)
         shard = [batches[i] for i in distributed.shard(len(batches))]  # all of them in one process
         model.eval()
-        self.encodings: dict[str, EncodedWeight] = {}
-        self.report: dict[str, dict] = {}
+        self.encodings, self.report, self._teacher_outputs = {}, {}, None
         model = self.prepare(model, batches)
         shift_bn = self.config.reestimate_bn and self.config.bn_update == "shift"
         self.reference = copy.deepcopy(model).eval() if (self.needs_reference or shift_bn

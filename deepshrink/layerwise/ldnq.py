@@ -254,7 +254,7 @@ class LDNQ(LayerwiseMethod):
         cfg = self.layer_configs[name]
         if cfg.cascade_steps <= 0:
             return
-        if not hasattr(self, "_teacher_outputs"):
+        if self._teacher_outputs is None:
             self._teacher_outputs = outputs_of(self.reference, batches)
         pending = [n for n in self.layer_configs if n not in self.encodings]
         params = [p for n in pending for p in model.get_submodule(n).parameters()]

@@ -155,6 +155,10 @@ def prune_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, mo
 class LOBS(LayerwiseMethod):
     """L-OBS pruning (Dong et al. 2017), one-shot or exact (OBC); see the module docstring."""
 
+    def __init__(self, recipe, layers):
+        super().__init__(recipe, layers)
+        self.sparsity = {name: cfg.sparsity for name, cfg in self.layer_configs.items()}  # global scope: set in prepare
+
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         self.sparsity = {name: cfg.sparsity for name, cfg in self.layer_configs.items()}
         if self.config.scope == "global":
@@ -205,6 +209,10 @@ class MagnitudeConfig(LayerwiseConfig):
 @register_method("magnitude", MagnitudeConfig)
 class Magnitude(LayerwiseMethod):
     """Baseline for L-OBS: remove the smallest |w| (no compensation), same sparsity, same driver."""
+
+    def __init__(self, recipe, layers):
+        super().__init__(recipe, layers)
+        self.sparsity = {name: cfg.sparsity for name, cfg in self.layer_configs.items()}  # global scope: set in prepare
 
     needs_hessian = False
 

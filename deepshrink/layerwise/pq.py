@@ -217,6 +217,10 @@ class PQ(KMeansPQ):
 
     needs_hessian = True
 
+    def __init__(self, recipe, layers):
+        super().__init__(recipe, layers)
+        self.fused: dict = {}  # layers whose BatchNorm was folded in (fuse_bn): their bias trains too
+
     def solve(self, name, layer, weight, hessian, cfg) -> LayerSolution:
         solution = super().solve(name, layer, weight, hessian, cfg)
         if cfg.refit:
@@ -247,7 +251,7 @@ class PQ(KMeansPQ):
         cfg = self.layer_configs[name]
         if cfg.layer_finetune_steps <= 0:
             return
-        if not hasattr(self, "_teacher_outputs"):
+        if self._teacher_outputs is None:
             self._teacher_outputs = outputs_of(self.reference, batches)
         trainable = _PQTrainable(model.get_submodule(name), self.encodings[name])
         set_module(model, name, trainable)
@@ -258,7 +262,7 @@ class PQ(KMeansPQ):
 
     def finish(self, model, batches, ctx) -> None:
         if self.config.global_distill_steps > 0:
-            teacher = getattr(self, "_teacher_outputs", None) or outputs_of(self.reference, batches)
+            teacher = self._teacher_outputs or outputs_of(self.reference, batches)
             trainables, params = self._make_trainable(model)
             distill(model, batches, teacher, params, self.config.global_distill_steps, self.config.global_distill_lr)
             self._finish_trainable(model, trainables)

@@ -330,7 +330,7 @@ class LayerwiseMethod(Method):
 
     def convert(self, model: nn.Module) -> nn.Module:
         """Each compressed layer becomes a CompressedConv2d/Linear holding its EncodedWeight."""
-        for name, encoded in getattr(self, "encodings", {}).items():
+        for name, encoded in self.encodings.items():
             set_module(model, name, compress_layer(model.get_submodule(name), encoded))
         return model
 

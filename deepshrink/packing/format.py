@@ -13,6 +13,7 @@ Example::
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import json
 import os
@@ -65,6 +66,9 @@ def _architecture(model: nn.Module) -> tuple[nn.Module, dict]:
     if named:
         arch = {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
         if arch["name"] in MODELS and MODELS.get(arch["name"]).__module__.startswith("deepshrink."):
+            # load rebuilds attention split (as compress leaves it): an uncompressed model is packed that way too
+            if any(type(m) is nn.MultiheadAttention for m in model.modules()):
+                model = split_attention(copy.deepcopy(model))
             return model, arch
     try:
         traced = trace(model)

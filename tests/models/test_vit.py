@@ -107,3 +107,14 @@ def test_packs_and_reloads_by_name_in_a_fresh_process(bwn_vit, tmp_path):
     assert done.returncode == 0, done.stderr
     with torch.no_grad():
         assert (torch.load(tmp_path / "out.pt") - bwn_vit(images)).abs().max().item() <= 1e-5
+
+
+def test_the_float_model_packs_with_its_attention_split_and_is_left_as_it_was(tmp_path):
+    model = deepshrink.create_model("vit_tiny_cifar").eval()
+    deepshrink.pack(model, tmp_path / "float.dsz")  # the benchmark's full-precision row packs it uncompressed
+    assert type(model.blocks[0].attn) is nn.MultiheadAttention
+    loaded = deepshrink.load(tmp_path / "float.dsz")
+    assert type(loaded.blocks[0].attn) is SplitAttention
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (loaded(images) - model(images)).abs().max().item() <= 1e-5

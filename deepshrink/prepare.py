@@ -61,16 +61,37 @@ class _WeightReads(TorchFunctionMode):
 def first_inputs(*loaders, samples: int = 2):
     """The first `samples` inputs of the first batch of the first loader that is not None (None if none).
 
-    torch's global random state is restored afterwards: a DataLoader draws its seeds from it, and the
-    method's own pass over the data must not depend on this one."""
-    with torch.random.fork_rng(devices=[]):
-        for data in loaders:
-            if data is None:
-                continue
-            for item in data:
+    torch's global random state, each loader's own generators and deepshrink loaders' pass count are as
+    before afterwards: a DataLoader draws its seeds and its shuffle order from them, and the method's own
+    pass over the data must not depend on this one (it did: the first training epoch saw another order)."""
+    generators = [g for data in loaders for g in _generators(data)]
+    states = [g.get_state() for g in generators]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for data in loaders:
+                if data is None:
+                    continue
+                # deepshrink's loaders count passes (each pass its own shuffle): peek without counting one
+                peek = getattr(data, "first_batch", None)
+                item = peek() if callable(peek) else next(iter(data), None)
+                if item is None:
+                    continue
                 inputs = item[0] if isinstance(item, (tuple, list)) else item
                 return inputs[:samples] if isinstance(inputs, torch.Tensor) and inputs.dim() > 0 else inputs
-    return None
+        return None
+    finally:
+        for generator, state in zip(generators, states):
+            generator.set_state(state)
+
+
+def _generators(data) -> list[torch.Generator]:
+    """The torch.Generators a DataLoader (its own, its sampler's, its batch sampler's sampler's) draws from."""
+    found = []
+    for holder in (data, getattr(data, "sampler", None), getattr(getattr(data, "batch_sampler", None), "sampler", None)):
+        generator = getattr(holder, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
 
 
 def check_layers_run(model: nn.Module, names, inputs) -> None:

@@ -114,3 +114,18 @@ def test_reading_the_first_batch_leaves_the_global_random_state_alone():
     after = torch.rand(1)
     torch.manual_seed(0)
     assert inputs.shape == (2, 8) and torch.equal(torch.rand(1), after)
+
+
+def test_peeking_at_the_first_batch_leaves_the_training_order_alone():
+    # the layer check reads one batch before the method trains; a deepshrink loader counts passes (each
+    # its own shuffle), so a counted peek made the first training epoch see the second epoch's order
+    from deepshrink.data import get_dataset, make_loader
+    from deepshrink.prepare import first_inputs
+
+    def first_labels(peek: bool):
+        loader = make_loader(get_dataset("digits", "train"), 32, train=True, augment=False)
+        if peek:
+            first_inputs(loader)
+        return [labels for _, labels in loader][:3]
+
+    assert all(torch.equal(a, b) for a, b in zip(first_labels(True), first_labels(False)))

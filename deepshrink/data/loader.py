@@ -103,6 +103,14 @@ class _LoaderBase:
         positions = torch.arange(self.rank, total, self.world_size)
         return order[positions], positions, generator
 
+    def first_batch(self):
+        """The first batch of the next pass, without using that pass up (the epoch counter stays)."""
+        epoch, explicit = self.epoch, self._explicit_epoch
+        try:
+            return next(iter(self), None)
+        finally:
+            self.epoch, self._explicit_epoch = epoch, explicit
+
     def _advance(self) -> None:
         if not self._explicit_epoch:
             self.epoch += 1

@@ -75,6 +75,7 @@ def run(args) -> int:
         metrics = run_compress(recipe, model=args.model, model_args=args.model_args, base=args.base,
                                data=args.data, data_root=args.data_root, download=args.download, out_dir=args.out,
                                device=args.device, train_subset=args.train_subset, resume=args.resume)
+        distributed.barrier()  # no rank tears the group down while another still talks to it
     finally:
         distributed.cleanup()
     if "rank" in metrics:

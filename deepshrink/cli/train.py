@@ -123,6 +123,7 @@ def run(args) -> int:
         metrics = trainer.fit()
         # the one look at the test set: the final model, after every choice was made on val
         metrics.update({f"test_{k}": v for k, v in evaluate(trainer.model, test, trainer.device).items()})
+        distributed.barrier()  # no rank tears the group down while another still talks to it
     finally:
         distributed.cleanup()
     if not main_process:

@@ -7,15 +7,16 @@ onnxruntime-fp32 and ONNX Runtime's own int8 PTQ, and PyTorch's x86 int8 engine 
 static PTQ, the same calibration images), the alternative to ONNX Runtime for the integer engine.
 The issue-21 targets are evaluated on the 1-thread rows and written with the figures.
 
-    flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/speed_resnet20.py \\
-        --model ldnq-l3=runs/speed/ldnq-l3/model.dsz --model ldnq-l5=runs/speed/ldnq-l5/model.dsz \\
-        --model dorefa-w4a4=runs/speed/dorefa-w4a4/model.dsz \\
+    for n in dorefa-w4a4 pact-w4a4 lsq-w3a3 lsq-w2a2 ldnq-l3 ldnq-l5 ttq bwn; do M="$M --model $n=runs/speed/$n/model.dsz"; done
+    flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/speed_resnet20.py $M --threads 1 \\
         --base ../shared/models/resnet20-cifar10jpeg.pt --data-root ~/.cache/deepshrink/cifar10-jpeg \\
         --out benchmarks/results/speed_resnet20.json
 
-The models: `deepshrink compress --method ldnq --set levels=3` (and 5), and `--recipe dorefa-w4a4
---set train.epochs=1 --set train.max_steps_per_epoch=150`, each with `--model resnet20 --model-args
-shortcut=B --base ../shared/models/resnet20-cifar10jpeg.pt --data cifar10 --out runs/speed/NAME`.
+The models, each with `--model resnet20 --model-args shortcut=B --base ../shared/models/resnet20-cifar10jpeg.pt
+--data cifar10 --out runs/speed/NAME`: `deepshrink compress --method ldnq --set levels=3` (and 5); the QAT ones
+`--recipe R --set train.epochs=1 --set train.max_steps_per_epoch=150` for R in dorefa-w4a4, pact-w4a4, lsq-w3a3,
+lsq-w2a2, ttq and bwn-kd (its folder: runs/speed/bwn): a short fine-tune, enough to put the codes and
+activation grids in place (their accuracy is not the point here; the QAT tables have the full recipes).
 """
 from __future__ import annotations
 

@@ -7,12 +7,14 @@ import sys
 
 
 def add_parser(sub) -> None:
+    from ..bench.suite import suite_names
+
     p = sub.add_parser("bench", help="run every method of a suite on one model; report accuracy against size",
                        description="Run the rows of a benchmark suite one after another. Each finished row is "
                                    "appended to OUT/results.jsonl, so running the same command again resumes "
                                    "where it stopped; OUT/report.md and OUT/pareto.png are rebuilt after "
                                    "every row. Exit status 1 when a row failed (it is recorded with its error).")
-    p.add_argument("--suite", required=True, help="a shipped suite (quick, cifar10) or a suite YAML file")
+    p.add_argument("--suite", required=True, help=f"a shipped suite ({', '.join(suite_names())}) or a suite YAML file")
     p.add_argument("--out", required=True, help="results folder (created; reused to resume)")
     p.add_argument("--base", help="full-precision checkpoint every row starts from (overrides the suite's)")
     p.add_argument("--only", help="comma-separated methods to run (the full-precision row always runs)")

@@ -139,7 +139,8 @@ def main(argv=None) -> int:
         name, _, path = spec.partition("=")
         model = deepshrink.load(path).eval()
         engines = [get_engine(n) for n in COMPRESSED]
-        refused = {e.name: e.unsupported_reason(model) for e in engines if e.unsupported_reason(model)}
+        reasons = {e.name: e.unsupported_reason(model) for e in engines}
+        refused = {name: reason for name, reason in reasons.items() if reason}
         engines = [e for e in engines if e.name not in refused]
         for engine, reason in refused.items():
             log(f"{name}: {engine} refuses it: {reason}")

@@ -157,10 +157,9 @@ class LOBS(LayerwiseMethod):
 
     def __init__(self, recipe, layers):
         super().__init__(recipe, layers)
-        self.sparsity = {name: cfg.sparsity for name, cfg in self.layer_configs.items()}  # global scope: set in prepare
+        self.sparsity = {name: cfg.sparsity for name, cfg in self.layer_configs.items()}  # global scope: prepare sets it
 
     def prepare(self, model: nn.Module, batches) -> nn.Module:
-        self.sparsity = {name: cfg.sparsity for name, cfg in self.layer_configs.items()}
         if self.config.scope == "global":
             scores = {}
             for name in self.layer_configs:
@@ -212,12 +211,11 @@ class Magnitude(LayerwiseMethod):
 
     def __init__(self, recipe, layers):
         super().__init__(recipe, layers)
-        self.sparsity = {name: cfg.sparsity for name, cfg in self.layer_configs.items()}  # global scope: set in prepare
+        self.sparsity = {name: cfg.sparsity for name, cfg in self.layer_configs.items()}  # global scope: prepare sets it
 
     needs_hessian = False
 
     def prepare(self, model, batches):
-        self.sparsity = {name: cfg.sparsity for name, cfg in self.layer_configs.items()}
         if self.config.scope == "global":
             scores = {n: model.get_submodule(n).weight.detach().abs().reshape(-1) for n in self.layer_configs}
             self.sparsity = global_sparsity(scores, self.config.sparsity)

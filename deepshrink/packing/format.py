@@ -302,7 +302,7 @@ def _build(meta: dict) -> tuple[nn.Module, dict[str, nn.Module]]:
     return model, modules
 
 
-def _release_scratch() -> None:
+def release_scratch() -> None:
     """Hand the heap pages that loading freed back to the OS (glibc's malloc_trim; a no-op elsewhere).
 
     Unpacking codes goes through short-lived int64 arrays many times the size of the codes; glibc keeps
@@ -360,7 +360,7 @@ def load(path, decode: bool = False) -> nn.Module:
         if decode:
             decode_weights(model)
         del meta, blobs, reader, state
-        _release_scratch()
+        release_scratch()
     except PackFormatError as exc:
         raise PackFormatError(f"{path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - never let a bad file surface as anything else

@@ -32,7 +32,7 @@ from torch import fx, nn
 
 from ..errors import PackFormatError, UserError
 from ..nn.packable import Packable
-from .graph_vocab import _FUNCTION_NAMES, _LEAF_TYPES, DTYPES, FUNCTIONS, GETATTR_NAMES, METHODS, MODULES
+from .graph_vocab import _FUNCTION_NAMES, _LEAF_TYPES, DTYPES, FUNCTIONS, GETATTR_NAMES, METHODS, MODULES, WRAPPED
 from .payload import _fail
 
 _FIX = ("make forward traceable by torch.fx, or register a constructor with "
@@ -82,28 +82,34 @@ def _user_frame(exc: BaseException) -> str:
     return f" at {_location(frames[-1].filename, frames[-1].lineno, frames[-1].name)}" if frames else ""
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """`model` as a GraphModule sharing its leaf modules and tensors (traced in eval mode).
+def trace(model: nn.Module, build=None):
+    """`model` as a GraphModule sharing its leaf modules and tensors (traced in eval mode); with `build`,
+    `build(graph)` instead, called with the fx.Graph while the tensor constants FX parks on `model` (its
+    get_attr targets) are still there, and without generating the GraphModule's code.
 
     Raises UserError naming the construct, and the fix, when torch.fx cannot trace `forward`
     (data-dependent control flow such as `if x.sum() > 0:`).
     """
     name = type(model).__name__
-    tracer = _LeafTracer()
+    # functions FX must record as one call wherever they are called (`torch.fx.wrap` covers only calls
+    # from their own module, not from the code of a GraphModule that `load` rebuilt)
+    tracer = _LeafTracer(autowrap_functions=WRAPPED)
     before, was_training = set(vars(model)), model.training
     model.eval()
     try:
-        graph = tracer.trace(model)
-        traced = fx.GraphModule(model, graph, class_name=name if _NAME.fullmatch(name) else "GraphModule")
-    except Exception as exc:  # noqa: BLE001 - whatever tracing trips on, the user gets one message
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot record the architecture of {name}: torch.fx cannot trace its forward"
-                        f"{_user_frame(exc)} ({reason}); {_FIX}") from None
+        try:
+            graph = tracer.trace(model)
+            traced = None if build else fx.GraphModule(
+                model, graph, class_name=name if _NAME.fullmatch(name) else "GraphModule")
+        except Exception as exc:  # noqa: BLE001 - whatever tracing trips on, the user gets one message
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot record the architecture of {name}: torch.fx cannot trace its forward"
+                            f"{_user_frame(exc)} ({reason}); {_FIX}") from None
+        return build(graph) if build else traced
     finally:
         model.train(was_training)
         for added in set(vars(model)) - before:  # tensor constants FX parks on the traced model
             delattr(model, added)
-    return traced
 
 
 # ---------------------------------------------------------------- recording

@@ -38,6 +38,7 @@ FUNCTIONS: dict[str, object] = {
     "deepshrink.nn.attention.attend": attend,
 }
 _FUNCTION_NAMES = {id(fn): name for name, fn in reversed(FUNCTIONS.items())}  # first name wins
+WRAPPED = (attend,)  # deepshrink's own functions in FUNCTIONS: FX records each as one call
 
 # call_method names: tensor methods that compute, never ones that reach outside the tensor
 METHODS = frozenset("""view reshape flatten mean sum size dim numel permute transpose contiguous unsqueeze squeeze

@@ -1,5 +1,6 @@
-"""PyTorch eager engines: `torch-fp32`, the same network uncompressed (the float reference), and
-`torch-eager`, the loaded compressed model as `deepshrink.load` returns it.
+"""PyTorch eager engines: `torch-fp32`, the same network uncompressed (the float reference),
+`torch-eager`, the loaded compressed model as `deepshrink.load` returns it, and `torch-frozen`, the same
+model as `deepshrink.load(path, frozen=True)` returns it (deepshrink.runtime.frozen: no module tree).
 
 Example::
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from ..nn.compressed import CompressedConv2d, CompressedLinear, tensor_nbytes
 from .engines import Engine, Runner, register_engine
+from .frozen import FrozenModel
 
 
 def float_reference(model: nn.Module) -> nn.Module:
@@ -75,3 +77,39 @@ class TorchEager(Engine):
 
     def prepare(self, model, example, threads=1, calibration=None):
         return TorchRunner(model, threads)
+
+
+class FrozenRunner(Runner):
+    """A `FrozenModel` on `threads` intra-op threads; its resident bytes are its one tensor buffer."""
+
+    def __init__(self, model: nn.Module, threads: int):
+        self.frozen = FrozenModel(model)
+        self.threads = threads
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return self.frozen(x)
+
+    def resident_bytes(self) -> int:
+        return self.frozen.nbytes
+
+
+@register_engine
+class TorchFrozen(Engine):
+    """The loaded compressed model frozen (`deepshrink.load(path, frozen=True)`): no nn.Module tree, the
+    same outputs bit for bit, inference only."""
+
+    name = "torch-frozen"
+
+    def unsupported_reason(self, model):
+        from ..packing.graph import trace
+
+        try:
+            trace(model, build=lambda graph: None)
+        except Exception as exc:  # noqa: BLE001 - the reason is the line the engine reports
+            return str(exc).splitlines()[0]
+        return None
+
+    def prepare(self, model, example, threads=1, calibration=None):
+        return FrozenRunner(model, threads)

@@ -29,10 +29,12 @@ def test_method_output_survives_pack_and_load(method, tmp_path):
     assert any(isinstance(m, Packable) for m in compressed.modules()), f"{method} left nothing to pack"
     report = save(compressed, tmp_path / "m.dsz")
     loaded = load(tmp_path / "m.dsz")
+    frozen = deepshrink.load(tmp_path / "m.dsz", frozen=True)
     assert [type(m) for m in loaded.modules()] == [type(m) for m in compressed.modules()]
     with torch.no_grad():
         for images, _ in data:
             assert (loaded(images) - compressed(images)).abs().max().item() <= 1e-5
+            assert torch.equal(frozen(images), loaded(images))  # the same code on the same tensors
     assert sum(row["bytes"] for row in inspect(tmp_path / "m.dsz")["layers"]) == report["totals"]["file_bytes"]
 
 
@@ -76,6 +78,8 @@ def test_method_compresses_every_attention_projection_and_the_block_reloads(meth
         assert isinstance(layer, Packable) and layer.encoded.kind != "float", f"{method} left {name} float"
     save(compressed, tmp_path / "block.dsz")
     loaded = load(tmp_path / "block.dsz")
+    frozen = deepshrink.load(tmp_path / "block.dsz", frozen=True)  # a traced graph: the block is not in the zoo
     with torch.no_grad():
         for tokens, _ in data:
             assert (loaded(tokens) - compressed(tokens)).abs().max().item() <= 1e-5
+            assert torch.equal(frozen(tokens), loaded(tokens))

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from ..errors import UserError
 
@@ -71,17 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deepshrink {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = ""
-        if args.command in ("train", "compress") and getattr(args, "out", None):
-            hint = (f"; the same command with --resume continues from the last finished epoch in {args.out}"
-                    if args.command == "compress" else
-                    f"; the same command with --resume continues from {args.out}/last.pt")
-        print("interrupted" + hint, file=sys.stderr)
+        print("interrupted" + _resume_hint(args), file=sys.stderr)
         return 130
     except BrokenPipeError:  # `deepshrink recipes --json | head`: the reader left; end quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit finds no broken pipe
         return 0
+
+
+def _resume_hint(args) -> str:
+    """What `--resume` would continue from after Ctrl-C (the trainer has said where it stopped)."""
+    if args.command not in ("train", "compress") or not getattr(args, "out", None):
+        return ""
+    last = Path(args.out) / ("train" if args.command == "compress" else "") / "last.pt"
+    if not last.is_file():
+        return f"; nothing was saved to resume from ({last} does not exist)"
+    return f"; the same command with --resume continues from {last}"
 
 
 if __name__ == "__main__":

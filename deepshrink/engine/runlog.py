@@ -78,13 +78,16 @@ class RunLog:
         else:
             print(text, file=sys.stderr, flush=True)
 
-    def start_epoch(self, epoch: int, steps: int) -> None:
-        """Begin an epoch of `steps` iterations (opens the bar on a terminal)."""
+    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
+        """Begin an epoch of `steps` iterations, `done` of them already run (a resumed epoch; opens the
+        bar on a terminal)."""
         self._epoch, self._steps, self._start, self._images = epoch, steps, time.perf_counter(), 0
+        self._done = done
         if self.enabled and self.progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="it", leave=False, file=sys.stderr)
+            self._bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}", unit="it", leave=False,
+                             file=sys.stderr)
 
     def step(self, index: int, images: int, loss: float, lr: float) -> None:
         """Record iteration `index` (0-based) of `images` images: bar update or a line every log_every."""
@@ -96,7 +99,7 @@ class RunLog:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
         elif (index + 1) % self.log_every == 0 or index + 1 == self._steps:
-            eta = (self._steps - index - 1) * (time.perf_counter() - self._start) / (index + 1)
+            eta = (self._steps - index - 1) * (time.perf_counter() - self._start) / (index + 1 - self._done)
             self.message(f"epoch {self._epoch} step {index + 1}/{self._steps} loss {loss:.4f} lr {lr:.4g} "
                          f"{rate:.0f} img/s eta {eta:.0f}s")
 

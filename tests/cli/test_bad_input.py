@@ -1,6 +1,7 @@
 """Bad input gets one line naming the problem and the fix, exit status 2, no traceback, nothing lost."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,15 +98,21 @@ def test_a_recipe_of_the_wrong_shape_is_named(recipe, message, tmp_path, capsys)
     assert message in line
 
 
-def test_an_interrupt_says_how_to_resume(tmp_path, capsys, monkeypatch):
+def test_an_interrupt_says_how_to_resume_or_that_nothing_was_saved(tmp_path, capsys, monkeypatch):
     import deepshrink.pipeline
 
-    def interrupted(*args, **kwargs):
+    def interrupted(*args, out_dir, **kwargs):
+        if "saving" in str(out_dir):
+            (Path(out_dir) / "train").mkdir(parents=True)
+            (Path(out_dir) / "train" / "last.pt").write_bytes(b"a checkpoint")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(deepshrink.pipeline, "run_compress", interrupted)
-    assert main(COMPRESS + ["--out", str(tmp_path / "r")]) == 130
-    assert "the same command with --resume continues" in capsys.readouterr().err
+    assert main(COMPRESS + ["--out", str(tmp_path / "saving")]) == 130
+    last = tmp_path / "saving" / "train" / "last.pt"
+    assert f"the same command with --resume continues from {last}" in capsys.readouterr().err
+    assert main(COMPRESS + ["--out", str(tmp_path / "r")]) == 130  # a layer-wise method saves no checkpoint
+    assert "nothing was saved to resume from" in capsys.readouterr().err
 
 
 def test_overwrite_replaces_a_run_but_never_a_folder_with_other_files(tmp_path, capsys):

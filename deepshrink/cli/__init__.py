@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..progress import quiet
 
 COMMANDS = ["demo", "train", "eval", "info", "data", "compress", "recipes", "pack", "inspect", "export",
             "bench", "report", "speed"]
@@ -32,6 +33,10 @@ EXAMPLES = {
     "report": "deepshrink report runs/quick",
     "speed": "deepshrink speed runs/ldnq/model.dsz --batch 1 64 --threads 1 2 --json",
 }
+
+# Commands with long silent parts (training, calibration, layer after layer, evaluation, packing):
+# they report progress on stderr (deepshrink.progress) unless given --quiet.
+REPORTS_PROGRESS = ("train", "eval", "compress", "pack", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
         if name in EXAMPLES and name in sub.choices:
             sub.choices[name].epilog = f"example: {EXAMPLES[name]}"
+        if name in REPORTS_PROGRESS and name in sub.choices:
+            sub.choices[name].add_argument("-q", "--quiet", action="store_true",
+                                           help="no progress bars or lines (results, warnings and errors still print)")
     return parser
 
 
@@ -67,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with quiet(getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
     except UserError as exc:
         print(f"deepshrink {args.command}: error: {exc}", file=sys.stderr)
         return 2

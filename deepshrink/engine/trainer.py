@@ -337,7 +337,7 @@ class Trainer:
     def _end_epoch(self, stats: dict) -> None:
         metrics = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"], **stats}
         if self.val_data is not None:  # Ctrl-C here stops at once: the epoch's training is saved, not its score
-            val = evaluate(self.model, self.val_data, self.device)
+            val = evaluate(self.model, self.val_data, self.device, task=f"validate epoch {self.epoch + 1}")
             metrics.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
         with self.interrupts.critical():
             for hook in self.hooks:

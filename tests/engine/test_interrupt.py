@@ -40,11 +40,28 @@ class Interrupter(Hook):
             signal.raise_signal(signal.SIGINT)
 
 
+class CtrlCInValidation:
+    """A validation loader that sends SIGINT after the first batch of its pass number `at` (1-based)."""
+
+    def __init__(self, loader, at: int):
+        self.loader, self.at, self.passes = loader, at, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        self.passes += 1
+        for index, batch in enumerate(self.loader):
+            if self.passes == self.at and index == 1:
+                signal.raise_signal(signal.SIGINT)
+            yield batch
+
+
 @pytest.fixture
 def fit(make_net, make_loader_pair):
     """fit(kind, run_dir, hook, resume=None) -> the Trainer, after training the tiny net with dropout."""
 
-    def run(kind, run_dir, hook, resume=None):
+    def run(kind, run_dir, hook, resume=None, ctrl_c_in_validation=None):
         layers = list(make_net(seed=0))  # dropout draws from the RNG: the checkpoint must carry its state
         net = nn.Sequential(*layers[:-1], nn.Dropout(0.3), layers[-1])
         train, val = make_loader_pair(batch_size=32, seed=5)  # any loader with set_epoch: batches drawn, dropped
@@ -52,6 +69,8 @@ def fit(make_net, make_loader_pair):
             images = (train.inputs * 40 + 128).clamp(0, 255).to(torch.uint8)
             meta = DatasetMeta("toy", "train", tuple("abcd"), (0.5,), (0.25,), augment="cifar")
             train = make_loader(TensorImageDataset(images, train.labels, meta), 32, train=True, seed=5)
+        if ctrl_c_in_validation is not None:
+            val = CtrlCInValidation(val, ctrl_c_in_validation)
         trainer = Trainer(net, train, val, CONFIG, hooks=[hook], run_dir=run_dir, resume=resume, progress=False)
         trainer.fit()
         return trainer
@@ -110,3 +129,16 @@ def test_the_guard_holds_sigint_until_the_critical_block_ends_and_restores_the_h
         with pytest.raises(KeyboardInterrupt):  # outside a critical block: at once
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_ctrl_c_during_validation_saves_the_trained_epoch_and_resume_scores_it(fit, tmp_path, capsys):
+    straight = fit("make_loader", tmp_path / "straight", Interrupter(armed=False))
+    with pytest.raises(KeyboardInterrupt):  # outside a step: raised at once, the epoch's training is kept
+        fit("make_loader", tmp_path / "run", Interrupter(armed=False), ctrl_c_in_validation=2)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["epoch_progress"]["batches"] == 6
+    assert "saved epoch 2 after step 6/6" in capsys.readouterr().err
+    resumed = fit("make_loader", tmp_path / "run", Interrupter(armed=False), resume=tmp_path / "run" / "last.pt")
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert _metrics(tmp_path / "run") == _metrics(tmp_path / "straight")

@@ -1,4 +1,6 @@
 """Bad input gets one line naming the problem and the fix, exit status 2, no traceback, nothing lost."""
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deepshrink import list_methods
 from deepshrink.cli import main
+from deepshrink.registry import METHODS
 
 COMPRESS = ["compress", "--method", "bwn", "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits"]
 
@@ -55,7 +59,20 @@ def test_print_config_shows_the_resolved_recipe_and_runs_nothing(tmp_path, capsy
     assert main(COMPRESS + ["--out", str(tmp_path / "r"), "--set", "train.epochs=3", "--print-config"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["recipe"]["method"] == "bwn" and shown["recipe"]["train"]["epochs"] == 3
+    assert shown["model"]["args"] == {"input_size": 8} and shown["device"] == "cpu"
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_print_config_spells_out_every_method_parameter_and_loads_back(method, tmp_path, capsys):
+    from deepshrink.config import load_recipe
+
+    argv = ["compress", "--method", method, *COMPRESS[3:], "--out", str(tmp_path / "r"), "--print-config"]
+    assert main(argv) == 0
+    recipe = yaml.safe_load(capsys.readouterr().out)["recipe"]
+    fields = {f.name for f in dataclasses.fields(METHODS.get(method).config_cls)}
+    assert set(recipe["params"]) == fields  # defaults included: the settings the run will use
+    assert json.loads(json.dumps(load_recipe(recipe).to_dict())) == recipe  # tuples read back as lists
 
 
 def test_version(capsys):

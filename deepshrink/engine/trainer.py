@@ -72,12 +72,14 @@ class Trainer:
     """Trains `model` on `train_data` (any iterable of (float inputs, int64 labels) with len()).
 
     Attributes hooks may use: model (unwrapped), optimizer, scheduler, config, epoch, step, device,
-    steps_per_epoch, total_steps, train_data, val_data, run_dir.
+    steps_per_epoch, total_steps, train_data, val_data, run_dir, epoch_progress (batches done in the
+    current epoch and their running sums).
     `resume` is a checkpoint written by a previous run of the same configuration; the continued
     run ends with the same weights as an uninterrupted one when `config.deterministic` is set, also
     from a checkpoint that Ctrl-C wrote in the middle of an epoch (exact when the loader's batches
     depend on its epoch alone, as `make_loader`'s do).
-    `progress`: True = tqdm bar, False = log lines, None = bar only when stderr is a terminal.
+    `progress`: True = tqdm bar, False = log lines, None = bar only when stderr is a terminal; none of
+    them inside `deepshrink.quiet()` (the per-epoch lines still print).
     `meta` is extra information recorded in config.yaml (model name, data set, ...).
     """
 
@@ -356,8 +358,7 @@ class Trainer:
         if self.run_dir is None or not ddp.is_main_process():
             return
         last, progress = self.run_dir / "last.pt", self.epoch_progress
-        kept = (f"--resume continues from {last}, written earlier" if last.is_file()
-                else "there is no checkpoint to resume from")
+        kept = f"--resume continues from {last}" if last.is_file() else "there is no checkpoint to resume from"
         if self.interrupts.torn:
             self.log.message(f"interrupted inside a training step, its changes half made: nothing saved; {kept}")
         elif self.distributed:

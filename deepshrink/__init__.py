@@ -11,6 +11,7 @@ Entry points (see deepshrink.api)::
 __version__ = "0.1.0"
 
 from .errors import DeepshrinkError, PackFormatError, UserError  # noqa: E402
+from .progress import quiet  # noqa: E402
 from .registry import create_model, list_methods, list_models  # noqa: E402
 
 
@@ -24,4 +25,4 @@ def __getattr__(name):
 
 
 __all__ = ["DeepshrinkError", "PackFormatError", "UserError", "compress", "create_model", "evaluate",
-           "list_methods", "list_models", "load", "pack", "__version__"]
+           "list_methods", "list_models", "load", "pack", "quiet", "__version__"]

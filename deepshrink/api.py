@@ -84,11 +84,11 @@ def _decode_resident(model: nn.Module) -> None:
             module.decode_weight(trainable=False)
 
 
-def evaluate(model: nn.Module, data, device=None) -> dict:
-    """Top-1 / top-5 accuracy (percent) and mean loss of `model` on `data`."""
+def evaluate(model: nn.Module, data, device=None, task: str = "evaluate") -> dict:
+    """Top-1 / top-5 accuracy (percent) and mean loss of `model` on `data`; progress shows as `task`."""
     from .engine import evaluate as _evaluate
 
-    return _evaluate(model, data, device=device)
+    return _evaluate(model, data, device=device, task=task)
 
 
 def pack(model: nn.Module, path, **options) -> dict:

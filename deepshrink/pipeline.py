@@ -138,8 +138,8 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
     metrics = {"method": recipe.method, "model": model, "data": data, "seed": recipe.train.seed,
                "epochs": recipe.train.epochs, "version": __version__, "fp32_bytes": fp32_bytes(net)}
     if evaluate_base:
-        metrics["base_val_top1"] = api.evaluate(net, bundle.val, device=device)["top1"]
-        metrics["base_top1"] = api.evaluate(net, bundle.test, device=device)["top1"]
+        metrics["base_val_top1"] = api.evaluate(net, bundle.val, device=device, task="evaluate base, val")["top1"]
+        metrics["base_top1"] = api.evaluate(net, bundle.test, device=device, task="evaluate base, test")["top1"]
     if main_process:
         (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     result = api.compress(net, recipe, train_data=bundle.train, val_data=bundle.val, calib_data=bundle.calib,
@@ -150,8 +150,9 @@ def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, bas
                                              "mean": list(ds.mean), "std": list(ds.std),
                                              "num_classes": ds.num_classes})
     reloaded = _load_on_every_rank(packed)
-    from_file = api.evaluate(reloaded, bundle.val, device=device)  # under torchrun: each rank its shard
-    test = api.evaluate(reloaded, bundle.test, device=device)  # the one look at the test set
+    # under torchrun: each rank its shard
+    from_file = api.evaluate(reloaded, bundle.val, device=device, task=f"evaluate {packed.name}, val")
+    test = api.evaluate(reloaded, bundle.test, device=device, task=f"evaluate {packed.name}, test")  # the one look
     if not main_process:
         return {**metrics, "rank": distributed.rank()}
     totals = profile(reloaded, input_size).totals

@@ -9,8 +9,10 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from ..errors import UserError
+from ..progress import quiet
 
 COMMANDS = ["demo", "train", "eval", "info", "data", "compress", "recipes", "pack", "inspect", "export",
             "bench", "report", "speed"]
@@ -31,6 +33,10 @@ EXAMPLES = {
     "report": "deepshrink report runs/quick",
     "speed": "deepshrink speed runs/ldnq/model.dsz --batch 1 64 --threads 1 2 --json",
 }
+
+# Commands with long silent parts (training, calibration, layer after layer, evaluation, packing):
+# they report progress on stderr (deepshrink.progress) unless given --quiet.
+REPORTS_PROGRESS = ("train", "eval", "compress", "pack", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
         if name in EXAMPLES and name in sub.choices:
             sub.choices[name].epilog = f"example: {EXAMPLES[name]}"
+        if name in REPORTS_PROGRESS and name in sub.choices:
+            sub.choices[name].add_argument("-q", "--quiet", action="store_true",
+                                           help="no progress bars or lines (results, warnings and errors still print)")
     return parser
 
 
@@ -66,22 +75,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with quiet(getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
     except UserError as exc:
         print(f"deepshrink {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = ""
-        if args.command in ("train", "compress") and getattr(args, "out", None):
-            hint = (f"; the same command with --resume continues from the last finished epoch in {args.out}"
-                    if args.command == "compress" else
-                    f"; the same command with --resume continues from {args.out}/last.pt")
-        print("interrupted" + hint, file=sys.stderr)
+        print("interrupted" + _resume_hint(args), file=sys.stderr)
         return 130
     except BrokenPipeError:  # `deepshrink recipes --json | head`: the reader left; end quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit finds no broken pipe
         return 0
+
+
+def _resume_hint(args) -> str:
+    """What `--resume` would continue from after Ctrl-C (the trainer has said where it stopped)."""
+    if args.command not in ("train", "compress") or not getattr(args, "out", None):
+        return ""
+    last = Path(args.out) / ("train" if args.command == "compress" else "") / "last.pt"
+    if not last.is_file():
+        return f"; nothing was saved to resume from ({last} does not exist)"
+    return f"; the same command with --resume continues from {last}"
 
 
 if __name__ == "__main__":

@@ -65,9 +65,7 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides, method=args.method) if args.recipe else \
         load_recipe(None, args.overrides, method=args.method)
     if args.print_config:
-        print(yaml.safe_dump({"model": {"name": args.model, "args": args.model_args, "base": args.base},
-                              "data": {"name": args.data, "root": args.data_root}, "out": args.out,
-                              "recipe": recipe.to_dict()}, sort_keys=False), end="")
+        print(yaml.safe_dump(resolved_settings(args, recipe), sort_keys=False), end="")
         return 0
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 owns the run folder
         check_out_dir(Path(args.out), recipe, args.resume, args.overwrite)
@@ -88,6 +86,20 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     return 0
+
+
+def resolved_settings(args, recipe) -> dict:
+    """What `--print-config` shows: the model with its arguments parsed, the data, the device, and the
+    recipe with every method parameter, defaults included (the `recipe` part loads back as a recipe)."""
+    import dataclasses
+
+    from ..pipeline import parse_kv
+
+    shown = recipe.to_dict()
+    shown["params"] = dataclasses.asdict(recipe.method_config())
+    return {"model": {"name": args.model, "args": parse_kv(args.model_args), "base": args.base},
+            "data": {"name": args.data, "root": args.data_root, "train_subset": args.train_subset},
+            "device": args.device or "cpu", "out": args.out, "recipe": shown}
 
 
 def check_out_dir(out: Path, recipe, resume: bool, overwrite: bool) -> None:

@@ -9,7 +9,8 @@ seeded with (seed, e). Parameters belong to positions in the epoch's global perm
 of `world_size` takes positions r, r + world_size, ... (as `DistributedSampler`), so 2 processes with
 batch B/2 see exactly the images, crops and flips that 1 process with batch B sees. An evaluation
 loader (`train=False`) is split the same way but not padded, so the shards hold every image exactly
-once and `deepshrink.engine.evaluate` can add their counts.
+once and `deepshrink.engine.evaluate` can add their counts. `resume_at(k)` makes the next pass start at
+its batch k, with the very batches an uninterrupted pass yields from there (a run resumed mid-epoch).
 
 Example::
 
@@ -71,6 +72,7 @@ class _LoaderBase:
         self.policy = policy if self.train else "none"
         self.epoch = 0
         self._explicit_epoch = False
+        self._first_batch = 0  # resume_at: where the next pass starts
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch `epoch`'s permutation and augmentation next (as DistributedSampler.set_epoch).
@@ -79,6 +81,17 @@ class _LoaderBase:
         """
         self.epoch = int(epoch)
         self._explicit_epoch = True
+
+    def resume_at(self, batch: int) -> None:
+        """Start the next pass at its batch `batch` (0-based): the batches before it are skipped, not
+        drawn, and the rest equal an uninterrupted pass's. Applies to one pass."""
+        if not 0 <= int(batch) <= len(self):
+            raise ValueError(f"batch must be in [0, {len(self)}], got {batch}")
+        self._first_batch = int(batch)
+
+    def _take_first_batch(self) -> int:
+        first, self._first_batch = self._first_batch, 0
+        return first
 
     def _samples_per_rank(self) -> int:
         if not self.train:  # evaluation: disjoint shards, no padding (each image is scored once)
@@ -105,11 +118,12 @@ class _LoaderBase:
 
     def first_batch(self):
         """The first batch of the next pass, without using that pass up (the epoch counter stays)."""
-        epoch, explicit = self.epoch, self._explicit_epoch
+        epoch, explicit, first = self.epoch, self._explicit_epoch, self._first_batch
         try:
+            self._first_batch = 0
             return next(iter(self), None)
         finally:
-            self.epoch, self._explicit_epoch = epoch, explicit
+            self.epoch, self._explicit_epoch, self._first_batch = epoch, explicit, first
 
     def _advance(self) -> None:
         if not self._explicit_epoch:
@@ -136,7 +150,7 @@ class TensorBatchLoader(_LoaderBase):
         flips = torch.rand(n_total, generator=generator) < 0.5
         self._advance()
         stop = len(self) * self.batch_size
-        for start in range(0, stop, self.batch_size):
+        for start in range(self._take_first_batch() * self.batch_size, stop, self.batch_size):
             with _one_thread():
                 index = indices[start:start + self.batch_size]
                 batch = images.index_select(0, index)  # (B, C, H, W) uint8
@@ -191,11 +205,15 @@ class LazyBatchLoader(_LoaderBase):
 
     def __iter__(self):
         indices, positions, _ = self._positions()
-        items = _EpochItems(self.dataset, indices, positions, self.policy, self.seed, self.epoch)
-        self._advance()
+        skip = self._take_first_batch() * self.batch_size
+        items = _EpochItems(self.dataset, indices[skip:], positions[skip:], self.policy, self.seed, self.epoch)
+        # its own generator: DataLoader would otherwise draw its worker seed from the global RNG, and a
+        # resumed run's dropout would then differ from an uninterrupted one's
         loader = torch.utils.data.DataLoader(items, batch_size=self.batch_size, shuffle=False,
                                              drop_last=self.drop_last, num_workers=self.num_workers,
-                                             persistent_workers=False)
+                                             persistent_workers=False,
+                                             generator=_epoch_generator(self.seed, self.epoch))
+        self._advance()
         meta = self.dataset.meta
         for batch, labels in loader:
             with _one_thread():

@@ -4,6 +4,8 @@ A training checkpoint is a dict of tensors and primitive containers (never pickl
 
     {"format": "deepshrink-checkpoint", "version": 1, "model": state_dict, "optimizer": ...,
      "scheduler": ..., "scaler": ... | None, "epoch": completed epochs, "step": global step,
+     "epoch_progress": None at an epoch's end; after Ctrl-C mid-epoch {"batches": done in the epoch,
+                       "loss_sum", "extra_sum", "correct", "seen", "seconds": its running sums},
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor...], "numpy": {...}, "python": {...}},
      "loader_seed": int | None, "config": TrainConfig as a dict, "arch": {"name", "kwargs"} | None,
      "data": {"name", "input_shape", "mean", "std", "num_classes", ...} | None,

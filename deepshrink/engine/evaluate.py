@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..progress import Progress
 from . import distributed
 
 
@@ -31,7 +32,7 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, device=None) -> dict:
+def evaluate(model: nn.Module, data, device=None, task: str = "evaluate") -> dict:
     """Top-1 and top-5 accuracy (percent), mean cross-entropy loss and sample count of `model` on `data`.
 
     `data` is any iterable of (float inputs, int64 labels). The model is put in eval mode (and left
@@ -39,6 +40,7 @@ def evaluate(model: nn.Module, data, device=None) -> dict:
     min(5, num_classes) highest scores. A loader split across torchrun ranks (`make_loader(...,
     rank=, world_size=)`, `train=False`) is scored shard by shard and the counts are summed over the
     ranks, so every rank must call `evaluate` and every rank gets the metrics of the whole set.
+    Progress is reported under the name `task` (deepshrink.progress: a bar on a terminal).
 
     Example::
 
@@ -50,15 +52,18 @@ def evaluate(model: nn.Module, data, device=None) -> dict:
     model.eval()
     n = correct1 = correct5 = 0
     loss_sum = 0.0
-    for inputs, targets in data:
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        logits = logits_of(model(inputs)).float()
-        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-        c1, c5 = topk_correct(logits, targets, (1, 5))
-        correct1 += c1
-        correct5 += c5
-        n += int(targets.numel())
+    total = len(data) if hasattr(data, "__len__") else None
+    with Progress(task, total, "batch", enabled=distributed.is_main_process()) as progress:
+        for inputs, targets in data:
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            logits = logits_of(model(inputs)).float()
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            c1, c5 = topk_correct(logits, targets, (1, 5))
+            correct1 += c1
+            correct5 += c5
+            n += int(targets.numel())
+            progress.update()
     if getattr(data, "world_size", 1) > 1 and distributed.is_distributed():
         totals = torch.tensor([n, correct1, correct5, loss_sum], dtype=torch.float64)
         distributed.all_reduce_sum(totals)

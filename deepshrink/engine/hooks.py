@@ -17,7 +17,9 @@ of torch param-group dicts, or None to keep the default). Only the first hook re
 
 A hook that keeps state of its own across epochs (a schedule position, masks held outside the model)
 returns it from `state_dict()` (tensors and primitives only); checkpoints store it and `--resume`
-hands it back through `load_state_dict(state)`, after on_train_start.
+hands it back through `load_state_dict(state)`, after on_train_start. A run resumed from a checkpoint
+that Ctrl-C wrote in the middle of an epoch does not call on_epoch_start for that epoch again (the
+interrupted run did): what it sets up must live in the model or in the hook's state_dict.
 """
 from __future__ import annotations
 

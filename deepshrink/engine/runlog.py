@@ -6,7 +6,8 @@
     RUN/last.pt, best.pt checkpoints (see engine.checkpoint)
     RUN/tb/              TensorBoard events, when asked for and `tensorboard` is installed
 
-Progress is a tqdm bar (images/s, ETA) when stderr is a terminal, plain log lines otherwise.
+Progress is a tqdm bar (images/s, ETA) when stderr is a terminal, plain log lines otherwise, nothing
+inside `deepshrink.progress.quiet()` (the epoch lines still print); deepshrink.progress decides which.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from ..progress import open_bar, style
+
 
 class RunLog:
     """Writes the run folder (nothing when `run_dir` is None) and reports progress on stderr."""
@@ -26,7 +29,8 @@ class RunLog:
                  tensorboard: bool = False, log_every: int = 50):
         self.run_dir = Path(run_dir) if run_dir is not None and enabled else None
         self.enabled = enabled
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress  # True: a bar, False: lines, None: a bar on a terminal
+        self._style = "off"
         self.log_every = max(1, int(log_every or 50))
         self.history: list[dict] = []
         self._bar = None
@@ -78,13 +82,14 @@ class RunLog:
         else:
             print(text, file=sys.stderr, flush=True)
 
-    def start_epoch(self, epoch: int, steps: int) -> None:
-        """Begin an epoch of `steps` iterations (opens the bar on a terminal)."""
+    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
+        """Begin an epoch of `steps` iterations, `done` of them already run (a resumed epoch; opens the
+        bar on a terminal)."""
         self._epoch, self._steps, self._start, self._images = epoch, steps, time.perf_counter(), 0
-        if self.enabled and self.progress:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="it", leave=False, file=sys.stderr)
+        self._done = done
+        self._style = style(self.progress) if self.enabled else "off"
+        if self._style == "bar":
+            self._bar = open_bar(steps, f"epoch {epoch}", "it", initial=done)
 
     def step(self, index: int, images: int, loss: float, lr: float) -> None:
         """Record iteration `index` (0-based) of `images` images: bar update or a line every log_every."""
@@ -95,8 +100,8 @@ class RunLog:
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
-        elif (index + 1) % self.log_every == 0 or index + 1 == self._steps:
-            eta = (self._steps - index - 1) * (time.perf_counter() - self._start) / (index + 1)
+        elif self._style == "lines" and ((index + 1) % self.log_every == 0 or index + 1 == self._steps):
+            eta = (self._steps - index - 1) * (time.perf_counter() - self._start) / (index + 1 - self._done)
             self.message(f"epoch {self._epoch} step {index + 1}/{self._steps} loss {loss:.4f} lr {lr:.4g} "
                          f"{rate:.0f} img/s eta {eta:.0f}s")
 

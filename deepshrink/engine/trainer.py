@@ -9,11 +9,16 @@ Example::
 One iteration: before_step -> forward -> task loss + extra_loss terms -> backward -> after_backward
 -> optimizer step -> scheduler step (per iteration) -> after_step. Each epoch ends with evaluation,
 on_epoch_end, metrics.jsonl / curves.png, and `last.pt` (+ `best.pt` when val top-1 improves).
+
+Ctrl-C lets the step in progress finish (engine.interrupt), then writes `last.pt` holding the position
+in the epoch; `resume` continues from that step, and with `deterministic` the result equals an
+uninterrupted run's bit for bit.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import random
@@ -32,6 +37,7 @@ from .checkpoint import (FORMAT, VERSION, capture_rng_state, check_state_dict, r
                          restore_rng_state, save_checkpoint)
 from .divergence import DivergenceWatch
 from .evaluate import evaluate, logits_of, model_device
+from .interrupt import InterruptGuard
 from .optim import build_optimizer, build_scheduler
 from .runlog import RunLog
 
@@ -66,10 +72,14 @@ class Trainer:
     """Trains `model` on `train_data` (any iterable of (float inputs, int64 labels) with len()).
 
     Attributes hooks may use: model (unwrapped), optimizer, scheduler, config, epoch, step, device,
-    steps_per_epoch, total_steps, train_data, val_data, run_dir.
+    steps_per_epoch, total_steps, train_data, val_data, run_dir, epoch_progress (batches done in the
+    current epoch and their running sums).
     `resume` is a checkpoint written by a previous run of the same configuration; the continued
-    run ends with the same weights as an uninterrupted one when `config.deterministic` is set.
-    `progress`: True = tqdm bar, False = log lines, None = bar only when stderr is a terminal.
+    run ends with the same weights as an uninterrupted one when `config.deterministic` is set, also
+    from a checkpoint that Ctrl-C wrote in the middle of an epoch (exact when the loader's batches
+    depend on its epoch alone, as `make_loader`'s do).
+    `progress`: True = tqdm bar, False = log lines, None = bar only when stderr is a terminal; none of
+    them inside `deepshrink.quiet()` (the per-epoch lines still print).
     `meta` is extra information recorded in config.yaml (model name, data set, ...).
     """
 
@@ -100,6 +110,9 @@ class Trainer:
         self.forward_model = self.model
         self.optimizer = self.scheduler = self.scaler = None
         self.epoch = self.step = 0
+        # the epoch in progress: batches done and their running sums (None between epochs)
+        self.epoch_progress: dict | None = None
+        self.interrupts = InterruptGuard(enabled=False)  # fit() installs the active one
         self.best_top1: float | None = None
         self.last_metrics: dict = {}
         steps = len(train_data)
@@ -148,6 +161,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "hooks": [hook.state_dict() if hasattr(hook, "state_dict") else {} for hook in self.hooks],
             "epoch": self.epoch, "step": self.step,
+            "epoch_progress": dict(self.epoch_progress) if self.epoch_progress else None,
             "rng": capture_rng_state(),
             "loader_seed": getattr(self.train_data, "seed", None),
             "config": dataclasses.asdict(self.config),
@@ -175,6 +189,8 @@ class Trainer:
                              "uninterrupted one")
         self.epoch, self.step = int(data["epoch"]), int(data["step"])
         self.best_top1, self.last_metrics = data.get("best_top1"), dict(data.get("metrics") or {})
+        progress = data.get("epoch_progress")  # written by Ctrl-C in the middle of an epoch
+        self.epoch_progress = dict(progress) if progress else None
         if data.get("loader_seed") is not None and hasattr(self.train_data, "seed"):
             self.train_data.seed = data["loader_seed"]
         restore_rng_state(data["rng"])
@@ -208,13 +224,18 @@ class Trainer:
                 self.log.load_history()
                 self.log.message(f"resumed from {self.resume} at epoch {self.epoch}, step {self.step}")
             images, seconds = 0, 0.0
-            try:
-                while self.epoch < self.n_epochs:
-                    stats = self._train_epoch(self.epoch)
-                    images, seconds = images + stats.pop("images"), seconds + stats["epoch_seconds"]
-                    self._end_epoch(stats)
-            finally:
-                self.log.close()
+            # under torchrun every rank gets the signal at a different point of its step: no holding there
+            with InterruptGuard(enabled=not self.distributed) as self.interrupts:
+                try:
+                    while self.epoch < self.n_epochs:
+                        stats = self._train_epoch(self.epoch)
+                        images, seconds = images + stats.pop("images"), seconds + stats["epoch_seconds"]
+                        self._end_epoch(stats)
+                except KeyboardInterrupt:
+                    self._save_interrupted()
+                    raise
+                finally:
+                    self.log.close()
             for hook in self.hooks:
                 hook.on_train_end(self)
         final = {k: v for k, v in self.last_metrics.items() if k not in ("epoch_seconds", "lr")}
@@ -225,38 +246,54 @@ class Trainer:
             final.update({f"val_{k}": v for k, v in evaluate(self.model, self.val_data, self.device).items()})
         return final
 
+    def _epoch_steps(self, epoch: int) -> int:
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
     def _train_epoch(self, epoch: int) -> dict:
         if hasattr(self.train_data, "set_epoch"):
             self.train_data.set_epoch(epoch)
-        for hook in self.hooks:
-            hook.on_epoch_start(self, epoch)
-        steps = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+        progress = self.epoch_progress  # not None: resumed in the middle of this epoch
+        if progress is None:  # a resumed epoch already ran its on_epoch_start: hooks see each call once
+            for hook in self.hooks:
+                hook.on_epoch_start(self, epoch)
+            progress = {"batches": 0, "loss_sum": 0.0, "extra_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.epoch_progress = progress
+        steps, first = self._epoch_steps(epoch), progress["batches"]
         self.forward_model.train()
-        self.log.start_epoch(epoch + 1, steps)
-        loss_sum = extra_sum = 0.0
-        correct = seen = 0
-        start = time.perf_counter()
-        for index, (inputs, targets) in enumerate(self.train_data):
-            if index >= steps:
-                break
-            loss, extra, logits, targets = self._train_step(inputs, targets)
-            batch = int(targets.numel())
-            batch_correct = int((logits.argmax(1) == targets).sum())
-            self.divergence.update(self.step, float(loss), batch_correct, batch, logits.shape[-1])
-            loss_sum += float(loss) * batch
-            extra_sum += float(extra) * batch
-            correct += batch_correct
-            seen += batch
-            self.log.step(index, batch * ddp.world_size(), float(loss), self.optimizer.param_groups[0]["lr"])
-        elapsed = time.perf_counter() - start
+        self.log.start_epoch(epoch + 1, steps, done=first)
+        start, seconds_before = time.perf_counter(), progress["seconds"]
+        for index, (inputs, targets) in enumerate(self._epoch_batches(first, steps), first):
+            with self.interrupts.critical():  # Ctrl-C waits for the step's end: a checkpoint between steps
+                loss, extra, logits, targets = self._train_step(inputs, targets)
+                batch = int(targets.numel())
+                batch_correct = int((logits.argmax(1) == targets).sum())
+                self.divergence.update(self.step, float(loss), batch_correct, batch, logits.shape[-1])
+                progress["loss_sum"] += float(loss) * batch
+                progress["extra_sum"] += float(extra) * batch
+                progress["correct"] += batch_correct
+                progress["seen"] += batch
+                progress["batches"] = index + 1
+                progress["seconds"] = seconds_before + time.perf_counter() - start
+                self.log.step(index, batch * ddp.world_size(), float(loss), self.optimizer.param_groups[0]["lr"])
         self.log.end_epoch()
-        seen_all = ddp.sum_across_ranks(seen, self.device)
-        stats = {"train_loss": ddp.sum_across_ranks(loss_sum, self.device) / max(1, seen_all),
-                 "train_top1": 100.0 * ddp.sum_across_ranks(correct, self.device) / max(1, seen_all)}
-        if extra_sum:
-            stats["train_extra_loss"] = ddp.sum_across_ranks(extra_sum, self.device) / max(1, seen_all)
+        seen_all = ddp.sum_across_ranks(progress["seen"], self.device)
+        elapsed = progress["seconds"]
+        stats = {"train_loss": ddp.sum_across_ranks(progress["loss_sum"], self.device) / max(1, seen_all),
+                 "train_top1": 100.0 * ddp.sum_across_ranks(progress["correct"], self.device) / max(1, seen_all)}
+        if progress["extra_sum"]:
+            stats["train_extra_loss"] = ddp.sum_across_ranks(progress["extra_sum"], self.device) / max(1, seen_all)
         stats.update(epoch_seconds=elapsed, images_per_s=seen_all / max(elapsed, 1e-9), images=int(seen_all))
         return stats
+
+    def _epoch_batches(self, first: int, steps: int):
+        """Batches `first` to `steps` - 1 of the epoch the loader is set to. A loader with `resume_at`
+        (make_loader's) starts there; of any other, the batches before `first` are drawn and dropped."""
+        if first >= steps:
+            return iter(())
+        if first and hasattr(self.train_data, "resume_at"):
+            self.train_data.resume_at(first)
+            return itertools.islice(self.train_data, steps - first)
+        return itertools.islice(self.train_data, first, steps)
 
     def _train_step(self, inputs, targets):
         inputs = inputs.to(self.device, non_blocking=True)
@@ -301,18 +338,37 @@ class Trainer:
 
     def _end_epoch(self, stats: dict) -> None:
         metrics = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"], **stats}
-        if self.val_data is not None:
-            val = evaluate(self.model, self.val_data, self.device)
+        if self.val_data is not None:  # Ctrl-C here stops at once: the epoch's training is saved, not its score
+            val = evaluate(self.model, self.val_data, self.device, task=f"validate epoch {self.epoch + 1}")
             metrics.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
-        for hook in self.hooks:
-            hook.on_epoch_end(self, self.epoch, metrics)
-        improved = "val_top1" in metrics and (self.best_top1 is None or metrics["val_top1"] > self.best_top1)
-        if improved:
-            self.best_top1 = metrics["val_top1"]
-        self.epoch += 1
-        self.last_metrics = metrics
-        self.log.log_epoch(metrics)
-        self._save(improved)
+        with self.interrupts.critical():
+            for hook in self.hooks:
+                hook.on_epoch_end(self, self.epoch, metrics)
+            improved = "val_top1" in metrics and (self.best_top1 is None or metrics["val_top1"] > self.best_top1)
+            if improved:
+                self.best_top1 = metrics["val_top1"]
+            self.epoch += 1
+            self.epoch_progress = None
+            self.last_metrics = metrics
+            self.log.log_epoch(metrics)
+            self._save(improved)
+
+    def _save_interrupted(self) -> None:
+        """After Ctrl-C: write the position in the epoch to last.pt when the state is at a step boundary."""
+        if self.run_dir is None or not ddp.is_main_process():
+            return
+        last, progress = self.run_dir / "last.pt", self.epoch_progress
+        kept = f"--resume continues from {last}" if last.is_file() else "there is no checkpoint to resume from"
+        if self.interrupts.torn:
+            self.log.message(f"interrupted inside a training step, its changes half made: nothing saved; {kept}")
+        elif self.distributed:
+            self.log.message(f"interrupted: under torchrun only finished epochs are saved; {kept}")
+        elif not progress or not progress["batches"]:
+            self.log.message(f"interrupted before a step of epoch {self.epoch + 1}: {kept}")
+        else:
+            save_checkpoint(self.checkpoint_payload(), last)
+            self.log.message(f"interrupted: saved epoch {self.epoch + 1} after step {progress['batches']}/"
+                             f"{self._epoch_steps(self.epoch)} to {last}")
 
 
 def _comparable(value):

@@ -42,6 +42,7 @@ from ..engine import distributed
 from ..errors import UserError
 from ..methods import CompressContext, Method
 from ..nn import EncodedWeight, compress_layer, set_module
+from ..progress import Progress
 from . import hessian as hess
 from .capture import InputCapture, chunked_columns, execution_order, weight_matrix
 
@@ -113,9 +114,12 @@ def calibration_batches(data, device=None) -> list[torch.Tensor]:
     if data is None:
         raise UserError("layer-wise methods need calibration data (calib_data=..., e.g. 1% of the train set)")
     batches = []
-    for item in data:
-        inputs = item[0] if isinstance(item, (tuple, list)) else item
-        batches.append(inputs.to(device) if device is not None else inputs)
+    total = len(data) if hasattr(data, "__len__") else None
+    with Progress("calibration", total, "batch", enabled=distributed.is_main_process()) as progress:
+        for item in data:
+            inputs = item[0] if isinstance(item, (tuple, list)) else item
+            batches.append(inputs.to(device) if device is not None else inputs)
+            progress.update()
     if not batches:
         raise UserError("the calibration data is empty")
     return batches
@@ -210,12 +214,14 @@ def correct_bn(model: nn.Module, reference: nn.Module, batches) -> None:
         return
     model.eval()
     original = _stats_of(reference, names, batches, stop=False)
-    for name in execution_order(model, names, batches[0]):
-        norm = model.get_submodule(name)
-        (mean_c, var_c), (mean_o, var_o) = _stats_of(model, [name], batches, stop=True)[name], original[name]
-        ratio = torch.where(var_o > 1e-12, var_c / var_o.clamp(min=1e-12), torch.ones_like(var_o))
-        norm.running_mean += (mean_c - mean_o).to(norm.running_mean.dtype)
-        norm.running_var *= ratio.to(norm.running_var.dtype)
+    with Progress("BatchNorm correction", len(names), "layer", enabled=distributed.is_main_process()) as progress:
+        for name in execution_order(model, names, batches[0]):
+            norm = model.get_submodule(name)
+            (mean_c, var_c), (mean_o, var_o) = _stats_of(model, [name], batches, stop=True)[name], original[name]
+            ratio = torch.where(var_o > 1e-12, var_c / var_o.clamp(min=1e-12), torch.ones_like(var_o))
+            norm.running_mean += (mean_c - mean_o).to(norm.running_mean.dtype)
+            norm.running_var *= ratio.to(norm.running_var.dtype)
+            progress.update()
 
 
 class LayerwiseMethod(Method):
@@ -258,19 +264,14 @@ class LayerwiseMethod(Method):
         self.reference = copy.deepcopy(model).eval() if (self.needs_reference or shift_bn
                                                          or self.config.inputs == "original") else None
         source = self.reference if self.config.inputs == "original" else model
-        for name in execution_order(model, list(self.layer_configs), batches[0]):
-            start = time.perf_counter()
-            layer = model.get_submodule(name)
-            if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-                raise UserError(f"layer {name!r} is a {type(layer).__name__}; layer-wise methods take Conv2d/Linear")
-            cfg = self.layer_configs[name]
-            hessian = self.layer_hessian(source, name, layer, batches) if self.needs_hessian else None
-            self._solve_and_write(name, layer, hessian, cfg)
-            self.after_layer(model, name, batches)
-            encoded = self.encodings[name]
-            self.report[name] = {"seconds": time.perf_counter() - start, "numel": encoded.numel,
-                                 "bits_per_weight": encoded_bits(encoded) / encoded.numel,
-                                 "kind": encoded.kind, **self.report.get(name, {})}
+        order = execution_order(model, list(self.layer_configs), batches[0])
+        with Progress(self.method_name, len(order), "layer", enabled=distributed.is_main_process()) as progress:
+            for name in order:
+                progress.item(name)
+                self._compress_layer(model, source, name, batches)
+                report = self.report[name]
+                progress.update(note=f"{name}: {report['kind']}, {report['bits_per_weight']:.2f} bits/weight, "
+                                     f"{report['seconds']:.1f} s")
         if shift_bn:
             correct_bn(model, self.reference, shard)
         elif self.config.reestimate_bn:
@@ -278,6 +279,21 @@ class LayerwiseMethod(Method):
         self.finish(model, batches, ctx)
         model.deepshrink_report = self.summary()
         return model
+
+    def _compress_layer(self, model: nn.Module, source: nn.Module, name: str, batches) -> None:
+        """Capture, statistics, solve, write back and `after_layer` for layer `name`; fills its report."""
+        start = time.perf_counter()
+        layer = model.get_submodule(name)
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise UserError(f"layer {name!r} is a {type(layer).__name__}; layer-wise methods take Conv2d/Linear")
+        cfg = self.layer_configs[name]
+        hessian = self.layer_hessian(source, name, layer, batches) if self.needs_hessian else None
+        self._solve_and_write(name, layer, hessian, cfg)
+        self.after_layer(model, name, batches)
+        encoded = self.encodings[name]
+        self.report[name] = {"seconds": time.perf_counter() - start, "numel": encoded.numel,
+                             "bits_per_weight": encoded_bits(encoded) / encoded.numel,
+                             "kind": encoded.kind, **self.report.get(name, {})}
 
     def layer_hessian(self, source: nn.Module, name: str, layer: nn.Module, batches) -> torch.Tensor:
         """H = X X^T / N of `name`'s inputs in `source` over the calibration batches, (G, D', D').

@@ -30,6 +30,7 @@ from ..errors import PackFormatError, UserError
 from ..nn.attention import split_attention
 from ..nn.compressed import decode_weights, set_module
 from ..nn.packable import Packable
+from ..progress import Progress
 from ..registry import MODELS, PACKABLE, create_model
 from .encodings import FLOAT_DTYPES, decode_weight, encode_weight
 from .graph import build_graph_module, pending_modules, record_graph, trace
@@ -107,8 +108,12 @@ def build_payload(model: nn.Module, float_dtype: str = "fp32", ternary_base3: bo
     dtype = FLOAT_DTYPES[float_dtype]
     meta = {"format": FORMAT, "version": VERSION, "arch": arch, "modules": modules,
             "options": {"float_dtype": float_dtype, "ternary_base3": ternary_base3, "entropy": entropy},
-            "encoded": {key: encode_weight(weight, writer, key, dtype) for key, weight in encoded.items()},
-            "tensors": {}}
+            "encoded": {}, "tensors": {}}
+    with Progress("pack", len(encoded), "weight") as progress:  # entropy coding a large model takes a while
+        for key, weight in encoded.items():
+            progress.item(key)
+            meta["encoded"][key] = encode_weight(weight, writer, key, dtype)
+            progress.update()
     for key, value in model.state_dict().items():
         if key not in encoded:
             value = value.to(dtype) if value.is_floating_point() else value

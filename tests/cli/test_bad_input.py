@@ -1,11 +1,16 @@
 """Bad input gets one line naming the problem and the fix, exit status 2, no traceback, nothing lost."""
+import dataclasses
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
+from deepshrink import list_methods
 from deepshrink.cli import main
+from deepshrink.registry import METHODS
 
 COMPRESS = ["compress", "--method", "bwn", "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits"]
 
@@ -54,7 +59,20 @@ def test_print_config_shows_the_resolved_recipe_and_runs_nothing(tmp_path, capsy
     assert main(COMPRESS + ["--out", str(tmp_path / "r"), "--set", "train.epochs=3", "--print-config"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["recipe"]["method"] == "bwn" and shown["recipe"]["train"]["epochs"] == 3
+    assert shown["model"]["args"] == {"input_size": 8} and shown["device"] == "cpu"
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_print_config_spells_out_every_method_parameter_and_loads_back(method, tmp_path, capsys):
+    from deepshrink.config import load_recipe
+
+    argv = ["compress", "--method", method, *COMPRESS[3:], "--out", str(tmp_path / "r"), "--print-config"]
+    assert main(argv) == 0
+    recipe = yaml.safe_load(capsys.readouterr().out)["recipe"]
+    fields = {f.name for f in dataclasses.fields(METHODS.get(method).config_cls)}
+    assert set(recipe["params"]) == fields  # defaults included: the settings the run will use
+    assert json.loads(json.dumps(load_recipe(recipe).to_dict())) == recipe  # tuples read back as lists
 
 
 def test_version(capsys):
@@ -97,15 +115,21 @@ def test_a_recipe_of_the_wrong_shape_is_named(recipe, message, tmp_path, capsys)
     assert message in line
 
 
-def test_an_interrupt_says_how_to_resume(tmp_path, capsys, monkeypatch):
+def test_an_interrupt_says_how_to_resume_or_that_nothing_was_saved(tmp_path, capsys, monkeypatch):
     import deepshrink.pipeline
 
-    def interrupted(*args, **kwargs):
+    def interrupted(*args, out_dir, **kwargs):
+        if "saving" in str(out_dir):
+            (Path(out_dir) / "train").mkdir(parents=True)
+            (Path(out_dir) / "train" / "last.pt").write_bytes(b"a checkpoint")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(deepshrink.pipeline, "run_compress", interrupted)
-    assert main(COMPRESS + ["--out", str(tmp_path / "r")]) == 130
-    assert "the same command with --resume continues" in capsys.readouterr().err
+    assert main(COMPRESS + ["--out", str(tmp_path / "saving")]) == 130
+    last = tmp_path / "saving" / "train" / "last.pt"
+    assert f"the same command with --resume continues from {last}" in capsys.readouterr().err
+    assert main(COMPRESS + ["--out", str(tmp_path / "r")]) == 130  # a layer-wise method saves no checkpoint
+    assert "nothing was saved to resume from" in capsys.readouterr().err
 
 
 def test_overwrite_replaces_a_run_but_never_a_folder_with_other_files(tmp_path, capsys):

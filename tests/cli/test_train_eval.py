@@ -126,3 +126,32 @@ def test_a_plain_state_dict_still_needs_model_and_the_error_names_it(trained_run
         assert f"{plain} does not record its architecture" in message and "--model NAME" in message
     assert not (tmp_path / "p.dsz").exists() and not (tmp_path / "r").exists()
     assert main(["eval", str(plain), "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits"]) == 0
+
+
+def test_ctrl_c_in_epoch_two_saves_the_step_and_resume_ends_as_the_uninterrupted_run(trained_run, tmp_path,
+                                                                                    capsys, monkeypatch):
+    """The same command as `trained_run`, stopped by a real SIGINT at step 5 of epoch 2 and resumed."""
+    import signal
+
+    from deepshrink.engine import Trainer
+
+    take_step = Trainer._train_step
+
+    def step_then_ctrl_c(trainer, inputs, targets):
+        result = take_step(trainer, inputs, targets)
+        if trainer.step == trainer.steps_per_epoch + 5:
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_train_step", step_then_ctrl_c)
+        assert main(TRAIN + ["--epochs", "2", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"saved epoch 2 after step 5/40 to {out / 'last.pt'}" in err
+    assert f"the same command with --resume continues from {out / 'last.pt'}" in err
+    assert main(TRAIN + ["--epochs", "2", "--out", str(out), "--resume"]) == 0
+    straight, resumed = (torch.load(run / "last.pt", weights_only=True) for run in (trained_run, out))
+    assert straight["step"] == resumed["step"] == 80
+    for name, weight in straight["model"].items():
+        assert torch.equal(weight, resumed["model"][name]), name

@@ -133,3 +133,38 @@ def test_loader_leaves_the_thread_setting_alone():
     for _ in loader:
         assert torch.get_num_threads() == before  # the training step between batches gets every thread
     assert torch.get_num_threads() == before
+
+
+def _lazy_toy(n=40, side=12):
+    """The same kind of data set, decoded item by item from PNG bytes (as a large image folder is)."""
+    import io
+
+    from PIL import Image
+
+    from deepshrink.data import LazyImageDataset
+
+    images = _toy(n, side).images
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return LazyImageDataset(encoded.__getitem__, torch.arange(n) % 4, META, image_size=side)
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["in memory", "decoded per item"])
+def test_resume_at_yields_the_rest_of_the_pass_unchanged(lazy):
+    ds = _lazy_toy() if lazy else _toy()
+    loader = make_loader(ds, 8, train=True, seed=2, num_workers=0)
+    loader.set_epoch(3)
+    full = _epoch(loader)
+    loader.set_epoch(3)
+    loader.resume_at(2)
+    rng = torch.get_rng_state()
+    rest = _epoch(loader)
+    assert torch.equal(torch.get_rng_state(), rng)  # a pass draws nothing from the global RNG (dropout's)
+    assert len(rest) == len(full) - 2
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(full[2:], rest))
+    assert len(_epoch(loader)) == len(full)  # resume_at applies to one pass
+    with pytest.raises(ValueError, match="batch must be in"):
+        loader.resume_at(len(loader) + 1)

@@ -6,6 +6,8 @@ stage, Meta-Quant's meta network, its optimizer and LSTM memory), not only the w
 """
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -33,6 +35,19 @@ class InterruptedTrainer(Trainer):
         super().__init__(*args, hooks=[*hooks, Interrupt()], **kwargs)
 
 
+class CtrlCMidEpoch(Hook):
+    """A SIGINT from inside the second of the third epoch's three steps, as a user's Ctrl-C arrives."""
+
+    def after_step(self, trainer):
+        if trainer.step == 2 * trainer.steps_per_epoch + 2:
+            signal.raise_signal(signal.SIGINT)
+
+
+class CtrlCTrainer(Trainer):
+    def __init__(self, *args, hooks=(), **kwargs):
+        super().__init__(*args, hooks=[*hooks, CtrlCMidEpoch()], **kwargs)
+
+
 def _run(name: str, out_dir, resume: bool = False):
     torch.manual_seed(0)
     model = deepshrink.create_model("lenet5", num_classes=10, in_channels=1)
@@ -43,14 +58,16 @@ def _run(name: str, out_dir, resume: bool = False):
                                out_dir=out_dir, resume=resume, extra=extra).model
 
 
+@pytest.mark.parametrize("where", ["between epochs", "mid-epoch"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_interrupted_then_resumed_method_ends_with_the_same_model(name, tmp_path, monkeypatch):
+def test_interrupted_then_resumed_method_ends_with_the_same_model(name, where, tmp_path, monkeypatch):
     straight = _run(name, tmp_path / "a")
     with monkeypatch.context() as patch:
-        patch.setattr(deepshrink.engine, "Trainer", InterruptedTrainer)
+        patch.setattr(deepshrink.engine, "Trainer", InterruptedTrainer if where == "between epochs" else CtrlCTrainer)
         with pytest.raises(KeyboardInterrupt):
             _run(name, tmp_path / "b")
-    assert (tmp_path / "b" / "last.pt").exists()
+    saved = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2 and (saved["epoch_progress"] or {}).get("batches") == (2 if where == "mid-epoch" else None)
     resumed = _run(name, tmp_path / "b", resume=True)
     for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), f"{name}: {key} differs after resuming"

@@ -4,7 +4,9 @@ Classes are the sub-folder names in sorted order (label i = i-th name). Small im
 128 pixels, e.g. the CIFAR-10 JPEG copy) are decoded once into a uint8 tensor that is cached on disk
 as safetensors, keyed by a hash of the folder's file index (names, sizes, modification times): the
 cache is rebuilt as soon as a file is added, removed or changed. Large images (ImageNet) stay on
-disk and are decoded per item.
+disk and are decoded per item, and only the list of files is cached (`index_folder`): reopening a tree
+of a million files then reads one index file and stats its class folders, instead of listing and
+statting every image (benchmarks/imagefolder_scale.py measures both).
 
 Example::
 
@@ -38,11 +40,21 @@ def split_folder(root: str | Path, split: str) -> Path | None:
     return None
 
 
-def scan_folder(folder: Path) -> tuple[list[str], list[str], list[int], str]:
-    """(classes, relative file paths, labels, index hash) of an image folder, in a stable order."""
+def _classes(folder: Path) -> list[str]:
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise UserError(f"{folder} has no class sub-folders; expected {folder}/<class>/<image>.jpg")
+    return classes
+
+
+def _no_images(folder: Path) -> UserError:
+    return UserError(f"{folder} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def scan_folder(folder: Path) -> tuple[list[str], list[str], list[int], str]:
+    """(classes, relative file paths, labels, index hash) of an image folder, in a stable order; the
+    hash covers every file's name, size and modification time."""
+    classes = _classes(folder)
     files, labels = [], []
     digest = hashlib.sha256()
     for label, cls in enumerate(classes):
@@ -55,8 +67,46 @@ def scan_folder(folder: Path) -> tuple[list[str], list[str], list[int], str]:
             labels.append(label)
             digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     if not files:
-        raise UserError(f"{folder} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise _no_images(folder)
     return classes, files, labels, digest.hexdigest()
+
+
+def _fingerprint(folder: Path, classes: list[str]) -> list:
+    """What changes when a file is added to, removed from or renamed in any class folder: the folders'
+    names, inodes and modification times (a file rewritten in place changes none of them)."""
+    stats = [os.stat(folder / cls) for cls in classes]
+    return [str(folder.resolve()), classes, [[s.st_ino, s.st_mtime_ns] for s in stats]]
+
+
+def index_folder(folder: Path, use_cache: bool = True) -> tuple[list[str], list[str], list[int]]:
+    """(classes, relative file paths, labels) as `scan_folder` lists them, read from a cached index
+    while no class folder changed (`_fingerprint`); a changed tree is listed again and re-cached."""
+    classes = _classes(folder)
+    fingerprint = _fingerprint(folder, classes)
+    cache = cache_dir() / "folders" / f"index-{hashlib.sha256(fingerprint[0].encode()).hexdigest()[:24]}.json"
+    if use_cache and cache.is_file():
+        try:
+            record = json.loads(cache.read_text())
+            if record["fingerprint"] == fingerprint:
+                return _listing(classes, record["names"])
+        except (OSError, ValueError, KeyError, TypeError):  # a damaged index is rebuilt, never trusted
+            pass
+    names = [sorted(e.name for e in os.scandir(folder / cls) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES))
+             for cls in classes]
+    if not any(names):
+        raise _no_images(folder)
+    if use_cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "names": names}))
+        os.replace(tmp, cache)  # atomic, as for the decoded-image cache
+    return _listing(classes, names)
+
+
+def _listing(classes: list[str], names: list[list[str]]) -> tuple[list[str], list[str], list[int]]:
+    """names[label] = that class's file names -> (classes, relative paths, labels)."""
+    return (classes, [f"{cls}/{n}" for cls, group in zip(classes, names) for n in group],
+            [label for label, group in enumerate(names) for _ in group])
 
 
 def read_image_folder(root: str | Path, split: str, name: str = "imagefolder", *, image_size: int | None = None,
@@ -71,7 +121,7 @@ def read_image_folder(root: str | Path, split: str, name: str = "imagefolder", *
     if folder is None:
         raise UserError(f"{Path(root).expanduser()} has no '{split}' folder; expected "
                         f"{root}/{split}/<class>/<image>.jpg (ImageNet layout; 'val' also works for test)")
-    classes, files, labels, key = scan_folder(folder)
+    classes, files, labels = index_folder(folder, use_cache)
     first = folder / files[0]
     channels = 1 if name in ("mnist", "fashion-mnist") else image_mode_channels(first)
     mean, std = STATS.get(name, STATS["imagenet"] if channels == 3 else ((0.5,), (0.5,)))
@@ -83,6 +133,8 @@ def read_image_folder(root: str | Path, split: str, name: str = "imagefolder", *
     targets = torch.tensor(labels, dtype=torch.int64)
     if not eager:
         return LazyImageDataset(_FolderReader(folder, files), targets, meta, image_size or 224)
+    classes, files, labels, key = scan_folder(folder)  # every file's size and time: the decoded cache's key
+    targets = torch.tensor(labels, dtype=torch.int64)
     images = cached_decode([str(folder / f) for f in files], key, channels, size, use_cache, str(folder))
     return TensorImageDataset(images, targets, meta)
 

@@ -67,7 +67,28 @@ def test_large_images_are_decoded_lazily(tmp_path, private_cache):
     assert isinstance(ds, LazyImageDataset) and ds.image_size == 64 and len(ds) == 4
     image, label = ds[3]
     assert image.shape == (3, 150, 200) and image.dtype == torch.uint8 and label == 1
-    assert not (private_cache / "folders").exists()  # nothing decoded ahead of time
+    assert not list((private_cache / "folders").glob("*.safetensors"))  # nothing decoded ahead of time
+
+
+def test_a_large_folders_file_index_is_reused_until_a_class_folder_changes(tmp_path, private_cache):
+    import json
+
+    _write_folder(tmp_path / "big", per_class=2, size=(150, 200), fmt="JPEG")
+    get_dataset("imagefolder", "train", root=tmp_path / "big")
+    [index] = (private_cache / "folders").glob("index-*.json")
+    # Rewrite the cached listing: the next open must come from it (no class folder changed).
+    record = json.loads(index.read_text())
+    assert record["names"] == [["000.jpeg", "001.jpeg"], ["000.jpeg", "001.jpeg"]]
+    record["names"] = [["001.jpeg"], ["000.jpeg", "001.jpeg"]]
+    index.write_text(json.dumps(record))
+    assert get_dataset("imagefolder", "train", root=tmp_path / "big").targets.tolist() == [0, 1, 1]
+    # A file added to a class folder changes that folder: listed again, the new file included.
+    Image.fromarray(np.full((150, 200, 3), 77, dtype=np.uint8)).save(tmp_path / "big/train/a/new.jpeg")
+    assert get_dataset("imagefolder", "train", root=tmp_path / "big").targets.tolist() == [0, 0, 0, 1, 1]
+    # A damaged index is listed again, never trusted.
+    index.write_text("{not json")
+    assert len(get_dataset("imagefolder", "train", root=tmp_path / "big")) == 5
+    assert json.loads(index.read_text())["names"][0] == ["000.jpeg", "001.jpeg", "new.jpeg"]
 
 
 def test_missing_split_and_empty_folder_are_user_errors(tmp_path, private_cache):

@@ -53,10 +53,17 @@ class Pending(nn.Module):
 
 class _LeafTracer(fx.Tracer):
     """Packable modules and the plain torch.nn layers of `MODULES` are leaves; everything else is traced
-    through (a subclass of a torch.nn layer too: its forward may differ from the one the file rebuilds)."""
+    through (a subclass of a torch.nn layer too: its forward may differ from the one the file rebuilds).
+    `childless_leaves`: every module without children is a leaf too (for callers that keep the modules
+    themselves, such as deepshrink.runtime.frozen, rather than rebuilding them from the vocabulary)."""
+
+    def __init__(self, childless_leaves: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.childless_leaves = childless_leaves
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, Packable) or type(module) in _LEAF_TYPES
+        return (isinstance(module, Packable) or type(module) in _LEAF_TYPES
+                or self.childless_leaves and next(module.children(), None) is None)
 
     def create_node(self, *args, **kwargs) -> fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -85,7 +92,8 @@ def _user_frame(exc: BaseException) -> str:
 def trace(model: nn.Module, build=None):
     """`model` as a GraphModule sharing its leaf modules and tensors (traced in eval mode); with `build`,
     `build(graph)` instead, called with the fx.Graph while the tensor constants FX parks on `model` (its
-    get_attr targets) are still there, and without generating the GraphModule's code.
+    get_attr targets) are still there, without generating the GraphModule's code, and with every
+    module that has no children a leaf (`build` runs the modules it is given; nothing is rebuilt).
 
     Raises UserError naming the construct, and the fix, when torch.fx cannot trace `forward`
     (data-dependent control flow such as `if x.sum() > 0:`).
@@ -93,7 +101,7 @@ def trace(model: nn.Module, build=None):
     name = type(model).__name__
     # functions FX must record as one call wherever they are called (`torch.fx.wrap` covers only calls
     # from their own module, not from the code of a GraphModule that `load` rebuilt)
-    tracer = _LeafTracer(autowrap_functions=WRAPPED)
+    tracer = _LeafTracer(childless_leaves=build is not None, autowrap_functions=WRAPPED)
     before, was_training = set(vars(model)), model.training
     model.eval()
     try:

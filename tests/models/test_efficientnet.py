@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -134,6 +136,20 @@ def test_layerwise_compressed_depthwise_convs_pack_and_reload(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(loaded(x), compressed(x), atol=1e-4)
+    # a fresh process: the CLI opens the file, and loading runs it to the same outputs, frozen too
+    torch.save(x, tmp_path / "x.pt")
+    inspected = subprocess.run([sys.executable, "-m", "deepshrink", "inspect", str(tmp_path / "lite0-pruned.dsz")],
+                               capture_output=True, text=True)
+    assert inspected.returncode == 0 and "_blocks.15._depthwise_conv" in inspected.stdout, inspected.stderr
+    script = (f"import torch, deepshrink; x = torch.load({str(tmp_path / 'x.pt')!r}); "
+              f"m = deepshrink.load({str(tmp_path / 'lite0-pruned.dsz')!r}); "
+              f"f = deepshrink.load({str(tmp_path / 'lite0-pruned.dsz')!r}, frozen=True); "
+              f"torch.save((m(x).detach(), f(x)), {str(tmp_path / 'y.pt')!r})")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    eager, frozen = torch.load(tmp_path / "y.pt")
+    with torch.no_grad():
+        assert torch.equal(eager, loaded(x)) and torch.equal(frozen, eager)
 
 
 @NEEDS_WEIGHTS

@@ -36,7 +36,7 @@ from deepshrink.runtime import available_engines, get_engine
 from deepshrink.runtime.measure import measure, speed_data, top1
 
 REFERENCES = ["torch-fp32", "onnxruntime-fp32", "onnxruntime-int8-ptq"]
-COMPRESSED = ["torch-fp32", "torch-eager", "onnxruntime-fp32", "onnxruntime-int8-ptq", "onnxruntime-int8"]
+COMPRESSED = ["torch-fp32", "torch-eager", "torch-frozen", "onnxruntime-fp32", "onnxruntime-int8-ptq", "onnxruntime-int8"]
 
 
 def log(line: str) -> None:

@@ -152,5 +152,12 @@ class BitConv2d(nn.Module):
         return self._plan
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        y = (self._plan or self.plan()).run(x, residual)
+        tokens = self.linear and not self.packed_input and x.dim() > 2
+        if tokens:  # a linear layer on (B, T, C) tokens: the kernel sees (B T, C) rows
+            lead = x.shape[:-1]
+            y = (self._plan or self.plan()).run(x.reshape(-1, x.shape[-1]),  # (B T, C)
+                                                None if residual is None else residual.reshape(-1, residual.shape[-1]))
+            y = y.reshape(*lead, y.shape[-1])  # (B, T, out)
+        else:
+            y = (self._plan or self.plan()).run(x, residual)
         return y if self.scaling_map is None else y * self.scaling_map._k(x)

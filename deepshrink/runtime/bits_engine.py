@@ -34,6 +34,7 @@ from torch import nn
 from .. import kernels
 from ..kernels.layers import BitConv2d, binary_input_reason, weight_reason
 from ..nn import CompressedConv2d, CompressedLinear, set_module
+from ..packing.graph_vocab import WRAPPED
 from .bits_plan import PlanRunner, compile_plan
 from .engines import Engine, Runner, register_engine
 
@@ -42,7 +43,11 @@ _ADDS = (operator.add, torch.add)
 
 
 class _CompressedLeafTracer(torch.fx.Tracer):
-    """Keeps compressed layers whole (their input quantizers hold Python-side state)."""
+    """Keeps compressed layers whole (their input quantizers hold Python-side state), and deepshrink's own
+    graph functions (SplitAttention's core) as one call, also where a loaded graph's code calls them."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=WRAPPED)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return isinstance(module, (CompressedConv2d, CompressedLinear)) or super().is_leaf_module(module, qualified_name)
@@ -130,7 +135,8 @@ def to_bits(model: nn.Module, path: str) -> torch.fx.GraphModule:
     for node in calls:
         while _fold_next(gm, node, order, once):
             pass
-    _channels_last_input(gm.graph)
+    if any(isinstance(m, nn.Conv2d) or isinstance(m, BitConv2d) and not m.linear for m in gm.modules()):
+        _channels_last_input(gm.graph)  # images; a model of linear layers may take tokens (B, T, C)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()

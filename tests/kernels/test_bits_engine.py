@@ -132,3 +132,32 @@ def test_deepshrink_speed_lists_the_bit_engines_for_an_xnor_file(xnor_no_k, caps
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
     engines = {row["engine"] for row in rows}
     assert {"torch-fp32", "onnxruntime-fp32"} <= engines and any(e.startswith("bits-") for e in engines)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_xnor_transformer_block_on_tokens_runs_on_the_bits(engine, tmp_path):
+    """Binary Linear layers on (B, T, C) tokens, in a model `load` rebuilt from its traced graph (not the
+    zoo): the attention projections and the MLP run natively, with the loaded model's outputs."""
+    class Attention(nn.Module):  # (B, T, 6) tokens -> (B, 4)
+        def __init__(self):
+            super().__init__()
+            self.embed, self.norm = nn.Linear(6, 16), nn.LayerNorm(16)
+            self.attn = nn.MultiheadAttention(16, num_heads=2, batch_first=True)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.norm(self.embed(x))
+            return self.head((h + self.attn(h, h, h, need_weights=False)[0]).mean(1))
+
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(4, 5, 6, generator=gen), torch.randint(0, 4, (4,), generator=gen)) for _ in range(2)]
+    torch.manual_seed(0)
+    result = deepshrink.compress(Attention(), "xnor", train_data=data, calib_data=data, overrides=[
+        "train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4"])
+    deepshrink.pack(result.model.eval(), tmp_path / "block.dsz")
+    loaded = deepshrink.load(tmp_path / "block.dsz")
+    runner = get_engine(engine).prepare(loaded, data[0][0], threads=1)
+    assert sum(isinstance(m, BitConv2d) for m in runner.module.modules()) >= 4  # q, k, v, out at least
+    with torch.no_grad():
+        for tokens, _ in data:
+            assert (runner(tokens) - loaded(tokens)).abs().max().item() < 1e-5

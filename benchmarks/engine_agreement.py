@@ -4,7 +4,7 @@ closely the file agrees with itself under perturbations far below one activation
 For each packed model, on the full test split: top-1 from the file (the loaded model in PyTorch), top-1
 on the integer engine, the share of images whose predicted class differs, and the same for `--seeds`
 copies of the file whose every trained activation quantizer sees its input plus Gaussian noise of
-`--noise` times its grid step (forward pre-hooks; the model is otherwise the file, bit for bit). A
+`--noise` times its grid step (`deepshrink.runtime.qdq.quantizer_noise`; otherwise the file, bit for bit). A
 quantizer rounds to the nearest step, so noise of 1% of a step moves about 1% of the codes that sit
 within a step's hundredth of a rounding boundary: the smallest change any other arithmetic (an int32
 bias, an 8-bit residual stream, a different summation order) makes.
@@ -34,10 +34,9 @@ import numpy as np
 import torch
 
 import deepshrink
-from deepshrink.nn import CompressedConv2d, CompressedLinear
 from deepshrink.runtime import get_engine
 from deepshrink.runtime.measure import speed_data
-from deepshrink.runtime.qdq import activation_grid
+from deepshrink.runtime.qdq import quantizer_noise
 
 
 def log(line: str) -> None:
@@ -48,23 +47,6 @@ def logits_of(run, images: torch.Tensor, chunk: int = 500) -> torch.Tensor:
     """`run` over `images` (N, C, H, W), `chunk` at a time, as one (N, classes) tensor."""
     with torch.no_grad():
         return torch.cat([run(images[start:start + chunk]) for start in range(0, len(images), chunk)])
-
-
-def perturbed(model, noise: float, seed: int):
-    """Forward pre-hooks that add `noise` x (grid step) x N(0, 1) to every trained quantizer's input;
-    returns the hook handles (remove them to get the file back)."""
-    generator = torch.Generator().manual_seed(seed)
-    handles = []
-    for module in model.modules():
-        if isinstance(module, (CompressedConv2d, CompressedLinear)) and module.input_quant is not None:
-            step = activation_grid(module.input_quant).scale
-
-            def hook(_, inputs, step=step):
-                x = inputs[0]
-                return (x + noise * step * torch.randn(x.shape, generator=generator),)
-
-            handles.append(module.register_forward_pre_hook(hook))
-    return handles
 
 
 def compare(got: torch.Tensor, want: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -82,12 +64,8 @@ def one_model(path: str, calibration, images, labels, noise: float, seeds: int) 
     engine = compare(logits_of(runner, images), want, labels)
     copies = []
     for seed in range(seeds):
-        handles = perturbed(model, noise, seed)
-        try:
+        with quantizer_noise(model, noise, seed):
             copies.append(compare(logits_of(model, images), want, labels))
-        finally:
-            for handle in handles:
-                handle.remove()
         log(f"{path}: perturbed copy {seed}: {copies[-1]}")
     deltas = np.array([c["delta"] for c in copies])
     return {"path": path, "top1_file": round(100.0 * float((want.argmax(1) == labels).float().mean()), 2),

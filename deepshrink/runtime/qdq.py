@@ -1,6 +1,7 @@
 """Integer forms of a loaded compressed model: weight codes as int8 times a per-channel scale, and
 the uint8 grid each trained activation quantizer rounds to. The integer engine
 (`onnxruntime-int8`, deepshrink/runtime/qdq_graph.py) writes these into a QDQ ONNX graph.
+`quantizer_noise` perturbs those grids' inputs: the yardstick for how close the engine can come.
 
 Weights (`weight_integer_form`): every encoding whose levels are integer multiples of one scale
 per output channel passes through exactly, W = q * scale with q an int8 (-128..127):
@@ -22,14 +23,18 @@ Example::
 
     form = weight_integer_form(layer.encoded)   # None, or (q int8 (out, ...), scale float32 (out,))
     grid = activation_grid(layer.input_quant)   # None, or Grid(scale, zero_point, qmin, qmax)
+    with quantizer_noise(model, steps=0.01):     # the file, each quantizer's input off by ~1% of a step
+        logits = model(x)
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..nn.compressed import CompressedConv2d, CompressedLinear
 from ..nn.encoded import EncodedWeight
 from ..quant.act_quant import DoReFaActivation, LSQActivation, PACTActivation, ScaledDoReFaActivation
 
@@ -139,3 +144,31 @@ def minmax_grid(low: float, high: float) -> Grid:
     scale = (high - low) / 255 or 1.0
     zero_point = int(min(255, max(0, round(-low / scale))))
     return Grid(scale, zero_point, 0, 255)
+
+
+@contextmanager
+def quantizer_noise(model: nn.Module, steps: float, seed: int = 0):
+    """Within the block, every activation quantizer of `model` (a compressed layer's `input_quant`) sees
+    its input plus Gaussian noise of `steps` times its grid step (one generator seeded with `seed`).
+
+    The yardstick for an engine that cannot follow the file's arithmetic bit for bit: in a low-bit
+    network a code flipped by a tiny error flips others downstream, so the file's own predictions move
+    under noise far below one rounding step (benchmarks/engine_agreement.py).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    handles = []
+
+    def add_noise(step: float):
+        return lambda _, inputs: (inputs[0] + steps * step * torch.randn(inputs[0].shape, generator=generator),)
+
+    try:
+        for name, module in model.named_modules():
+            if isinstance(module, (CompressedConv2d, CompressedLinear)) and module.input_quant is not None:
+                grid = activation_grid(module.input_quant)
+                if isinstance(grid, str):
+                    raise ValueError(f"{name}: {grid}")
+                handles.append(module.input_quant.register_forward_pre_hook(add_noise(grid.scale)))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -22,6 +22,14 @@ into QLinearConv / QLinearAdd (MLAS u8s8 kernels, VNNI on AVX-512 CPUs).
    channel's codes are multiplied by a power of two k (scale / k: the same weight bit for bit) so
    that this step is k times finer (`Rewrite._widen`).
 
+How close this can come to the file: only as close as the file comes to itself. A W4A4 ResNet re-rounds
+its activations at every quantized conv, and a code flipped by a tiny error flips others downstream,
+so each departure from the PyTorch arithmetic that the engine must make (int32 biases, 8-bit residual
+streams, int8 weights for float layers), even alone, changes as many predictions as Gaussian noise of
+1% of a step on the file's own quantizer inputs (`qdq.quantizer_noise`): read the engine's top-1
+against the spread of such perturbed copies of the file, which benchmarks/engine_agreement.py measures
+beside it (results/engine_agreement.json).
+
 Example::
 
     graph = build_integer_graph(model, example, calibration)   # onnx.ModelProto

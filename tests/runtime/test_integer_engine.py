@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from deepshrink.nn import CompressedConv2d, CompressedLinear
 from deepshrink.runtime import get_engine
-from deepshrink.runtime.qdq import weight_integer_form
+from deepshrink.runtime.qdq import activation_grid, quantizer_noise, weight_integer_form
 from deepshrink.runtime.qdq_graph import build_integer_graph, export_marked
 from deepshrink.runtime.qdq_rewrite import Rewrite
 
@@ -83,6 +83,44 @@ def test_w4a4_engine_agrees_with_the_packed_model(w4a4_digits, digits_test, digi
     assert file_top1 >= 0.85  # a model that learned the digits, so that agreement means something
     assert abs((got.argmax(1) == labels).float().mean() - file_top1) <= 0.015  # 360 images: 5 at most
     assert (got - want).abs().mean() <= 0.15 * want.abs().mean()
+
+
+def test_w4a4_engine_departs_from_the_file_as_little_as_the_file_under_noise(w4a4_digits, digits_test,
+                                                                            digits_calibration):
+    """Each rounding the engine cannot do as PyTorch does (int32 biases, the 8-bit residual stream) flips
+    a few 4-bit codes, and those flip others downstream: the engine can come as close to the file as
+    copies of the file whose quantizer inputs get noise of 5% of a step, and no closer."""
+    model, _ = w4a4_digits
+    images, _ = digits_test
+    runner = get_engine("onnxruntime-int8").prepare(model, images[:1], threads=1, calibration=digits_calibration)
+    got, want = runner(images), _logits(model, images)
+    copies = []
+    for seed in range(4):
+        with quantizer_noise(model, steps=0.05, seed=seed):
+            copies.append(_logits(model, images))
+    assert all((copy - want).abs().max() > 0 for copy in copies)  # the noise reaches the logits
+    copy_error = np.mean([float((copy - want).abs().mean()) for copy in copies])
+    copy_flips = np.mean([float((copy.argmax(1) != want.argmax(1)).sum()) for copy in copies])
+    assert float((got - want).abs().mean()) <= 1.25 * copy_error
+    assert float((got.argmax(1) != want.argmax(1)).sum()) <= 2 * copy_flips
+
+
+def test_quantizer_noise_is_that_fraction_of_a_step_and_leaves_the_file_as_it_was(w4a4_digits, digits_test):
+    model, _ = w4a4_digits
+    images, _ = digits_test
+    first = next(m.input_quant for m in _compressed_layers(model) if m.input_quant is not None)  # after the float stem
+    step = activation_grid(first).scale
+    clean, noisy = [], []
+    handle = first.register_forward_pre_hook(lambda _, inputs: clean.append(inputs[0].clone()))
+    want = _logits(model, images)
+    handle.remove()
+    with quantizer_noise(model, steps=0.05, seed=3):
+        handle = first.register_forward_pre_hook(lambda _, inputs: noisy.append(inputs[0].clone()))  # after the noise
+        _logits(model, images)
+        handle.remove()
+    error = (noisy[0] - clean[0]) / step  # (N, C, H, W) in grid steps
+    assert abs(float(error.std()) - 0.05) <= 0.005 and abs(float(error.mean())) <= 0.005
+    assert torch.equal(_logits(model, images), want)  # the hooks are gone
 
 
 def test_weight_only_engine_with_8bit_activations_agrees(weight_only_digits, digits_test, digits_calibration):

@@ -1,13 +1,13 @@
 """The precision a layer runs and is stored at: weight bits, activation bits, bytes of its weights.
 
-Sources, in order (see `deepshrink.nn.encoded` for the encodings):
+Sources, in order (see `deepshrink.encodings` for the encodings):
 
-- weight bits: `module.encoded` (an `EncodedWeight`: binary 1, ternary 2, uniform/pow2 `bits`,
-  pq ceil(log2 K) / d per weight, float 32, sparse: its inner encoding), else a `weight_bits` attribute
-  (QAT layers set it), else the weight's dtype width (32 for float32);
+- weight bits: `module.encoded` (an `EncodedWeight`: its encoding's `bits_per_weight`, e.g. binary 1,
+  pq ceil(log2 K) / d, sparse its inner encoding's), else a `weight_bits` attribute (QAT layers set it),
+  else the weight's dtype width (32 for float32);
 - activation bits: `module.input_quant.bits`, else an `act_bits` attribute, else 32;
-- storage bytes: codes at their bit width + every float parameter of the encoding (scales, PQ codebooks)
-  at its dtype; a sparse weight stores only its kept codes plus a 1-bit-per-weight mask.
+- storage bytes: an encoded weight's bytes exactly as the packer writes them (`EncodedWeight.packed_bits`:
+  codes at their width, a sparse weight's position index and kept codes, parameters as the file stores them).
 
 Example::
 
@@ -21,56 +21,24 @@ import math
 import torch
 from torch import nn
 
-from ..nn.encoded import EncodedWeight
+from ..encodings import EncodedWeight
 from ..nn.packable import Packable
 
 FLOAT_BITS = 32
 
 
 def encoded_bits_per_weight(encoded: EncodedWeight) -> float:
-    """Code bits per weight element: 1 binary, 2 ternary, `bits` uniform/pow2, ceil(log2 K)/d for PQ."""
-    kind = encoded.kind
-    if kind == "binary":
-        return 1.0
-    if kind == "ternary":
-        return 2.0
-    if kind in ("uniform", "pow2"):
-        return float(encoded.bits)
-    if kind == "pq":
-        block_size = encoded.params["codebook"].shape[2]  # codebook (S, K, d)
-        return encoded.bits / block_size
-    if kind == "float":
-        return float(encoded.params["values"].element_size() * 8)
-    if kind == "sparse":
-        return encoded_bits_per_weight(encoded.inner)
-    raise ValueError(f"unknown encoding {kind!r}")
+    """Code bits per weight element, as its encoding says (binary 1, ternary 2, pq ceil(log2 K) / d, ...)."""
+    return encoded.encoding.bits_per_weight(encoded)
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def encoded_nbytes(encoded: EncodedWeight, kept: int | None = None) -> int:
-    """Bytes to store `encoded`: codes at their width plus its float parameters (scales, codebooks).
-
-    `kept` is the number of stored weights when the encoding sits inside a sparse one.
-    """
-    n_weights = encoded.numel if kept is None else kept
-    if encoded.kind == "sparse":
-        kept = int(encoded.mask.sum())
-        mask_bytes = math.ceil(encoded.numel / 8)  # one bit per weight position
-        return mask_bytes + encoded_nbytes(encoded.inner, kept=kept)
-    params = encoded.params
-    if encoded.kind == "float":
-        values = params["values"]
-        return n_weights * values.element_size() + sum(_tensor_bytes(v) for k, v in params.items() if k != "values")
-    if encoded.kind == "pq":
-        block_size = params["codebook"].shape[2]
-        n_codes = math.ceil(n_weights / block_size)
-        code_bytes = math.ceil(n_codes * encoded.bits / 8)
-    else:
-        code_bytes = math.ceil(n_weights * encoded_bits_per_weight(encoded) / 8)
-    return code_bytes + sum(_tensor_bytes(v) for v in params.values())
+def encoded_nbytes(encoded: EncodedWeight) -> int:
+    """Bytes the packer writes for `encoded`: codes, sparse index and parameters (`EncodedWeight.packed_bits`)."""
+    return encoded.packed_bits() // 8
 
 
 def encoded_weights(module: nn.Module) -> dict[str, EncodedWeight]:

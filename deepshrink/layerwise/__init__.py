@@ -4,6 +4,6 @@ Importing this package registers the methods: lobs, magnitude (L-OBS's baseline)
 (its baseline), pq and kmeans (its baseline). They share one driver, `base.LayerwiseMethod`.
 """
 from . import ldnq, lobs, pq  # noqa: F401  (registers ldnq, ldnq_rtn, lobs, magnitude, pq, kmeans)
-from .base import LayerSolution, LayerwiseConfig, LayerwiseMethod, encoded_bits, reestimate_bn
+from .base import LayerSolution, LayerwiseConfig, LayerwiseMethod, reestimate_bn
 
-__all__ = ["LayerSolution", "LayerwiseConfig", "LayerwiseMethod", "encoded_bits", "reestimate_bn"]
+__all__ = ["LayerSolution", "LayerwiseConfig", "LayerwiseMethod", "reestimate_bn"]

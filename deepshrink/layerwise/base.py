@@ -87,28 +87,6 @@ class LayerSolution:
     info: dict = field(default_factory=dict)
 
 
-def encoded_bits(encoded: EncodedWeight) -> float:
-    """Storage of an encoding in bits: codes at their width, scales/codebooks as `param_bits`, masks 1 bit."""
-    if encoded.kind == "float":
-        return 32.0 * encoded.numel
-    if encoded.kind == "sparse":
-        nnz = int(encoded.mask.sum())
-        inner = encoded_bits(encoded.inner)
-        overhead = sum(param_bits(n, p) for n, p in encoded.inner.params.items()) if encoded.inner.kind != "float" else 0
-        per_weight = (inner - overhead) / max(1, encoded.inner.numel)
-        return encoded.numel + nnz * per_weight + overhead
-    extra = sum(param_bits(name, p) for name, p in encoded.params.items())
-    return encoded.bits * encoded.codes.numel() + extra
-
-
-def param_bits(name: str, value: torch.Tensor) -> float:
-    """Bits the packed file spends on a scale/codebook tensor: float32, except a PQ codebook whose values
-    are all float16 numbers, which deepshrink.packing stores in 16 bits."""
-    if name == "codebook" and torch.equal(value.half().to(value.dtype), value):
-        return 16.0 * value.numel()
-    return 32.0 * value.numel()
-
-
 def calibration_batches(data, device=None) -> list[torch.Tensor]:
     """The calibration inputs as a list of float tensors (labels dropped), read once."""
     if data is None:
@@ -292,7 +270,7 @@ class LayerwiseMethod(Method):
         self.after_layer(model, name, batches)
         encoded = self.encodings[name]
         self.report[name] = {"seconds": time.perf_counter() - start, "numel": encoded.numel,
-                             "bits_per_weight": encoded_bits(encoded) / encoded.numel,
+                             "bits_per_weight": encoded.packed_bits() / encoded.numel,
                              "kind": encoded.kind, **self.report.get(name, {})}
 
     def layer_hessian(self, source: nn.Module, name: str, layer: nn.Module, batches) -> torch.Tensor:

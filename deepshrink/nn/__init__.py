@@ -2,7 +2,7 @@
 from .attention import SplitAttention, split_attention
 from .compressed import (CompressedConv2d, CompressedLinear, compress_layer, decode_weights, get_module,
                          release_weights, set_module, tensor_nbytes)
-from .encoded import EncodedWeight, pq_blocks, pq_unblocks
+from ..encodings import EncodedWeight, pq_blocks, pq_unblocks
 from .packable import Packable
 from .resident import ResidentWeight
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_packable
-from .encoded import EncodedWeight
+from ..encodings import EncodedWeight
 from .packable import Packable
 from .resident import ResidentWeight
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .encoded import EncodedWeight
+from ..encodings import EncodedWeight
 
 
 class Packable:

@@ -2,7 +2,7 @@
 
 `ResidentWeight.pack(encoded)` stores an `EncodedWeight` compactly; `expand()` gives the same
 EncodedWeight back (codes, mask and parameters exactly as packed), and `decode()` the float weight
-through `EncodedWeight.dequantize`, the one place that knows how each kind decodes. Unpacking is
+through `EncodedWeight.dequantize`, which its encoding (deepshrink.encodings) owns. Unpacking is
 plain torch tensor ops, so it runs wherever the layer lives (CPU or GPU) and needs no numpy.
 
 What is kept, per encoding (the `.dsz` payload is the reference; see deepshrink.packing):
@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from .encoded import EncodedWeight
+from ..encodings import EncodedWeight, encoding_named
 
 _CHUNK = 1 << 20  # symbols packed at a time (a multiple of 8 and of 5): bounds the packing's scratch memory
 _MAX_PACKED_WIDTH = 16
@@ -124,16 +124,18 @@ class ResidentWeight:
     @classmethod
     def pack(cls, encoded: EncodedWeight, kept: torch.Tensor | None = None) -> "ResidentWeight":
         """Pack `encoded`; `kept` (a flat bool mask) keeps only those entries (a sparse inner weight)."""
-        if encoded.kind == "sparse":
+        encoding = encoded.encoding
+        if encoded.inner is not None:  # sparse: a mask over an inner weight
             mask = encoded.mask.reshape(-1).to(torch.bool)
-            inner = cls.pack(encoded.inner, None if encoded.inner.kind == "pq" else mask)
-            return cls("sparse", encoded.shape, mask=_pack_mask(mask), inner=inner)
+            inner = cls.pack(encoded.inner, mask if encoded.inner.encoding.codes_per_weight else None)
+            return cls(encoded.kind, encoded.shape, mask=_pack_mask(mask), inner=inner)
         params = {key: value.detach() for key, value in encoded.params.items()}
         resident = cls(encoded.kind, encoded.shape, params, bits=encoded.bits, levels=encoded.levels,
                        layout=encoded.layout, kept_only=kept is not None)
-        if encoded.kind == "float":
-            if kept is not None:
-                params["values"] = params["values"].reshape(-1)[kept].clone()
+        if kept is not None:
+            for key in encoding.per_weight_params:
+                params[key] = params[key].reshape(-1)[kept].clone()
+        if not encoding.has_codes:
             return resident
         low, high = encoded.code_range()
         codes = encoded.codes.detach()
@@ -149,17 +151,18 @@ class ResidentWeight:
     def expand(self, kept: torch.Tensor | None = None) -> EncodedWeight:
         """The EncodedWeight this holds (codes at pruned positions of a sparse inner weight: the code
         nearest 0, as the loader fills them)."""
-        if self.kind == "sparse":
+        if self.inner is not None:
             mask = _unpack_mask(self.mask, math.prod(self.shape))  # (numel,)
             inner = self.inner.expand(mask if self.inner.kept_only else None)
-            return EncodedWeight("sparse", self.shape, mask=mask.reshape(self.shape), inner=inner)
+            return EncodedWeight(self.kind, self.shape, mask=mask.reshape(self.shape), inner=inner)
         numel = math.prod(self.shape)
         params = dict(self.params)
-        if self.kind == "float":
-            if self.kept_only:
-                values = params["values"]
-                params["values"] = values.new_zeros(numel).masked_scatter(kept, values).reshape(self.shape)
-            return EncodedWeight("float", self.shape, params=params)
+        if self.kept_only:  # per-weight values at the kept positions, 0 elsewhere
+            for key in encoding_named(self.kind).per_weight_params:
+                values = params[key]
+                params[key] = values.new_zeros(numel).masked_scatter(kept, values).reshape(self.shape)
+        if self.codes is None:
+            return EncodedWeight(self.kind, self.shape, params=params)
         codes = self.codes.unpack() + self.code_low
         if self.kept_only:
             fill = min(max(0, self.code_low), self.code_low + self.codes.alphabet - 1)

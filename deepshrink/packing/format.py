@@ -26,13 +26,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from ..encodings import decode_weight, encode_weight
 from ..errors import PackFormatError, UserError
 from ..nn.attention import split_attention
 from ..nn.compressed import decode_weights, set_module
 from ..nn.packable import Packable
 from ..progress import Progress
 from ..registry import MODELS, PACKABLE, create_model
-from .encodings import FLOAT_DTYPES, decode_weight, encode_weight
 from .graph import build_graph_module, pending_modules, record_graph, trace
 from .payload import PayloadReader, PayloadWriter, _fail, crc
 
@@ -40,6 +40,7 @@ FORMAT = "deepshrink.dsz"
 VERSION = 1
 META_TENSOR = "__meta__"
 _MAX_META_BYTES = 64 << 20
+FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # `save`'s float_dtype
 
 
 def packable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,7 +1,7 @@
 """Export a packed model to ONNX at its real size: integer initialisers + DequantizeLinear, PQ as Gather.
 
 Each compressed layer's weight is built in the graph from what the `.dsz` file holds, never stored as
-float when its codes allow otherwise:
+float when its codes allow otherwise; its encoding's `onnx_weight` (deepshrink.encodings) says how:
 
 - integer encodings (binary, ternary, uniform, pow2 / L-DNQ, sparse over any of these): the exact form
   `EncodedWeight.integer_form()` gives, W = scale * (q - zero_point), as an integer initialiser q
@@ -38,110 +38,24 @@ from torch import nn
 
 from ..errors import UserError
 from ..nn.compressed import _CompressedMixin
-from ..nn.encoded import EncodedWeight
 
 _TORCHSCRIPT_MAX_OPSET = 20
 _INT4_OPSET = 21
 
 
-class _IntegerWeight(torch.autograd.Function):
-    """W = scale * (q - zero_point); with `two_scales`, pos * Relu(q - z) - neg * Relu(z - q) (scale = 1)."""
-
-    @staticmethod
-    def forward(ctx, q, scale, zero_point, pos, neg, param_shape: tuple, two_scales: bool):
-        centred = (q.float() - zero_point.float().reshape(param_shape)) * scale.reshape(param_shape)
-        return centred.clamp(min=0) * pos - (-centred).clamp(min=0) * neg if two_scales else centred
-
-    @staticmethod
-    def symbolic(g, q, scale, zero_point, pos, neg, param_shape, two_scales):
-        centred = g.op("DequantizeLinear", q, scale, zero_point, axis_i=0)
-        if not two_scales:
-            return centred
-        positive = g.op("Mul", g.op("Relu", centred), pos)
-        return g.op("Sub", positive, g.op("Mul", g.op("Relu", g.op("Neg", centred)), neg))
-
-
-class _GatherWeight(torch.autograd.Function):
-    """A PQ weight: rows of the flattened codebook (S K, d) picked by codes + subspace offsets."""
-
-    @staticmethod
-    def forward(ctx, codes, offsets, codebook, block_shape: tuple, permute: tuple | None):
-        blocks = codebook.float()[codes.long() + offsets]  # (out, n_blocks, d)
-        blocks = blocks.reshape(block_shape)
-        return blocks.permute(*permute).contiguous() if permute else blocks
-
-    @staticmethod
-    def symbolic(g, codes, offsets, codebook, block_shape, permute):
-        index = g.op("Add", g.op("Cast", codes, to_i=7), offsets)  # 7: INT64
-        table = g.op("Cast", codebook, to_i=1)  # 1: FLOAT
-        blocks = g.op("Gather", table, index, axis_i=0)  # (out, n_blocks, d)
-        shape = g.op("Constant", value_t=torch.tensor(block_shape, dtype=torch.int64))
-        weight = g.op("Reshape", blocks, shape)
-        return g.op("Transpose", weight, perm_i=list(permute)) if permute else weight
-
-
-def _integer_args(encoded: EncodedWeight):
-    """`_IntegerWeight` arguments for an encoding with an integer form within 8 bits; None otherwise."""
-    form = encoded.integer_form()
-    if form is None:
-        return None
-    shape, out = tuple(encoded.shape), encoded.shape[0]
-    zero, q = form.zero_point, form.q
-    low, high = int(torch.minimum(q.min(), zero.min())), int(torch.maximum(q.max(), zero.max()))
-    # unsigned codes with their zero point (ORT's usual weight form) where all are >= 0, else signed
-    dtype = torch.uint8 if low >= 0 and high <= 255 else torch.int8 if low >= -128 and high <= 127 else None
-    if dtype is None:
-        return None
-    two_scales = not form.one_scale
-    per_channel = max(zero.numel(), form.pos_scale.numel(), form.neg_scale.numel()) > 1
-    param_shape = (out, *([1] * (len(shape) - 1))) if per_channel else ()
-    size = (out,) if per_channel else ()
-
-    def param(value):
-        return value.reshape(-1).expand(out).contiguous() if per_channel else value.reshape(())
-
-    scale = torch.ones(size) if two_scales else param(form.pos_scale)
-    pos, neg = (param(s.float()).reshape(param_shape) for s in (form.pos_scale, form.neg_scale))
-    return q.to(dtype), scale.float(), param(zero).to(dtype), pos, neg, param_shape, two_scales
-
-
-def _gather_args(encoded: EncodedWeight):
-    """`_GatherWeight` arguments for a PQ weight (codes uint8 / uint16, codebook as stored)."""
-    if encoded.kind != "pq" or encoded.params["codebook"].shape[1] > 1 << 16:
-        return None
-    codebook = encoded.params["codebook"]  # (S, K, d)
-    n_sub, n_centroids, block = codebook.shape
-    codes = encoded.codes.long()  # (out, n_blocks)
-    out, n_blocks = codes.shape
-    offsets = (torch.arange(n_blocks) // (n_blocks // n_sub)) * n_centroids  # (n_blocks,)
-    table = codebook.reshape(n_sub * n_centroids, block)
-    if table.dtype not in (torch.float16, torch.float32):
-        table = table.float()
-    shape = tuple(encoded.shape)
-    if encoded.layout == "channel" and len(shape) == 4:
-        _, cin, kh, kw = shape
-        block_shape, permute = (out, kh, kw, cin), (0, 3, 1, 2)
-    else:
-        block_shape, permute = shape, None
-    code_dtype = torch.uint8 if n_centroids <= 256 else torch.uint16
-    return codes.to(code_dtype), offsets, table, block_shape, permute
-
-
 @contextlib.contextmanager
 def exported_weights(model: nn.Module):
-    """Within the block, every compressed layer builds its weight from its codes in ONNX ops (see the
-    module doc); yields {"integer": [names], "gather": [names], "float": {name: bytes}}."""
+    """Within the block, every compressed layer builds its weight from its codes in ONNX ops, as its encoding's
+    `onnx_weight` says (see the module doc); yields {"integer": [names], "gather": [names], "float": {name: bytes}}."""
     forms = {"integer": [], "gather": [], "float": {}}
     patched = []
     for name, module in model.named_modules():
         if not isinstance(module, _CompressedMixin):
             continue
         encoded = module.encoded
-        args = _integer_args(encoded)
-        if args is not None:
-            build, kind = (lambda a=args: _IntegerWeight.apply(*a)), "integer"
-        elif (args := _gather_args(encoded)) is not None:
-            build, kind = (lambda a=args: _GatherWeight.apply(*a)), "gather"
+        form = encoded.encoding.onnx_weight(encoded)
+        if form is not None:
+            kind, build = form
         else:
             weight = encoded.dequantize()
             build, kind = (lambda w=weight: w), "float"

@@ -20,8 +20,9 @@ import zlib
 import numpy as np
 import torch
 
+from ..encodings.bits import pack_base3, pack_bits, packed_nbytes, unpack_base3, unpack_bits
+from ..encodings.checks import check_int as _int, check_shape, fail as _fail  # noqa: F401 (format, graph)
 from ..errors import PackFormatError
-from .bits import pack_base3, pack_bits, packed_nbytes, unpack_base3, unpack_bits
 from .entropy import rans_decode, rans_encode, shannon_bits, zstd_compress, zstd_decompress
 
 CODES_BLOB = "codes"
@@ -82,22 +83,6 @@ class PayloadWriter:
 
     def blobs(self) -> dict[str, torch.Tensor]:
         return {blob: torch.cat(parts) if parts else torch.zeros(0) for blob, parts in self._parts.items()}
-
-
-def _fail(what: str, problem: str):
-    raise PackFormatError(f"{what}: {problem}")
-
-
-def _int(value, what: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        _fail(what, f"expected an integer in {low}..{high}, found {value!r}")
-    return value
-
-
-def check_shape(value, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) > 8:
-        _fail(what, f"shape must be a list of at most 8 sizes, found {value!r}")
-    return tuple(_int(size, what + " shape", 0, 1 << 40) for size in value)
 
 
 class PayloadReader:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .encodings import code_width
+from ..encodings import describe
 from .payload import DTYPES
 
 _ELEMENT_BYTES = {name: dtype.itemsize for name, dtype in DTYPES.items()}
@@ -45,20 +45,6 @@ def _theoretical_bits(stream: dict) -> float:
     if stream["codec"] == "base3":
         return stream["count"] * 1.6
     return stream["h"]
-
-
-def describe(enc: dict) -> str:
-    """'ternary 2b', 'uniform 4b', 'sparse(pow2 3b, delta index)', ... (b = bits per code)."""
-    kind = enc["kind"]
-    if kind == "sparse":
-        return f"sparse({describe(enc['inner'])}, {enc['index']} index)"
-    if kind == "float":
-        return f"float {enc['params']['values']['b']}"
-    codec = enc["codes"]["codec"]
-    text = f"{kind} {code_width(kind, enc.get('bits'))}b"
-    if kind == "pq":
-        text += f" {enc['layout']}"
-    return text + ("" if codec == "bits" else f" {codec}")
 
 
 def _row(name: str) -> dict:

@@ -139,7 +139,10 @@ def test_sparse_counts_kept_weights_and_mask():
     sparse = EncodedWeight("sparse", shape, mask=mask, inner=inner)
     row = profile(_compressed_linear(sparse), input_size=(16,)).layers[0]
     assert row.weight_bits == 8
-    assert row.bytes == 128 // 8 + 32 * 8 // 8 + 4 + 4 + 8 * 4  # mask bits + kept codes + scale/zp + bias
+    # the packer's index: gaps between kept positions at 3 bits, 7 = "skip 7" (a row's gap of 12 is 7 + 5):
+    # 4 symbols for row 0, 5 for each of the other 7 rows, 39 x 3 = 117 bits = 15 bytes (a bitmap: 16)
+    index_bytes = math.ceil((4 + 7 * 5) * 3 / 8)
+    assert row.bytes == index_bytes + 32 * 8 // 8 + 4 + 4 + 8 * 4  # index + kept codes + scale/zp + bias
 
 
 def test_deepshrink_macs_is_honoured_and_children_not_double_counted():

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from deepshrink.layerwise.base import encoded_bits
 from deepshrink.layerwise.pq import KMeansConfig, PQConfig, block_metrics, block_size_for, quantize_layer
 from deepshrink.layerwise.pq_kmeans import m_step, weighted_kmeans, weighted_objective
 from deepshrink.errors import UserError
@@ -63,7 +62,7 @@ def test_encoding_shapes_clamped_centroids_and_block_sizes(layout, n_subspaces):
     torch.testing.assert_close(encoded.dequantize(), conv.weight.detach().half().float(), rtol=1e-5, atol=1e-6)
     book = encoded.params["codebook"]
     assert torch.equal(book.half().float(), book)  # stored exactly in 16 bits, and counted so
-    assert encoded_bits(encoded) == encoded.bits * encoded.codes.numel() + 16 * book.numel()
+    assert encoded.packed_bits() == encoded.bits * encoded.codes.numel() + 16 * book.numel()
     exact, _ = quantize_layer(conv, None, dataclasses.replace(cfg, codebook_fp16=False), damp=0.01)
     torch.testing.assert_close(exact.dequantize(), conv.weight.detach(), rtol=1e-5, atol=1e-6)
     assert block_size_for(nn.Conv2d(6, 4, 1), cfg) == 3  # 4 does not divide 6 -> largest divisor

@@ -30,7 +30,7 @@ def test_sparse_masks_round_trip_as_bitmap_or_gaps():
 
 def test_bits_layout_is_the_files():
     """Bit-packed symbols use the .dsz "bits" layout (LSB first), so the two can be compared byte for byte."""
-    from deepshrink.packing.bits import pack_bits
+    from deepshrink.encodings.bits import pack_bits
 
     symbols = torch.randint(0, 32, (999,), generator=torch.Generator().manual_seed(0))
     assert PackedSymbols.pack(symbols, 32).data.numpy().tobytes() == pack_bits(symbols.numpy(), 5).tobytes()
@@ -72,8 +72,8 @@ def test_expand_gives_the_same_weight(kind):
 @pytest.mark.parametrize("kind", list(_encodings()))
 def test_resident_bytes(kind):
     """Codes at ceil(log2(alphabet)) bits (base 3 for three symbols); a sparse mask as the file codes it (the
-    numpy coder of deepshrink.packing.bits), its inner weight at the kept entries."""
-    from deepshrink.packing.bits import encode_positions, packed_nbytes
+    numpy coder of deepshrink.encodings.bits), its inner weight at the kept entries."""
+    from deepshrink.encodings.bits import encode_positions, packed_nbytes
 
     encoded = _encodings()[kind]
     numel, kept = encoded.numel, int(encoded.mask.sum()) if encoded.mask is not None else encoded.numel

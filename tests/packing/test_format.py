@@ -1,4 +1,6 @@
 """The .dsz file: exact round trip for every encoding, real bit widths, sizes that add up, atomic writes."""
+import hashlib
+import json
 import math
 import os
 
@@ -8,10 +10,12 @@ import safetensors
 import torch
 
 import deepshrink
+from deepshrink.encodings import encode_weight
+from deepshrink.encodings.bits import encode_positions
 from deepshrink.errors import UserError
 from deepshrink.nn import EncodedWeight, compress_layer, set_module
 from deepshrink.packing import inspect, load, save
-from deepshrink.packing.bits import encode_positions
+from deepshrink.packing.payload import PayloadWriter
 
 CODE_WIDTH = {"binary": 1, "ternary": 2}
 
@@ -160,3 +164,49 @@ def test_deepshrink_pack_stays_callable_after_the_subpackage_is_imported(tmp_pat
 
     report = deepshrink.pack(deepshrink.create_model("lenet300"), tmp_path / "l.dsz")
     assert report["totals"]["file_bytes"] == (tmp_path / "l.dsz").stat().st_size
+
+
+def _small_weights() -> dict[str, EncodedWeight]:
+    """One small hand-written weight per kind (no random numbers: the bytes below depend on nothing else)."""
+    codes = torch.tensor([[0, 1, 1, 0, 1, 0], [1, 1, 0, 0, 0, 1]])
+    mask = torch.tensor([[True, False, False, True, False, False], [False, False, False, False, False, True]])
+    return {
+        "binary": EncodedWeight("binary", (2, 6), codes.to(torch.uint8), {"scale": torch.tensor([0.5, 0.25])}),
+        "ternary": EncodedWeight("ternary", (2, 6), (codes - 1 + codes.flip(1)).clamp(-1, 1).to(torch.int8),
+                                 {"pos_scale": torch.tensor([0.5]), "neg_scale": torch.tensor([0.25])}),
+        "uniform": EncodedWeight("uniform", (2, 6), torch.arange(12).reshape(2, 6) % 8, bits=3,
+                                 params={"scale": torch.tensor([0.125]), "zero_point": torch.tensor([3.5])}),
+        "pow2": EncodedWeight("pow2", (2, 6), (torch.arange(12).reshape(2, 6) % 5 - 2).to(torch.int8), levels=5,
+                              params={"alpha": torch.tensor([0.5, 1.0])}),
+        "pq": EncodedWeight("pq", (2, 6), torch.tensor([[0, 2], [1, 0]]), layout="row",
+                            params={"codebook": torch.arange(9.0).reshape(1, 3, 3) / 4}),
+        "sparse_float": EncodedWeight("sparse", (2, 6), mask=mask, inner=EncodedWeight(
+            "float", (2, 6), params={"values": torch.arange(12.0).reshape(2, 6) / 8})),
+        "sparse_uniform": EncodedWeight("sparse", (2, 6), mask=mask, inner=EncodedWeight(
+            "uniform", (2, 6), torch.arange(12).reshape(2, 6) % 4, bits=2,
+            params={"scale": torch.tensor([1.0]), "zero_point": torch.tensor([0.0])})),
+    }
+
+
+# sha256 (first 16 hex digits) of each weight's metadata JSON as the file writes it, and its payload bytes,
+# recorded from format version 1 before the encodings became classes: a change here is a format change
+PINNED = {
+    "binary": ("d717108d6d9d4817", "float32:0000003f0000803e|codes:d608"),
+    "ternary": ("6f7ef508f4d0b4ae", "float32:0000003f0000803e|codes:586290"),
+    "uniform": ("8d9c9d5168210c1c", "float32:0000003e00006040|codes:88c6fa8806"),
+    "pow2": ("717c973888ed654f", "float32:0000003f0000803f|codes:8846442302"),
+    "pq": ("8426ce45d5818a66", "float16:000000340038003a003c003d003e003f0040|codes:18"),
+    "sparse_float": ("44cf661d339c7836", "codes:f801|float16:00000036803d"),
+    "sparse_uniform": ("5dea38c0544cbb33", "codes:f8013c|float32:0000803f00000000"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_each_kind_writes_the_pinned_version_1_bytes(name):
+    weight = _small_weights()[name]
+    writer = PayloadWriter()
+    meta = encode_weight(weight, writer, name, torch.float16 if name == "sparse_float" else torch.float32)
+    blobs = "|".join(f"{blob}:{tensor.contiguous().view(torch.uint8).numpy().tobytes().hex()}"
+                     for blob, tensor in writer.blobs().items())
+    meta_hash = hashlib.sha256(json.dumps(meta, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert (meta_hash, blobs) == PINNED[name]

@@ -29,6 +29,11 @@ def packed_nbytes(count: int, width: int) -> int:
     return (count * width + 7) // 8
 
 
+def base3_nbytes(count: int) -> int:
+    """Bytes that `count` trits occupy five to a byte (`pack_base3`)."""
+    return -(-count // 5)
+
+
 def pack_bits(symbols: np.ndarray, width: int) -> np.ndarray:
     """Pack unsigned `symbols` (each < 2**width) at `width` bits each into a uint8 array."""
     if not 1 <= width <= MAX_WIDTH:
@@ -77,8 +82,8 @@ def pack_base3(trits: np.ndarray) -> np.ndarray:
 def unpack_base3(packed: np.ndarray, count: int) -> np.ndarray:
     """Inverse of `pack_base3`; raises ValueError on a byte above 242 (not five trits)."""
     packed = np.asarray(packed, dtype=np.uint8).reshape(-1).astype(np.int64)
-    if packed.size != -(-count // 5):
-        raise ValueError(f"{count} trits need {-(-count // 5)} base-3 bytes, found {packed.size}")
+    if packed.size != base3_nbytes(count):
+        raise ValueError(f"{count} trits need {base3_nbytes(count)} base-3 bytes, found {packed.size}")
     if packed.size and packed.max() > 242:
         raise ValueError(f"base-3 byte {int(packed.max())} exceeds 242")
     trits = (packed[:, None] // _POW3) % 3  # (bytes, 5)

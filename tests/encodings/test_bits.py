@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepshrink.packing.bits import (decode_positions, encode_positions, pack_base3, pack_bits, packed_nbytes,
-                                  unpack_base3, unpack_bits)
+from deepshrink.encodings.bits import (decode_positions, encode_positions, pack_base3, pack_bits, packed_nbytes,
+                                    unpack_base3, unpack_bits)
 
 
 @settings(max_examples=60, deadline=None)

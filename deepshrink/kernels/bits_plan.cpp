@@ -198,6 +198,25 @@ class NetPlan {
 
   void run_image(const float* x, float* logits, int64_t input, int64_t output, Workspace& ws) const;
 
+  // Every output row of a pixel-lane convolution: fused with its epilogue where the path has that kernel.
+  template <typename T>
+  void lane_rows(const Op& op, const LaneShape& shape, const void* x_bits, const RowSink& sink, Workspace& ws) const {
+    const T* x = static_cast<const T*>(x_bits);
+    const T* w = reinterpret_cast<const T*>(op.weight.data_ptr());
+    const float *scale = op.scale.data_ptr<float>(), *shift = op.shift.data_ptr<float>();
+    const int64_t out_h = sink.out->height;
+    if (const LaneRowFn<T> fused = lane_row_fn<T>(path_, *sink.out)) {
+      for (int64_t oh = 0; oh < out_h; ++oh) fused(x, w, shape, oh, scale, shift, sink);
+      return;
+    }
+    const LaneCountFn<T> count = lane_count_fn<T>(path_);
+    for (int64_t oh = 0; oh < out_h; ++oh) {
+      count(x, w, shape, oh, ws.counts.data(), ws.valid.data());
+      count_epilogue(ws.counts.data(), 1, op.chan_offset.data(), ws.valid.data(), false, scale, shift, oh, sink,
+                     ws.row.data());
+    }
+  }
+
   Path path_;
   std::vector<Value> values_;
   std::vector<at::Tensor> held_;  // the values' pack affines
@@ -236,22 +255,9 @@ void NetPlan::run_image(const float* x, float* result, int64_t input, int64_t ou
         const Value& in = values_[op.in];
         const ConvShape& s = op.shape;
         const LaneShape shape{s.in_ch, s.out_ch, in.height, in.width, s.kh, s.kw, s.ph, s.pw, s.dh, s.dw, out.width};
-        for (int64_t oh = 0; oh < out.height; ++oh) {
-          if (in.lane == 16)
-            lane_count_fn<uint16_t>(path_)(static_cast<const uint16_t*>(bits(op.in)),
-                                           reinterpret_cast<const uint16_t*>(op.weight.data_ptr<int16_t>()), shape, oh,
-                                           ws.counts.data(), ws.valid.data());
-          else if (in.lane == 32)
-            lane_count_fn<uint32_t>(path_)(static_cast<const uint32_t*>(bits(op.in)),
-                                           reinterpret_cast<const uint32_t*>(op.weight.data_ptr<int32_t>()), shape, oh,
-                                           ws.counts.data(), ws.valid.data());
-          else
-            lane_count_fn<uint64_t>(path_)(static_cast<const uint64_t*>(bits(op.in)),
-                                           reinterpret_cast<const uint64_t*>(op.weight.data_ptr<int64_t>()), shape, oh,
-                                           ws.counts.data(), ws.valid.data());
-          count_epilogue(ws.counts.data(), 1, op.chan_offset.data(), ws.valid.data(), false, scale, shift, oh, sink,
-                         ws.row.data());
-        }
+        if (in.lane == 16) lane_rows<uint16_t>(op, shape, bits(op.in), sink, ws);
+        else if (in.lane == 32) lane_rows<uint32_t>(op, shape, bits(op.in), sink, ws);
+        else lane_rows<uint64_t>(op, shape, bits(op.in), sink, ws);
         break;
       }
       case Kind::word_conv: {

@@ -166,3 +166,65 @@ def test_plan_refuses_mismatched_values():
                             torch.ones(16), torch.zeros(16), False)
     with pytest.raises(RuntimeError, match="pixel lanes hold one group of at most 16 channels"):
         plan.add_value(17, 8, 8, False, 16, 1, None, None)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("in_ch", [16, 32, 64])
+@pytest.mark.parametrize("out_lane,out_ch", [(0, 19), (16, 13), (16, 16), (32, 29), (32, 32), (64, 61), (64, 64),
+                                             (64, 70)])
+@pytest.mark.parametrize("residual,relu,keep_floats", [(False, False, True), (True, True, True), (True, True, False),
+                                                       (False, True, False)])
+def test_lane_rows_write_the_floats_and_bits_of_the_generic_epilogue(path, in_ch, out_lane, out_ch, residual, relu,
+                                                                     keep_floats):
+    """x -> sign -> binary conv on pixel lanes (+ residual, ReLU) = y, kept as floats and/or as the next layer's
+    bits (pixel words of 16/32/64 bits, or 64-channel words past 64 channels) -> binary conv = z. On the avx512
+    path the lane conv runs with its epilogue in registers (bits_lane_rows.cpp); y and z must equal the
+    portable path's (counts, then the generic epilogue) exactly, and z the float convolution of y's signs."""
+    if out_lane == 0 and not keep_floats:
+        return
+    gen = torch.Generator().manual_seed(in_ch * 1000 + out_ch * 10 + residual + 2 * relu + 4 * keep_floats)
+    height, width = 3, 37  # two 16-pixel vectors and a partial one; a 32-pixel one and a partial one
+    x = torch.randn(2, in_ch, height, width, generator=gen)
+    codes = torch.randint(0, 2, (out_ch, in_ch, 3, 3), generator=gen, dtype=torch.uint8)
+    alpha, shift = torch.rand(out_ch, generator=gen) + 0.1, torch.randn(out_ch, generator=gen) * 3
+    next_mul, next_add = torch.rand(out_ch, generator=gen) + 0.5, torch.randn(out_ch, generator=gen)
+    codes2 = torch.randint(0, 2, (8, out_ch, 3, 3), generator=gen, dtype=torch.uint8)
+    r_weight = torch.randn(out_ch, in_ch, 1, 1, generator=gen)
+    shape = [in_ch, out_ch, 3, 3, 1, 1, 1, 1, 1, 1, 1]
+    shape2 = [out_ch, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1]
+
+    def build(on):
+        plan = kernels.native().NetPlan(on)
+        x_v = plan.add_value(in_ch, height, width, True, 0, 1, None, None)
+        bits_v = plan.add_value(in_ch, height, width, False, lane_of(in_ch, (1, 1), 1, False), 1, None, None)
+        plan.add_pack(x_v, bits_v)
+        r_v = -1
+        if residual:
+            r_v = plan.add_value(out_ch, height, width, True, 0, 1, None, None)
+            plan.add_float_conv(x_v, r_v, [in_ch, out_ch, 1, 1, 1, 1, 0, 0, 1, 1, 1], r_weight, torch.ones(out_ch),
+                                torch.zeros(out_ch), False)
+        affine = (next_mul, next_add) if out_lane else (None, None)
+        y_v = plan.add_value(out_ch, height, width, keep_floats, out_lane, 1, *affine)
+        plan.add_bit_conv(bits_v, r_v, y_v, shape, *kernels.pack_weights(codes), alpha, shift, relu)
+        z_v = -1
+        if out_lane:
+            z_v = plan.add_value(8, height, width, True, 0, 1, None, None)
+            plan.add_bit_conv(y_v, -1, z_v, shape2, *kernels.pack_weights(codes2), torch.ones(8), torch.zeros(8), False)
+        return plan, x_v, y_v, z_v
+
+    plan, x_v, y_v, z_v = build(path)
+    reference_plan = build("portable")[0]
+    conv = reference(x, 2.0 * codes.float() - 1.0, shape) * alpha[:, None, None] + shift[:, None, None]
+    if residual:
+        conv = conv + F.conv2d(x, r_weight)
+    y_expected = torch.relu(conv) if relu else conv
+    if keep_floats:
+        y = plan.run(x, x_v, y_v)
+        assert torch.equal(y, reference_plan.run(x, x_v, y_v))
+        assert torch.allclose(y, y_expected, rtol=1e-5, atol=1e-4)
+    if out_lane:
+        z = plan.run(x, x_v, z_v)
+        assert torch.equal(z, reference_plan.run(x, x_v, z_v))
+        if keep_floats:  # exact given y: the bits are the signs of y * next_mul + next_add
+            signs = y * next_mul[:, None, None] + next_add[:, None, None]
+            assert torch.equal(z, reference(signs, 2.0 * codes2.float() - 1.0, shape2))

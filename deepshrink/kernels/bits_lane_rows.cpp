@@ -13,16 +13,12 @@
 // is done. The arithmetic is the generic epilogue's, operation for operation (multiply and add apart,
 // no FMA), so both routes give the same bits and floats.
 #include <algorithm>
-#include <type_traits>
 
-#include "bits_lanes.h"
-#include "bits_plan.h"
+#include "bits_rows512.h"
 
 namespace deepshrink_bits {
 
 namespace {
-
-struct NoBits {};
 
 // All lanes of a vector of d = valid - 2 * count as int32 (masked lanes hold garbage; nobody reads them).
 template <typename T>
@@ -35,77 +31,43 @@ DS_LANES512 inline void store_d(int32_t* p, __m512i v) {
   } else {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi64_epi32(v));
   }
-}  // the output keeps no bits
-
-struct Epilogue {
-  const float *scale, *shift, *residual, *pack_scale, *pack_shift;  // residual: the row's channel 0
-  float* y;                                                           // null: floats not kept
-  int64_t plane;                                                      // floats between channels
-  bool relu;
-};
-
-// Channel o's floats at pixels [0, n_pos) of the vector from d; returns the sign mask (bit i: pixel i).
-DS_LANES512 inline uint64_t channel_floats(const int32_t* d, int n_pos, int64_t o, const Epilogue& e, bool want_bits) {
-  const __m512 mul = _mm512_set1_ps(e.scale[o]), add = _mm512_set1_ps(e.shift[o]), zero = _mm512_setzero_ps();
-  uint64_t signs = 0;
-  for (int p0 = 0; p0 < n_pos; p0 += 16) {
-    const int left = n_pos - p0;
-    const __mmask16 k = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
-    __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(d + p0)), mul), add);
-    if (e.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, e.residual + o * e.plane + p0));
-    if (e.relu) v = _mm512_max_ps(zero, v);  // (0 > v) ? 0 : v, as std::max(v, 0.0f): -0.0 stays -0.0
-    if (e.y) _mm512_mask_storeu_ps(e.y + o * e.plane + p0, k, v);
-    if (want_bits) {
-      if (e.pack_scale) v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(e.pack_scale[o])), _mm512_set1_ps(e.pack_shift[o]));
-      signs |= static_cast<uint64_t>(_mm512_movepi32_mask(_mm512_castps_si512(v)) & k) << p0;
-    }
-  }
-  return signs;
 }
 
-template <typename U, int PIXELS>
-DS_LANES512 inline void set_bits(__m512i* words, uint64_t signs, int bit) {
-  constexpr int per = Lanes<U>::n;
-  for (int j = 0; j < (PIXELS + per - 1) / per; ++j) words[j] = Lanes<U>::set_bit(words[j], signs >> (j * per), bit);
+// Output channels [o0, o0 + nb) (NB = nb = 8, or NB = 0) of the vector: counts, floats, sign bits.
+template <typename T, typename U, int NB>
+DS_LANES512 inline void channel_block(const LaneVector<T>& vec, const LaneTaps& taps, const T* w, const LaneShape& s,
+                                      int64_t o0, int nb, __m512i valid, const RowEpilogue& e,
+                                      PixelWords<U, Lanes<T>::n>& words) {
+  using L = Lanes<T>;
+  alignas(64) int32_t d[8][32];  // 32: read 16 at a time
+  __m512i acc[8];
+  vec.template count_block<NB>(taps, w + o0 * s.kh * s.kw, s.kh * s.kw, nb, acc);
+  for (int b = 0; b < (NB ? NB : nb); ++b) store_d<T>(d[b], L::sub(valid, L::add(acc[b], acc[b])));
+  for (int b = 0; b < (NB ? NB : nb); ++b) {
+    uint64_t signs = 0;
+    for (int p0 = 0; p0 < vec.n_pos; p0 += 16)
+      signs |= uint64_t{finish_vector(_mm512_cvtepi32_ps(_mm512_loadu_si512(d[b] + p0)), first_lanes(vec.n_pos - p0), p0,
+                                      o0 + b, e, !std::is_same<U, NoBits>::value)} << p0;
+    words.set(signs, o0 + b);
+  }
 }
 
 template <typename T, typename U>
 DS_LANES512 void lane_row_avx512(const T* x, const T* w, const LaneShape& s, int64_t oh, const float* scale,
                                  const float* shift, const RowSink& sink) {
-  using L = Lanes<T>;
-  constexpr bool kBits = !std::is_same<U, NoBits>::value;
   const LaneTaps taps(s, oh);
   LaneVector<T> vec;
-  const int64_t row = oh * s.out_w, plane = sink.out->plane();
-  alignas(64) int32_t d[8][32];  // 32: channel_floats reads 16 at a time
-  for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += L::n) {
+  for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += Lanes<T>::n) {
     const __m512i valid = vec.prepare(x, s, taps, ow0);
-    const Epilogue e{scale, shift, sink.residual ? sink.residual + row + ow0 : nullptr, sink.pack_scale,
-                     sink.pack_shift, sink.y ? sink.y + row + ow0 : nullptr, plane, sink.relu};
-    __m512i words[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    const RowEpilogue e(scale, shift, sink, oh * s.out_w + ow0);
+    PixelWords<U, Lanes<T>::n> words;
     for (int64_t o0 = 0; o0 < s.out_ch; o0 += 8) {
       const int nb = static_cast<int>(std::min<int64_t>(8, s.out_ch - o0));
-      __m512i acc[8];
-      vec.count_block(taps, w + o0 * s.kh * s.kw, s.kh * s.kw, nb, acc);
-      for (int b = 0; b < nb; ++b) store_d<T>(d[b], L::sub(valid, L::add(acc[b], acc[b])));
-      for (int b = 0; b < nb; ++b) {
-        const uint64_t signs = channel_floats(d[b], vec.n_pos, o0 + b, e, kBits);
-        if constexpr (kBits) set_bits<U, L::n>(words, signs, static_cast<int>(o0 + b));
-      }
+      if (nb == 8) channel_block<T, U, 8>(vec, taps, w, s, o0, nb, valid, e, words);
+      else channel_block<T, U, 0>(vec, taps, w, s, o0, nb, valid, e, words);
     }
-    if constexpr (kBits) {
-      U* out = static_cast<U*>(sink.bits) + row + ow0;
-      for (int j = 0; j * Lanes<U>::n < vec.n_pos; ++j)
-        Lanes<U>::store_words(out + j * Lanes<U>::n, words[j], std::min(Lanes<U>::n, vec.n_pos - j * Lanes<U>::n));
-    }
+    words.store(sink, oh * s.out_w + ow0, vec.n_pos);
   }
-}
-
-// The output's bits as one word of 16/32/64 bits per pixel (bit o: channel o), or none.
-int out_word_bits(const Value& out) {
-  if (out.lane == 16 || out.lane == 32) return out.lane;
-  if (out.lane == 64 && out.groups == 1 && out.channels <= 64) return 64;
-  return out.lane == 0 ? 0 : -1;
 }
 
 template <typename T>

@@ -43,6 +43,15 @@ static void lane_count_portable(const T* x, const T* w, const LaneShape& s, int6
 }
 
 // ------------------------------------------------------------------ AVX-512 (BITALG for 16-bit lanes)
+// Counts of output channels [o0, o0 + nb) (NB = nb = 8, or NB = 0) for the vector at ow0.
+template <typename T, int NB>
+DS_LANES512 static inline void count_channels(const LaneVector<T>& vec, const LaneTaps& taps, const T* w,
+                                              const LaneShape& s, int64_t o0, int nb, int64_t ow0, int32_t* counts) {
+  __m512i acc[8];
+  vec.template count_block<NB>(taps, w + o0 * s.kh * s.kw, s.kh * s.kw, nb, acc);
+  for (int b = 0; b < (NB ? NB : nb); ++b) Lanes<T>::store(counts + (o0 + b) * s.out_w + ow0, acc[b], vec.n_pos);
+}
+
 // Output channels in blocks of 8 accumulators, so that each tap's load serves 8 channels.
 template <typename T>
 DS_LANES512 static void lane_count_avx512(const T* x, const T* w, const LaneShape& s, int64_t oh, int32_t* counts,
@@ -55,9 +64,8 @@ DS_LANES512 static void lane_count_avx512(const T* x, const T* w, const LaneShap
     L::store(valid + ow0, valid_here, vec.n_pos);
     for (int64_t o0 = 0; o0 < s.out_ch; o0 += 8) {
       const int nb = static_cast<int>(std::min<int64_t>(8, s.out_ch - o0));
-      __m512i acc[8];
-      vec.count_block(taps, w + o0 * s.kh * s.kw, s.kh * s.kw, nb, acc);
-      for (int b = 0; b < nb; ++b) L::store(counts + (o0 + b) * s.out_w + ow0, acc[b], vec.n_pos);
+      if (nb == 8) count_channels<T, 8>(vec, taps, w, s, o0, nb, ow0, counts);
+      else count_channels<T, 0>(vec, taps, w, s, o0, nb, ow0, counts);
     }
   }
 }

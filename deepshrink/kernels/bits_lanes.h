@@ -28,7 +28,7 @@ struct LaneTaps {
   }
 };
 
-#define DS_LANES512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vpopcntdq,avx512bitalg,avx2")))
+#define DS_LANES512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vpopcntdq,avx512bitalg,avx2,bmi2")))
 
 // A vector of n pixels' lanes: masked load, broadcast, popcount, add; store lanes as int32 counts. As the
 // output of bits_lane_rows.cpp: set bit `bit` in the lanes of mask m, store the first `count` lanes.
@@ -121,21 +121,15 @@ struct LaneVector {
   }
 
   // acc[b] = popcounts of output channel b < nb (weights wb + b * kernel_taps, one T per tap) over the taps;
-  // each tap's load serves the block's channels.
+  // each tap's load serves the block's channels. NB = 8, or 0 for a runtime nb: a constant trip count,
+  // in the caller too, lets the compiler keep the sums in registers.
+  template <int NB>
   DS_LANES512 void count_block(const LaneTaps& taps, const T* wb, int64_t kernel_taps, int nb, __m512i* acc) const {
     using L = Lanes<T>;
     for (int b = 0; b < 8; ++b) acc[b] = _mm512_setzero_si512();
-    if (nb == 8) {  // a constant trip count keeps the 8 sums in registers
-      for (int t = 0; t < taps.count; ++t) {
-        const __m512i a = L::load(masks[t], ptr[t]);
-        for (int b = 0; b < 8; ++b)
-          acc[b] = L::add(acc[b], L::popcnt(masks[t], _mm512_xor_si512(a, L::set1(wb[b * kernel_taps + taps.tap_id[t]]))));
-      }
-      return;
-    }
     for (int t = 0; t < taps.count; ++t) {
       const __m512i a = L::load(masks[t], ptr[t]);
-      for (int b = 0; b < nb; ++b)
+      for (int b = 0; b < (NB ? NB : nb); ++b)
         acc[b] = L::add(acc[b], L::popcnt(masks[t], _mm512_xor_si512(a, L::set1(wb[b * kernel_taps + taps.tap_id[t]]))));
     }
   }

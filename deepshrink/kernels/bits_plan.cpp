@@ -244,6 +244,11 @@ void NetPlan::run_image(const float* x, float* result, int64_t input, int64_t ou
                 *shift = op.shift.defined() ? op.shift.data_ptr<float>() : nullptr;
     switch (op.kind) {
       case Kind::float_conv: {
+        if (const FloatRowFn fused = float_row_fn(path_, op.shape, out)) {
+          for (int64_t oh = 0; oh < out.height; ++oh)
+            fused(floats(op.in), values_[op.in], op.weight.data_ptr<float>(), op.shape, oh, scale, shift, sink);
+          break;
+        }
         for (int64_t oh = 0; oh < out.height; ++oh) {
           float_conv_row(floats(op.in), values_[op.in], op.weight.data_ptr<float>(), op.shape, oh, out.width,
                          ws.acc.data());

@@ -55,4 +55,11 @@ using LaneRowFn = void (*)(const T* x, const T* w, const LaneShape& shape, int64
 template <typename T>
 LaneRowFn<T> lane_row_fn(Path path, const Value& out);
 
+// Output row oh of a float convolution (as float_conv_row) with its epilogue in registers
+// (bits_float_rows.cpp): the floats and bits float_epilogue would write.
+using FloatRowFn = void (*)(const float* x, const Value& in, const float* w, const ConvShape& s, int64_t oh,
+                            const float* scale, const float* shift, const RowSink& sink);
+// The fused row for this path, shape and output, or null (as lane_row_fn; also for groups > 1).
+FloatRowFn float_row_fn(Path path, const ConvShape& s, const Value& out);
+
 }  // namespace deepshrink_bits

@@ -98,9 +98,11 @@ class NetPlan {
                     const at::Tensor& sign, const at::Tensor& mask, const at::Tensor& nonzero, const at::Tensor& scale,
                     const at::Tensor& shift, bool relu) {
     const Value& x = values_.at(in);
-    const bool lanes = x.lane == 16 || x.lane == 32 || (x.lane == 64 && mask.numel() == 0 && x.groups == 1 &&
-                                                         x.channels <= 64 && shape[4] == 1 && shape[5] == 1 &&
-                                                         shape[10] == 1);
+    // one 64-bit word per pixel reads as 64-bit lanes only on avx512: elsewhere lane popcounts are scalar,
+    // slower than the word kernel's vectors
+    const bool lanes = x.lane == 16 || x.lane == 32 ||
+                       (path_ == Path::avx512 && x.lane == 64 && mask.numel() == 0 && x.groups == 1 &&
+                        x.channels <= 64 && shape[4] == 1 && shape[5] == 1 && shape[10] == 1);
     Op op = conv_op(lanes ? Kind::lane_conv : Kind::word_conv, in, residual, out, shape, scale, shift, relu);
     const ConvShape& s = op.shape;
     TORCH_CHECK(x.lane != 0 && x.channels == s.in_ch, "a binary convolution reads its input's bits");

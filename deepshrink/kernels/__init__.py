@@ -32,8 +32,9 @@ from ..errors import UserError
 
 PATHS = ("avx512", "avx2", "portable")
 PATH_ENV = "DEEPSHRINK_BITS_PATH"
-_SOURCES = ("bits_paths.cpp", "bits_lanes.cpp", "bits_ops.cpp", "bits_rows.cpp", "bits_plan.cpp")
-_HEADERS = ("bits.h", "bits_plan.h")
+_SOURCES = ("bits_paths.cpp", "bits_lanes.cpp", "bits_lane_rows.cpp", "bits_float_rows.cpp", "bits_ops.cpp",
+            "bits_rows.cpp", "bits_plan.cpp")
+_HEADERS = ("bits.h", "bits_lanes.h", "bits_plan.h", "bits_rows512.h")
 _FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]  # no -march: the SIMD paths carry target attributes
 
 _state: dict = {}

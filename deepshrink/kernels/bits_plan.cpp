@@ -98,9 +98,11 @@ class NetPlan {
                     const at::Tensor& sign, const at::Tensor& mask, const at::Tensor& nonzero, const at::Tensor& scale,
                     const at::Tensor& shift, bool relu) {
     const Value& x = values_.at(in);
-    const bool lanes = x.lane == 16 || x.lane == 32 || (x.lane == 64 && mask.numel() == 0 && x.groups == 1 &&
-                                                         x.channels <= 64 && shape[4] == 1 && shape[5] == 1 &&
-                                                         shape[10] == 1);
+    // one 64-bit word per pixel reads as 64-bit lanes only on avx512: elsewhere lane popcounts are scalar,
+    // slower than the word kernel's vectors
+    const bool lanes = x.lane == 16 || x.lane == 32 ||
+                       (path_ == Path::avx512 && x.lane == 64 && mask.numel() == 0 && x.groups == 1 &&
+                        x.channels <= 64 && shape[4] == 1 && shape[5] == 1 && shape[10] == 1);
     Op op = conv_op(lanes ? Kind::lane_conv : Kind::word_conv, in, residual, out, shape, scale, shift, relu);
     const ConvShape& s = op.shape;
     TORCH_CHECK(x.lane != 0 && x.channels == s.in_ch, "a binary convolution reads its input's bits");
@@ -198,6 +200,25 @@ class NetPlan {
 
   void run_image(const float* x, float* logits, int64_t input, int64_t output, Workspace& ws) const;
 
+  // Every output row of a pixel-lane convolution: fused with its epilogue where the path has that kernel.
+  template <typename T>
+  void lane_rows(const Op& op, const LaneShape& shape, const void* x_bits, const RowSink& sink, Workspace& ws) const {
+    const T* x = static_cast<const T*>(x_bits);
+    const T* w = reinterpret_cast<const T*>(op.weight.data_ptr());
+    const float *scale = op.scale.data_ptr<float>(), *shift = op.shift.data_ptr<float>();
+    const int64_t out_h = sink.out->height;
+    if (const LaneRowFn<T> fused = lane_row_fn<T>(path_, *sink.out)) {
+      for (int64_t oh = 0; oh < out_h; ++oh) fused(x, w, shape, oh, scale, shift, sink);
+      return;
+    }
+    const LaneCountFn<T> count = lane_count_fn<T>(path_);
+    for (int64_t oh = 0; oh < out_h; ++oh) {
+      count(x, w, shape, oh, ws.counts.data(), ws.valid.data());
+      count_epilogue(ws.counts.data(), 1, op.chan_offset.data(), ws.valid.data(), false, scale, shift, oh, sink,
+                     ws.row.data());
+    }
+  }
+
   Path path_;
   std::vector<Value> values_;
   std::vector<at::Tensor> held_;  // the values' pack affines
@@ -225,6 +246,11 @@ void NetPlan::run_image(const float* x, float* result, int64_t input, int64_t ou
                 *shift = op.shift.defined() ? op.shift.data_ptr<float>() : nullptr;
     switch (op.kind) {
       case Kind::float_conv: {
+        if (const FloatRowFn fused = float_row_fn(path_, op.shape, out)) {
+          for (int64_t oh = 0; oh < out.height; ++oh)
+            fused(floats(op.in), values_[op.in], op.weight.data_ptr<float>(), op.shape, oh, scale, shift, sink);
+          break;
+        }
         for (int64_t oh = 0; oh < out.height; ++oh) {
           float_conv_row(floats(op.in), values_[op.in], op.weight.data_ptr<float>(), op.shape, oh, out.width,
                          ws.acc.data());
@@ -236,22 +262,9 @@ void NetPlan::run_image(const float* x, float* result, int64_t input, int64_t ou
         const Value& in = values_[op.in];
         const ConvShape& s = op.shape;
         const LaneShape shape{s.in_ch, s.out_ch, in.height, in.width, s.kh, s.kw, s.ph, s.pw, s.dh, s.dw, out.width};
-        for (int64_t oh = 0; oh < out.height; ++oh) {
-          if (in.lane == 16)
-            lane_count_fn<uint16_t>(path_)(static_cast<const uint16_t*>(bits(op.in)),
-                                           reinterpret_cast<const uint16_t*>(op.weight.data_ptr<int16_t>()), shape, oh,
-                                           ws.counts.data(), ws.valid.data());
-          else if (in.lane == 32)
-            lane_count_fn<uint32_t>(path_)(static_cast<const uint32_t*>(bits(op.in)),
-                                           reinterpret_cast<const uint32_t*>(op.weight.data_ptr<int32_t>()), shape, oh,
-                                           ws.counts.data(), ws.valid.data());
-          else
-            lane_count_fn<uint64_t>(path_)(static_cast<const uint64_t*>(bits(op.in)),
-                                           reinterpret_cast<const uint64_t*>(op.weight.data_ptr<int64_t>()), shape, oh,
-                                           ws.counts.data(), ws.valid.data());
-          count_epilogue(ws.counts.data(), 1, op.chan_offset.data(), ws.valid.data(), false, scale, shift, oh, sink,
-                         ws.row.data());
-        }
+        if (in.lane == 16) lane_rows<uint16_t>(op, shape, bits(op.in), sink, ws);
+        else if (in.lane == 32) lane_rows<uint32_t>(op, shape, bits(op.in), sink, ws);
+        else lane_rows<uint64_t>(op, shape, bits(op.in), sink, ws);
         break;
       }
       case Kind::word_conv: {

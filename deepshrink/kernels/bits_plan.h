@@ -45,4 +45,21 @@ void pack_row(const float* src, int64_t oh, const RowSink& sink, float* v);
 void float_conv_row(const float* x, const Value& in, const float* w, const ConvShape& s, int64_t oh, int64_t out_w,
                     float* acc);
 
+// Output row oh of a pixel-lane binary convolution (input as for LaneCountFn) with its epilogue in
+// registers (bits_lane_rows.cpp): the floats and bits count_epilogue would write, without the counts.
+template <typename T>
+using LaneRowFn = void (*)(const T* x, const T* w, const LaneShape& shape, int64_t oh, const float* scale,
+                           const float* shift, const RowSink& sink);
+// The fused row for this path and output, or null (not the avx512 path, or bits in 64-channel words
+// of more than one word or group): the caller then counts and runs count_epilogue.
+template <typename T>
+LaneRowFn<T> lane_row_fn(Path path, const Value& out);
+
+// Output row oh of a float convolution (as float_conv_row) with its epilogue in registers
+// (bits_float_rows.cpp): the floats and bits float_epilogue would write.
+using FloatRowFn = void (*)(const float* x, const Value& in, const float* w, const ConvShape& s, int64_t oh,
+                            const float* scale, const float* shift, const RowSink& sink);
+// The fused row for this path, shape and output, or null (as lane_row_fn; also for groups > 1).
+FloatRowFn float_row_fn(Path path, const ConvShape& s, const Value& out);
+
 }  // namespace deepshrink_bits

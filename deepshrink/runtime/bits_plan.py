@@ -11,7 +11,10 @@ image by image in C++:
   binary readers or is the network input;
 * on the avx512 path a binary layer with at most 64 input channels, stride 1 and one group reads pixel
   lanes (16, 32 or 64 bits per pixel; `bits_lanes.cpp`), any other one reads 64-channel words (the
-  per-layer kernel).
+  per-layer kernel);
+* on the avx512 path the pixel-lane layers and the float convolutions (one group) run each output row
+  with its epilogue in registers (`bits_lane_rows.cpp`, `bits_float_rows.cpp`): no counts or pixel-major
+  sums are written out, and the floats and bits equal the generic epilogue's (`bits_rows.cpp`) to the bit.
 
 Graphs with anything else (a scaling map K, TTQ's two planes, binary linear layers, ops not listed)
 give None, and the engine runs the fx graph instead.

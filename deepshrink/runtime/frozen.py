@@ -14,7 +14,8 @@ On each call every leaf module is rebuilt for the duration of that call (its cla
 attributes, tensors as views into the buffer, no copy) and run by its class's own `forward`, so the
 frozen model computes exactly what the loaded one does, with the same code: outputs are bit for bit
 equal. The price is rebuilding ~80 small objects per call (see `deepshrink speed`, engine
-`torch-frozen`). It is inference-only: no gradients, no `.train()`, no `state_dict`.
+`torch-frozen`). It is inference-only and on the CPU: no gradients, no `.train()`, no `state_dict`,
+no `.to(device)`; a weight shared by two modules is stored twice.
 
 Example::
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..nn.compressed import CompressedConv2d, CompressedLinear
-from ..nn.encoded import EncodedWeight
+from ..encodings import EncodedWeight
 from ..quant.act_quant import DoReFaActivation, LSQActivation, PACTActivation, ScaledDoReFaActivation
 
 INT8_RANGE = (-128, 127)  # weight zero point 0: MLAS's symmetric u8s8 kernels

@@ -45,6 +45,7 @@ from ..nn import EncodedWeight, compress_layer, set_module
 from ..progress import Progress
 from . import hessian as hess
 from .capture import InputCapture, chunked_columns, execution_order, weight_matrix
+from .stream import LayerInputs
 
 
 @dataclass
@@ -59,6 +60,8 @@ class LayerwiseConfig:
         on the calibration data (mean + (m_c - m_o), var * v_c / v_o; 500 images are too few to replace
         statistics gathered on the whole training set); "recompute" replaces them outright.
     max_samples: input columns (conv patches) used per calibration batch for H (None = all).
+    cache_inputs: keep the calibration inputs of the current block so that each layer runs only its
+        block, not the network up to it (stream.py; costs one block input per calibration image).
     """
 
     damp: float = 0.01
@@ -66,6 +69,7 @@ class LayerwiseConfig:
     reestimate_bn: bool = True
     bn_update: str = "shift"
     max_samples: int | None = 8192
+    cache_inputs: bool = True
 
     def __post_init__(self):
         if not (self.damp >= 0 and math.isfinite(self.damp)):
@@ -163,10 +167,10 @@ class _ChannelStats:
         return mean, var
 
 
-def _stats_of(model: nn.Module, names: list[str], batches, stop: bool) -> dict:
-    """{name: (mean, var)} of the inputs of modules `names`: one pass, or one pass each when `stop`."""
+def _stats_of(model: nn.Module, names: list[str], batches) -> dict:
+    """{name: (mean, var)} of the inputs of modules `names`, in one pass over `batches`."""
     stats = {name: _ChannelStats() for name in names}
-    captures = [InputCapture(model.get_submodule(name), stats[name], stop=stop) for name in names]
+    captures = [InputCapture(model.get_submodule(name), stats[name], stop=False) for name in names]
     for capture in captures:
         capture.__enter__()
     try:
@@ -179,23 +183,29 @@ def _stats_of(model: nn.Module, names: list[str], batches, stop: bool) -> dict:
     return {name: stat.result() for name, stat in stats.items()}
 
 
-def correct_bn(model: nn.Module, reference: nn.Module, batches) -> None:
+def correct_bn(model: nn.Module, reference: nn.Module, batches, cache: bool = True) -> None:
     """BN statistics = the original's, shifted by what compression changes on the calibration data.
 
     BatchNorms are corrected one at a time in execution order, each measured after the earlier ones
     are corrected: running_mean += m_c - m_o, running_var *= v_c / v_o (m, v over all samples).
     Under torchrun each rank passes its shard of the batches; the sums behind m and v are all-reduced.
+    `cache`: run each BatchNorm's block on cached block inputs (stream.py), not the network up to it.
     """
     names = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
              and m.track_running_stats and m.running_mean is not None]
     if not names:
         return
     model.eval()
-    original = _stats_of(reference, names, batches, stop=False)
+    original = _stats_of(reference, names, batches)
+    stream = LayerInputs(model, batches, range(len(batches)), cache=cache)
     with Progress("BatchNorm correction", len(names), "layer", enabled=distributed.is_main_process()) as progress:
         for name in execution_order(model, names, batches[0]):
             norm = model.get_submodule(name)
-            (mean_c, var_c), (mean_o, var_o) = _stats_of(model, [name], batches, stop=True)[name], original[name]
+            stat = _ChannelStats()
+            for _, x in stream.inputs(name):
+                stat(x)
+            stat.all_reduce()
+            (mean_c, var_c), (mean_o, var_o) = stat.result(), original[name]
             ratio = torch.where(var_o > 1e-12, var_c / var_o.clamp(min=1e-12), torch.ones_like(var_o))
             norm.running_mean += (mean_c - mean_o).to(norm.running_mean.dtype)
             norm.running_var *= ratio.to(norm.running_var.dtype)
@@ -215,6 +225,7 @@ class LayerwiseMethod(Method):
         self.report: dict[str, dict] = {}  # per layer: seconds, bits, the solver's figures
         self.reference: nn.Module | None = None  # the model before compression, where a method needs it
         self._teacher_outputs: list[torch.Tensor] | None = None  # reference outputs per batch, made once
+        self._inputs: dict[int, LayerInputs] = {}  # per model whose layer inputs are read (id -> stream)
 
     def solve(self, name: str, layer: nn.Module, weight: torch.Tensor, hessian: torch.Tensor | None,
               cfg) -> LayerSolution:
@@ -236,7 +247,7 @@ class LayerwiseMethod(Method):
         batches = calibration_batches(ctx.calib_data, ctx.device)
         shard = [batches[i] for i in distributed.shard(len(batches))]  # all of them in one process
         model.eval()
-        self.encodings, self.report, self._teacher_outputs = {}, {}, None
+        self.encodings, self.report, self._teacher_outputs, self._inputs = {}, {}, None, {}
         model = self.prepare(model, batches)
         shift_bn = self.config.reestimate_bn and self.config.bn_update == "shift"
         self.reference = copy.deepcopy(model).eval() if (self.needs_reference or shift_bn
@@ -250,8 +261,9 @@ class LayerwiseMethod(Method):
                 report = self.report[name]
                 progress.update(note=f"{name}: {report['kind']}, {report['bits_per_weight']:.2f} bits/weight, "
                                      f"{report['seconds']:.1f} s")
+        self._inputs = {}  # frees the cached block inputs
         if shift_bn:
-            correct_bn(model, self.reference, shard)
+            correct_bn(model, self.reference, shard, cache=self.config.cache_inputs)
         elif self.config.reestimate_bn:
             reestimate_bn(model, shard)
         self.finish(model, batches, ctx)
@@ -282,15 +294,14 @@ class LayerwiseMethod(Method):
         groups, _, dim = weight_matrix(layer).shape
         acc = hess.HessianAccumulator(groups, dim, bias=layer.bias is not None,
                                       max_samples=self.config.max_samples, seed=len(self.report))
-
-        def on_input(x):
+        stream = self._inputs.get(id(source))
+        if stream is None or stream.model is not source or stream.batches is not batches:
+            stream = self._inputs[id(source)] = LayerInputs(source, batches, distributed.shard(len(batches)),
+                                                            cache=self.config.cache_inputs)
+        for index, x in stream.inputs(name):
+            acc.start_batch(index)  # batch i keeps the same columns whichever rank captures it
             for cols in chunked_columns(hooked, x):
                 acc.add(cols)
-
-        with InputCapture(hooked, on_input) as capture:
-            for index in distributed.shard(len(batches)):
-                acc.start_batch(index)  # batch i keeps the same columns whichever rank captures it
-                capture.run(source, [batches[index]])
         acc.all_reduce()
         return acc.hessian(f"layer {name!r}")
 

@@ -120,4 +120,4 @@ def schur_free(hessian: torch.Tensor, n_free: int, damp: float = 0.01):
 
 def reconstruction_error(hessian: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """sum over rows of delta_r^T H delta_r = ||X^T delta^T||^2 / N, for delta (G, R, D), H (G, D, D)."""
-    return torch.einsum("grd,gde,gre->", delta, hessian.to(delta.dtype), delta)
+    return ((delta @ hessian.to(delta.dtype)) * delta).sum()  # (G, R, D): one BLAS product, 2x einsum's speed

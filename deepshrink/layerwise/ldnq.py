@@ -121,26 +121,39 @@ def fit_alpha(weight0, hessian, codes, alpha, per_channel):
     return torch.where(denom > 0, _reduce(qh * weight0, per_channel) / denom.clamp(min=1e-30), alpha)
 
 
-def polish_codes(weight0, hessian, codes, alpha, levels: int, sweeps: int, keep=None):
+def polish_codes(weight0, hessian, codes, alpha, levels: int, sweeps: int, keep=None, block: int = 128):
     """Coordinate descent on the codes for fixed alpha: each weight in turn moves to the level nearest to
     its unconstrained optimum given all others, which is the exact 1-D minimiser of the quadratic, so the
-    objective never increases. (An addition to L-DNQ's ADMM; `polish_sweeps: 0` turns it off.)"""
+    objective never increases. (An addition to L-DNQ's ADMM; `polish_sweeps: 0` turns it off.)
+
+    Columns are visited in blocks of `block`: a move updates the gradient of its own block at once and
+    that of the other columns once per block, with one matrix product (the same sums, in another order;
+    a layer of 4,608 columns moves ~37x less memory than updating every column after every move)."""
     q = alpha * decode_codes(codes)  # (G, R, D)
     residual = (q - weight0) @ hessian  # (G, R, D): gradient / 2 of the objective
     diag = torch.diagonal(hessian, dim1=-2, dim2=-1).clamp(min=1e-30)  # (G, D)
     codes = codes.clone()
+    dim = weight0.shape[2]
     for _ in range(sweeps):
-        for j in range(weight0.shape[2]):
-            target = q[:, :, j] - residual[:, :, j] / diag[:, j:j + 1]  # (G, R)
-            new_codes = nearest_codes(target / alpha[:, :, 0], levels)
-            if keep is not None:
-                new_codes = new_codes * keep[:, :, j]
-            new = alpha[:, :, 0] * decode_codes(new_codes)
-            delta = new - q[:, :, j]  # (G, R)
-            if bool(delta.any()):
-                residual += delta.unsqueeze(2) * hessian[:, j].unsqueeze(1)  # (G, R, D)
-                q[:, :, j] = new
-                codes[:, :, j] = new_codes
+        for start in range(0, dim, block):
+            stop = min(dim, start + block)
+            moved = torch.zeros_like(q[:, :, start:stop])  # (G, R, B): this block's moves
+            for j in range(start, stop):
+                target = q[:, :, j] - residual[:, :, j] / diag[:, j:j + 1]  # (G, R)
+                new_codes = nearest_codes(target / alpha[:, :, 0], levels)
+                if keep is not None:
+                    new_codes = new_codes * keep[:, :, j]
+                new = alpha[:, :, 0] * decode_codes(new_codes)
+                delta = new - q[:, :, j]  # (G, R)
+                if bool(delta.any()):
+                    residual[:, :, start:stop] += delta.unsqueeze(2) * hessian[:, j, start:stop].unsqueeze(1)
+                    moved[:, :, j - start] = delta
+                    q[:, :, j] = new
+                    codes[:, :, j] = new_codes
+            if bool(moved.any()):  # the other columns' gradient: (G, R, B) @ (G, B, D)
+                update = moved @ hessian[:, start:stop]
+                residual[:, :, :start] += update[:, :, :start]
+                residual[:, :, stop:] += update[:, :, stop:]
     return codes
 
 

@@ -226,6 +226,7 @@ class LayerwiseMethod(Method):
         self.reference: nn.Module | None = None  # the model before compression, where a method needs it
         self._teacher_outputs: list[torch.Tensor] | None = None  # reference outputs per batch, made once
         self._inputs: dict[int, LayerInputs] = {}  # per model whose layer inputs are read (id -> stream)
+        self.cache_fallbacks = 0  # blocks whose layers were read by whole-network passes (stream.py)
 
     def solve(self, name: str, layer: nn.Module, weight: torch.Tensor, hessian: torch.Tensor | None,
               cfg) -> LayerSolution:
@@ -261,6 +262,7 @@ class LayerwiseMethod(Method):
                 report = self.report[name]
                 progress.update(note=f"{name}: {report['kind']}, {report['bits_per_weight']:.2f} bits/weight, "
                                      f"{report['seconds']:.1f} s")
+        self.cache_fallbacks = sum(stream.fallbacks for stream in self._inputs.values())
         self._inputs = {}  # frees the cached block inputs
         if shift_bn:
             correct_bn(model, self.reference, shard, cache=self.config.cache_inputs)
@@ -331,7 +333,8 @@ class LayerwiseMethod(Method):
         return {"method": self.method_name, "layers": self.report,
                 "bits_per_weight": total_bits / max(1, total),
                 "compression_ratio": 32.0 * total / max(1.0, total_bits),
-                "seconds": sum(r["seconds"] for r in self.report.values())}
+                "seconds": sum(r["seconds"] for r in self.report.values()),
+                "input_cache_fallbacks": self.cache_fallbacks}
 
     def convert(self, model: nn.Module) -> nn.Module:
         """Each compressed layer becomes a CompressedConv2d/Linear holding its EncodedWeight."""

@@ -92,6 +92,12 @@ class IntegerForm:
         return torch.where(centred >= 0, bcast(self.pos_scale, shape), bcast(self.neg_scale, shape)) * centred
 
 
+def per_channel(param: torch.Tensor, out: int) -> torch.Tensor:
+    """A per-layer (numel 1) or per-output-channel parameter as a fresh float32 (out,) tensor."""
+    param = param.float().reshape(-1)
+    return param.expand(out).clone() if param.numel() == 1 else param.reshape(out).clone()
+
+
 def bcast(param: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Per-layer (numel 1) or per-output-channel (shape[0]) parameter, broadcast over `shape`."""
     param = param.float()

@@ -115,6 +115,18 @@ def test_onnx_form_builds_the_decoded_weight(name):
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_a_weight_without_an_integer_form_says_why(name):
+    weight = EXAMPLES[name]
+    if weight.integer_form() is None:
+        reason = weight.encoding.no_integer_form(weight)
+        assert reason.startswith(weight.kind) and "integer codes times a scale" in reason
+
+
+def test_only_float_values_are_left_to_an_engine_to_round():
+    assert {kind for kind in kinds() if encoding_named(kind).float_values} == {"float"}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_resident_form_expands_to_the_same_weight(name):
     weight = EXAMPLES[name]
     assert torch.equal(ResidentWeight.pack(weight).decode(), weight.dequantize())

@@ -6,7 +6,7 @@ An `Encoding` (one registered instance per kind, see `registry`) holds every rul
   `bits_per_weight` (the arithmetic precision, for BOPs), `dequantize`;
 - its forms for the run-time engines: `integer_form` (and `no_integer_form`, why there is none) for
   the integer engine, `float_values` (a weight that engine may round itself, as an uncompressed
-  layer's);
+  layer's), `sign_planes` for the bit kernels;
 - its file form: `encode` writes the weight into the packer's payload and returns its metadata,
   `decode` rebuilds it from metadata, checking every field (`PackFormatError` naming the tensor);
 - `packed_bits`: the bits the packer writes for a weight, computed by running `encode` against a
@@ -31,7 +31,7 @@ from .bits import base3_nbytes, packed_nbytes
 from .checks import check_shape, fail
 from .onnx_forms import integer_weight
 from .registry import encoding_named, kinds
-from .weight import EncodedWeight, IntegerForm
+from .weight import EncodedWeight, IntegerForm, SignPlane
 
 CODE_DTYPES = ("uint8", "int8", "int16", "int32", "int64")
 
@@ -97,6 +97,11 @@ class Encoding:
     def no_integer_form(self, weight: EncodedWeight) -> str:
         """One line saying why `integer_form(weight)` is None (the integer engine's refusal)."""
         return f"{self.name} weights are not integer codes times a scale"
+
+    def sign_planes(self, weight: EncodedWeight) -> list[SignPlane] | None:
+        """`weight` as +-1 (or +-1 / 0) planes times per-channel scales, the form the bit kernels pack
+        (see `SignPlane`); None where the weight takes other values."""
+        return None
 
     def onnx_weight(self, weight: EncodedWeight) -> tuple[str, Callable[[], torch.Tensor]] | None:
         """(form, build) for ONNX export: `build()` makes the weight from ops ONNX stores compactly

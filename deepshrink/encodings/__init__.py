@@ -2,8 +2,9 @@
 
 Each kind is one module holding one registered `Encoding` (see `base`): how it decodes, its code
 range and checks, its `.dsz` form and the exact bits the packer writes for it, its `inspect` text and
-its ONNX form. Everything else (the packer, the loader, resident weights, the layer-wise driver, the
-size analysis, the report, ONNX export) asks the weight's encoding and never switches on its name.
+its ONNX form, its forms for the integer engine and the bit kernels. Everything else (the packer, the
+loader, resident weights, the layer-wise driver, the size analysis, the report, ONNX export, the
+run-time engines) asks the weight's encoding and never switches on its name.
 
 | kind | codes | decodes to |
 |---|---|---|
@@ -27,10 +28,11 @@ Example::
 """
 from .base import ByteCounter, CodedEncoding, Encoding, decode_weight, describe, encode_weight
 from .registry import ENCODINGS, encoding_named, kinds, register_encoding
-from .weight import EncodedWeight, IntegerForm
+from .weight import EncodedWeight, IntegerForm, SignPlane, per_channel
 
 from . import binary, ternary, uniform, pow2, pq, floating, sparse  # noqa: F401,I001 (registers them, in this order)
 from .pq import pq_blocks, pq_unblocks
 
-__all__ = ["ENCODINGS", "ByteCounter", "CodedEncoding", "EncodedWeight", "Encoding", "IntegerForm", "decode_weight",
-           "describe", "encode_weight", "encoding_named", "kinds", "pq_blocks", "pq_unblocks", "register_encoding"]
+__all__ = ["ENCODINGS", "ByteCounter", "CodedEncoding", "EncodedWeight", "Encoding", "IntegerForm", "SignPlane",
+           "decode_weight", "describe", "encode_weight", "encoding_named", "kinds", "per_channel", "pq_blocks",
+           "pq_unblocks", "register_encoding"]

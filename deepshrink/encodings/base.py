@@ -3,7 +3,10 @@
 An `Encoding` (one registered instance per kind, see `registry`) holds every rule about its kind:
 
 - `validate` (what `EncodedWeight(...)` checks), `code_range`, `code_width` (bits per stored code),
-  `bits_per_weight` (the arithmetic precision, for BOPs), `dequantize`, `integer_form`;
+  `bits_per_weight` (the arithmetic precision, for BOPs), `dequantize`;
+- its forms for the run-time engines: `integer_form` (and `no_integer_form`, why there is none) for
+  the integer engine, `float_values` (a weight that engine may round itself, as an uncompressed
+  layer's), `sign_planes` for the bit kernels;
 - its file form: `encode` writes the weight into the packer's payload and returns its metadata,
   `decode` rebuilds it from metadata, checking every field (`PackFormatError` naming the tensor);
 - `packed_bits`: the bits the packer writes for a weight, computed by running `encode` against a
@@ -28,7 +31,7 @@ from .bits import base3_nbytes, packed_nbytes
 from .checks import check_shape, fail
 from .onnx_forms import integer_weight
 from .registry import encoding_named, kinds
-from .weight import EncodedWeight, IntegerForm
+from .weight import EncodedWeight, IntegerForm, SignPlane
 
 CODE_DTYPES = ("uint8", "int8", "int16", "int32", "int64")
 
@@ -66,6 +69,7 @@ class Encoding:
     per_weight_params: tuple[str, ...] = ()  # one value per weight: inside a sparse weight, the kept ones only
     codes_per_weight: bool = True  # False where a code stands for a block (pq): a sparse mask keeps them all
     has_codes: bool = False  # integer codes in `weight.codes` (see CodedEncoding)
+    float_values: bool = False  # the weight is its float values (no codes): an engine may round it itself
 
     def validate(self, weight: EncodedWeight) -> None:
         """Raise ValueError where `weight`'s fields break the kind's rules; derive fields (e.g. `bits`)."""
@@ -88,6 +92,15 @@ class Encoding:
 
     def integer_form(self, weight: EncodedWeight) -> IntegerForm | None:
         """W = scale * (q - zero_point) exactly (see `IntegerForm`); None where no such form exists."""
+        return None
+
+    def no_integer_form(self, weight: EncodedWeight) -> str:
+        """One line saying why `integer_form(weight)` is None (the integer engine's refusal)."""
+        return f"{self.name} weights are not integer codes times a scale"
+
+    def sign_planes(self, weight: EncodedWeight) -> list[SignPlane] | None:
+        """`weight` as +-1 (or +-1 / 0) planes times per-channel scales, the form the bit kernels pack
+        (see `SignPlane`); None where the weight takes other values."""
         return None
 
     def onnx_weight(self, weight: EncodedWeight) -> tuple[str, Callable[[], torch.Tensor]] | None:

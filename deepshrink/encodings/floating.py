@@ -1,7 +1,8 @@
 """Float weights: params['values'] holds W itself (a pruned float layer is a ``sparse`` over ``float``).
 
 In the file the values take the packer's float dtype (fp32, fp16 or bf16), the kept ones only inside a
-sparse weight. No integer form: ONNX export writes them as a float initialiser.
+sparse weight. No integer form: ONNX export writes them as a float initialiser, and the integer engine
+rounds them to int8 itself, as it does an uncompressed layer (`float_values`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class Float(Encoding):
     name = "float"
     param_names = ("values",)
     per_weight_params = ("values",)
+    float_values = True
 
     def bits_per_weight(self, weight):
         return float(weight.params["values"].element_size() * 8)

@@ -2,7 +2,8 @@
 W = 0 for code 0, sign(c) * alpha * 2^(|c| - 1) otherwise, i.e. L-DNQ's {0, ±a, ±2a, ±4a, ...}.
 
 ceil(log2 L) bits per code in the file (3 levels: 1.6 with the packer's `ternary_base3`). Integer form
-q = sign(c) 2^(|c| - 1): the levels are integers times alpha.
+q = sign(c) 2^(|c| - 1): the levels are integers times alpha. With 3 levels, {0, +-alpha}, the bit kernels
+run it as one ternary plane times alpha.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from .base import CodedEncoding
 from .checks import check_int, fail
 from .registry import register_encoding
-from .weight import IntegerForm, bcast
+from .weight import IntegerForm, SignPlane, bcast, per_channel
 
 
 @register_encoding
@@ -41,6 +42,12 @@ class Pow2(CodedEncoding):
         magnitude = torch.ones_like(codes) << (codes.abs() - 1).clamp(min=0)
         alpha = weight.params["alpha"].float()
         return IntegerForm(torch.sign(codes) * magnitude, torch.zeros(1, dtype=torch.long), alpha, alpha)
+
+    def sign_planes(self, weight):
+        if weight.levels != 3:  # more levels than {0, +-alpha}: not one ternary plane
+            return None
+        alpha = per_channel(weight.params["alpha"], weight.shape[0])
+        return [SignPlane(weight.codes.reshape(weight.shape), True, alpha)]
 
     def read_fields(self, meta, what):
         levels = check_int(meta.get("levels"), what + " levels", 3, (1 << 16) - 1)

@@ -50,6 +50,9 @@ class PQ(CodedEncoding):
         blocks = codebook[subspace.unsqueeze(0).expand(out, -1), codes]  # (out, n_blocks, d)
         return pq_unblocks(blocks, tuple(weight.shape), weight.layout)
 
+    def no_integer_form(self, weight):
+        return "pq weights are codebook rows, not integer codes times a scale"
+
     def onnx_weight(self, weight):
         codebook = weight.params["codebook"]  # (S, K, d)
         n_sub, n_centroids, block = codebook.shape

@@ -43,6 +43,9 @@ class Sparse(Encoding):
         return IntegerForm(torch.where(mask, inner.q, bcast(inner.zero_point, weight.shape).long()),
                            inner.zero_point, inner.pos_scale, inner.neg_scale)
 
+    def no_integer_form(self, weight):
+        return f"sparse over {weight.inner.encoding.no_integer_form(weight.inner)}"
+
     def encode(self, weight, sink, name, float_dtype, kept=None) -> dict:
         inner = weight.inner.encoding
         if inner is self:

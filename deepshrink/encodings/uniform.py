@@ -39,6 +39,9 @@ class Uniform(CodedEncoding):
                 return IntegerForm(codes * factor, (zero_point * factor).long(), scale / factor, scale / factor)
         return None
 
+    def no_integer_form(self, weight):
+        return "uniform weights are integer codes times a scale only where the zero point is a multiple of 1/2"
+
     def read_fields(self, meta, what):
         return {**super().read_fields(meta, what), "bits": check_int(meta.get("bits"), what + " bits", 1, 16)}
 

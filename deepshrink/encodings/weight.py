@@ -92,6 +92,28 @@ class IntegerForm:
         return torch.where(centred >= 0, bcast(self.pos_scale, shape), bcast(self.neg_scale, shape)) * centred
 
 
+@dataclass
+class SignPlane:
+    """One plane of a weight the bit kernels run: W = sum over planes of scale * value(codes), where
+    `codes` (W's shape) are binary {0, 1} (value 2c - 1) or, with `ternary`, {-1, 0, 1} (value c), and
+    `scale` is float32 (out,), its sign included. See `Encoding.sign_planes`."""
+
+    codes: torch.Tensor
+    ternary: bool
+    scale: torch.Tensor
+
+    def dequantize(self) -> torch.Tensor:
+        """The plane's share of the float weight (an independent check of the form)."""
+        values = self.codes.float() if self.ternary else 2.0 * self.codes.float() - 1.0
+        return self.scale.reshape(-1, *[1] * (self.codes.dim() - 1)) * values
+
+
+def per_channel(param: torch.Tensor, out: int) -> torch.Tensor:
+    """A per-layer (numel 1) or per-output-channel parameter as a fresh float32 (out,) tensor."""
+    param = param.float().reshape(-1)
+    return param.expand(out).clone() if param.numel() == 1 else param.reshape(out).clone()
+
+
 def bcast(param: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Per-layer (numel 1) or per-output-channel (shape[0]) parameter, broadcast over `shape`."""
     param = param.float()

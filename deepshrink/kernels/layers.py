@@ -1,7 +1,7 @@
 """A compressed conv/linear layer with binary inputs, run on packed bits by the native kernels.
 
-`BitConv2d.from_compressed(layer)` takes a loaded `CompressedConv2d`/`CompressedLinear` whose weight
-is encoded binary (codes {0, 1}), ternary (codes {-1, 0, 1}) or pow2 with 3 levels, and whose input
+`BitConv2d.from_compressed(layer)` takes a loaded `CompressedConv2d`/`CompressedLinear` whose weight's
+encoding gives +-1 planes (`Encoding.sign_planes`: binary, ternary, pow2 with 3 levels), and whose input
 quantizer is XNOR-Net's binary activation sign(BN(x)). The weight planes are packed straight from the
 codes (no float copy); the input BatchNorm becomes the packing's per-channel multiply-add.
 
@@ -34,15 +34,12 @@ def binary_input_reason(layer: nn.Module) -> str | None:
 
 
 def weight_reason(layer: nn.Module) -> str | None:
-    """None when `layer`'s encoded weight can be packed into bit planes; else why not."""
+    """None when `layer`'s encoded weight can be packed into bit planes (its encoding's `sign_planes`);
+    else why not."""
     enc = layer.encoded
-    if enc.kind in ("binary", "ternary") or (enc.kind == "pow2" and enc.levels == 3):
+    if enc.encoding.sign_planes(enc) is not None:
         return None
-    return f"its weight is encoded {enc.kind!r}, not binary or ternary"
-
-
-def _per_channel(param: torch.Tensor, out_channels: int) -> torch.Tensor:
-    return param.float().reshape(-1).expand(out_channels).clone() if param.numel() == 1 else param.float().reshape(-1)
+    return f"its weight is encoded {enc.kind!r}, not as +-1 planes (binary or ternary)"
 
 
 def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -93,22 +90,9 @@ class BitConv2d(nn.Module):
             shape = [layer.in_channels, layer.out_channels, *layer.kernel_size, *layer.stride, *layer.padding,
                      *layer.dilation, layer.groups]
         out_channels, groups, enc = shape[1], shape[10], layer.encoded
-        codes = enc.codes.reshape(enc.shape)
-        if enc.kind == "binary":
-            planes = [pack_weights(codes, groups)]
-            scales = [_per_channel(enc.params["scale"], out_channels)]
-        elif enc.kind == "pow2":  # 3 levels: alpha * {-1, 0, 1}
-            planes = [pack_weights(codes, groups, ternary=True)]
-            scales = [_per_channel(enc.params["alpha"], out_channels)]
-        else:
-            pos = _per_channel(enc.params["pos_scale"], out_channels)
-            neg = _per_channel(enc.params["neg_scale"], out_channels)
-            if torch.equal(pos, neg):  # TWN: one plane pair, w = alpha * code
-                planes, scales = [pack_weights(codes, groups, ternary=True)], [pos]
-            else:  # TTQ: +1 and -1 positions counted apart, y = pos * S(+) - neg * S(-)
-                planes = [pack_weights((codes == 1).to(torch.int8), groups, ternary=True),
-                          pack_weights((codes == -1).to(torch.int8), groups, ternary=True)]
-                scales = [pos, -neg]
+        sign_planes = enc.encoding.sign_planes(enc)  # W = sum of scale * plane (two for TTQ's two scales)
+        planes = [pack_weights(plane.codes, groups, ternary=plane.ternary) for plane in sign_planes]
+        scales = [plane.scale for plane in sign_planes]
         bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(out_channels)
         act = layer.input_quant
         return cls(shape, planes, scales, bias.clone(), _bn_affine(act.bn), linear,

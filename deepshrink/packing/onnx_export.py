@@ -55,14 +55,12 @@ def exported_weights(model: nn.Module):
         encoded = module.encoded
         form = encoded.encoding.onnx_weight(encoded)
         if form is not None:
-            kind, build = form
+            form_name, build = form
+            forms[form_name].append(name)
         else:
             weight = encoded.dequantize()
-            build, kind = (lambda w=weight: w), "float"
-        if kind == "float":
+            build = lambda w=weight: w  # noqa: E731
             forms["float"][name] = encoded.numel * 4
-        else:
-            forms[kind].append(name)
 
         def forward(x, m=module, build=build):
             weight = build()

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..nn.compressed import CompressedConv2d, CompressedLinear
-from ..encodings import EncodedWeight
+from ..encodings import EncodedWeight, per_channel
 from ..quant.act_quant import DoReFaActivation, LSQActivation, PACTActivation, ScaledDoReFaActivation
 
 INT8_RANGE = (-128, 127)  # weight zero point 0: MLAS's symmetric u8s8 kernels
@@ -58,22 +58,18 @@ class Grid:
         return (self.qmin, self.qmax) != (0, 255)
 
 
-def _per_channel(param: torch.Tensor, out: int) -> torch.Tensor:
-    return param.float().reshape(-1).expand(out).contiguous() if param.numel() == 1 else param.float().reshape(out)
-
-
 def _integers(encoded: EncodedWeight) -> tuple[torch.Tensor, torch.Tensor] | str:
     """(q int64 of the weight's shape, scale (out,)) or the reason there is none; the encoding owns its
-    integer form (`EncodedWeight.integer_form`), this only asks for one scale per output channel."""
+    integer form (`EncodedWeight.integer_form`, or `no_integer_form` why there is none), this only asks
+    for one scale per output channel."""
     form = encoded.integer_form()
     if form is None:
-        return (f"{encoded.kind} weights are not integer codes times a scale (PQ and float weights are not; "
-                "nor is a uniform grid whose zero point is not a multiple of 1/2)")
+        return encoded.encoding.no_integer_form(encoded)
     out = encoded.shape[0]
-    pos, neg = _per_channel(form.pos_scale, out), _per_channel(form.neg_scale, out)
+    pos, neg = per_channel(form.pos_scale, out), per_channel(form.neg_scale, out)
     if not torch.equal(pos, neg):
         return _two_scales(form.q.long(), pos, neg)
-    zero = _per_channel(form.zero_point, out).long().reshape(out, *[1] * (form.q.dim() - 1))
+    zero = per_channel(form.zero_point, out).long().reshape(out, *[1] * (form.q.dim() - 1))
     return form.q.long() - zero, pos
 
 

@@ -8,8 +8,9 @@ into QLinearConv / QLinearAdd (MLAS u8s8 kernels, VNNI on AVX-512 CPUs).
    multiplies the weight's scale (q negated where the factor is negative), so the codes stay exact
    and the conv's output is the BN's: a BN left between a quantized conv and its output Q would keep
    the conv in float.
-3. Layers the method left in float (e.g. DoReFa's first conv and last fc) get int8 per-channel
-   symmetric weights (max |w| / 127), as ONNX Runtime's own quantizer writes them.
+3. Layers the method left in float (e.g. DoReFa's first conv and last fc; an encoding with
+   `float_values`) get int8 per-channel symmetric weights (max |w| / 127), as ONNX Runtime's own
+   quantizer writes them.
 4. Activations: a tensor read by a trained quantizer is rounded to that quantizer's grid right where
    it is produced (Q with the grid's scale and zero point, then a uint8 Clip when the grid is narrower
    than uint8: 4 bits clip at 15); every other input and output of a conv, linear or Add gets 8-bit
@@ -85,7 +86,7 @@ def integer_obstacle(model: nn.Module) -> str | None:
     for name, module in model.named_modules():
         if not isinstance(module, (CompressedConv2d, CompressedLinear)):
             continue
-        if module.encoded.kind != "float":
+        if not module.encoded.encoding.float_values:  # float values are rounded in step 3
             form = weight_integer_form(module.encoded)
             if isinstance(form, str):
                 return f"{name}: {form}"
@@ -99,7 +100,7 @@ def integer_obstacle(model: nn.Module) -> str | None:
 
 
 def _integer_forward(module: nn.Module):
-    form = None if module.encoded.kind == "float" else weight_integer_form(module.encoded)
+    form = None if module.encoded.encoding.float_values else weight_integer_form(module.encoded)
     grid = None if module.input_quant is None else activation_grid(module.input_quant)
 
     def forward(x):

@@ -1,5 +1,5 @@
 """Every registered encoding kind keeps its own rules consistent: file round trip, exact size, integer and
-ONNX forms, resident form. A new kind fails here until it has an example below."""
+ONNX forms, the bit kernels' sign planes, resident form. A new kind fails here until it has an example below."""
 import math
 
 import numpy as np
@@ -112,6 +112,38 @@ def test_onnx_form_builds_the_decoded_weight(name):
     kind, build = form
     assert kind in ("integer", "gather")
     torch.testing.assert_close(build(), weight.dequantize(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_a_weight_without_an_integer_form_says_why(name):
+    weight = EXAMPLES[name]
+    if weight.integer_form() is None:
+        reason = weight.encoding.no_integer_form(weight)
+        assert reason.startswith(weight.kind) and "integer codes times a scale" in reason
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_sign_planes_sum_to_the_decoded_weight_exactly(name):
+    weight = EXAMPLES[name]
+    planes = weight.encoding.sign_planes(weight)
+    if planes is None:
+        return
+    for plane in planes:
+        allowed = {-1, 0, 1} if plane.ternary else {0, 1}
+        assert set(plane.codes.unique().tolist()) <= allowed and plane.codes.shape == weight.shape
+        assert plane.scale.dtype == torch.float32 and plane.scale.shape == (weight.shape[0],)
+    assert torch.equal(sum(plane.dequantize() for plane in planes), weight.dequantize())
+
+
+def test_the_bit_kernels_take_binary_ternary_and_3_level_pow2_only():
+    planes = {name for name, weight in EXAMPLES.items() if weight.encoding.sign_planes(weight) is not None}
+    assert planes == {"binary", "ternary", "pow2_3_levels"}
+    ternary = EXAMPLES["ternary"]  # TTQ's two scales: the +1 and the -1 positions as two planes
+    assert len(ternary.encoding.sign_planes(ternary)) == 2
+
+
+def test_only_float_values_are_left_to_an_engine_to_round():
+    assert {kind for kind in kinds() if encoding_named(kind).float_values} == {"float"}
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -8,8 +8,9 @@ top-1 on random weights would mean nothing, and none is reported.
 
 Each method runs in a fresh process (its peak resident memory, `ru_maxrss`, is the process's own):
 - `ldnq`: L-DNQ 3 levels (Xu et al. 2019), the shipped defaults;
-- `lobs`: L-OBS 50% (Dong et al. 2017), `mode` as given (the paper's one-shot by default here; the exact
-  OBC mode is timed on single layers by `--obs-exact-layer`, see the README);
+- `lobs`: L-OBS 50% (Dong et al. 2017), the paper's one-shot mode; the exact (OBC) mode's solves are
+  estimated by `--obs-exact-estimate`: a few rows of three row lengths (1,152, 2,304, 4,608) are timed
+  and scaled over every layer of ResNet-50 (a row of length D losing D/2 weights costs ~D^3);
 - `pq`: PQ at the paper's small-block setting (Stock et al. 2020): 256 centroids, block 9 for 3x3 and 4
   for 1x1 convolutions, and the fc layer compressed too, 2,048 centroids of 4 (keep_first_last off for
   the fc only; the 7x7 stem stays float).
@@ -89,6 +90,32 @@ def run_one(args) -> dict:
             "slowest_layers": [[name, round(info["seconds"], 1)] for name, info in slowest]}
 
 
+def obs_exact_estimate(threads: int) -> dict:
+    """Seconds per row of `obs_exact` at three row lengths (random H), scaled to ResNet-50's layers."""
+    import torch
+
+    from deepshrink.layerwise import hessian as hess
+    from deepshrink.layerwise.lobs import obs_exact
+    from deepshrink.registry import create_model
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    per_row = {}
+    for dim, rows in [(1152, 8), (2304, 4), (4608, 2)]:
+        x = torch.randn(3 * dim, dim, dtype=torch.float64)
+        hinv = hess.inverse((x.T @ x / x.shape[0]).unsqueeze(0), 0.01)[0]  # (D, D)
+        start = time.perf_counter()
+        obs_exact(torch.randn(rows, dim, dtype=torch.float64), hinv, torch.full((rows,), dim // 2))
+        per_row[dim] = (time.perf_counter() - start) / rows
+    total = 0.0
+    for name, module in create_model("resnet50", num_classes=1000).named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and name not in ("conv1", "fc"):
+            dim = module.weight[0].numel()
+            nearest = min(per_row, key=lambda d: abs(d - dim))
+            total += module.weight.shape[0] * per_row[nearest] * (dim / nearest) ** 3
+    return {"threads": threads, "seconds_per_row": {str(d): round(t, 3) for d, t in per_row.items()},
+            "estimated_solve_hours": round(total / 3600, 2)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="the generated folder (imagefolder_scale.py)")
@@ -98,13 +125,21 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--out", type=Path, help="results JSON (rows merged by method and cache setting)")
+    parser.add_argument("--obs-exact-estimate", action="store_true", help="time L-OBS exact rows, scale up")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args)))
         return 0
-    rows = json.loads(args.out.read_text())["rows"] if args.out and args.out.exists() else []
-    for method in args.methods.split(","):
+    saved = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
+    rows = saved.get("rows", [])
+    if args.obs_exact_estimate:
+        saved["lobs_exact_estimate"] = obs_exact_estimate(args.threads)
+        saved["lobs_exact_estimate"]["command"] = "python benchmarks/" + Path(__file__).name + " " + \
+            shlex.join(sys.argv[1:])
+        print(json.dumps(saved["lobs_exact_estimate"]))
+        args.methods = ""
+    for method in filter(None, args.methods.split(",")):
         command = [sys.executable, __file__, "--one", method, "--root", str(args.root), "--images", str(args.images),
                    "--batch-size", str(args.batch_size), "--threads", str(args.threads)] + \
             (["--no-cache"] if args.no_cache else [])
@@ -117,10 +152,16 @@ def main(argv=None) -> int:
         print(json.dumps({k: v for k, v in row.items() if k != "per_layer_s"}), flush=True)
         rows = [r for r in rows if (r["method"], r["cache_inputs"]) != (method, row["cache_inputs"])] + [row]
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, "
-                                                       f"{os.cpu_count()} cores", "rows": rows}, indent=1) + "\n")
+            _write(args.out, saved, rows)
+    if args.out and args.obs_exact_estimate:
+        _write(args.out, saved, rows)
     return 0
+
+
+def _write(path: Path, saved: dict, rows: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved.update(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", rows=rows)
+    path.write_text(json.dumps(saved, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ None, says why on one stderr line, and the package keeps running compressed laye
 
 Bit convention: bit 1 is -1, bit 0 is +1 (a value's IEEE sign bit, so -0.0 packs as -1 like
 `deepshrink.quant.primitives.binary_sign`); 64 channels per int64 word, channels-last, zero bits in
-the padding of the last word. Narrow layers can read pixel lanes instead: one int16/32/64 per pixel
-holding all its channels, (N, H, W), the form the whole-network plan runs them in.
+the padding of the last word. Narrow layers (`lane_bits`) read pixel lanes instead: one int16/32/64 per
+pixel holding all its channels, (N, H, W), the form the whole-network plan runs them in.
 
 Example::
 
@@ -138,6 +138,19 @@ def pack_weights(codes: torch.Tensor, groups: int = 1, ternary: bool = False) ->
     {-1, 0, 1} give (sign, nonzero mask, non-zero count per (output channel, tap)).
     """
     return tuple(native().pack_weights(codes, groups, ternary))
+
+
+def lane_bits(shape: list[int], ternary: bool = False, path: str | None = None) -> int:
+    """The pixel-lane width (16, 32 or 64 bits) in which the engine runs a binary convolution of `shape`
+    (C, O, KH, KW, SH, SW, PH, PW, DH, DW, G) on `path`, or 0 when it runs on 64-channel words.
+
+    Lanes only on the avx512 path, for binary weights, one group, stride 1, at most 64 input channels and
+    64 taps: elsewhere their popcounts are scalar, slower than the word kernel's vectors.
+    """
+    in_ch, _, kh, kw, sh, sw, *_, groups = shape
+    if resolve_path(path) != "avx512" or ternary or groups != 1 or (sh, sw) != (1, 1) or in_ch > 64 or kh * kw > 64:
+        return 0
+    return 16 if in_ch <= 16 else 32 if in_ch <= 32 else 64
 
 
 def pack_lanes(x: torch.Tensor, lane: int, scale: torch.Tensor | None = None,

@@ -157,6 +157,22 @@ def test_lane_weights_hold_input_channel_c_of_each_tap_in_bit_c():
     assert not bits[20:].any()
 
 
+@pytest.mark.parametrize("path", kernels.PATHS)
+@pytest.mark.parametrize("shape,ternary,expected", [
+    ([16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1], False, 16),
+    ([17, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1], False, 32),
+    ([64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1], False, 64),
+    ([65, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1], False, 0),
+    ([16, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1], False, 0),
+    ([16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 2], False, 0),
+    ([16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1], True, 0),
+])
+def test_lanes_are_the_engines_format_only_for_narrow_binary_stride_1_layers_on_avx512(path, shape, ternary, expected):
+    if path not in kernels.supported_paths():
+        pytest.skip(f"this CPU lacks the instructions of the {path} path")
+    assert kernels.lane_bits(shape, ternary, path) == (expected if path == "avx512" else 0)
+
+
 def test_lane_conv_refuses_what_the_lane_kernel_cannot_run():
     x, path = kernels.pack_lanes(torch.randn(1, 16, 4, 4), 16), kernels.supported_paths()[-1]
     weight = kernels.pack_lane_weights(torch.ones(8, 16, 3, 3, dtype=torch.int8), 16)

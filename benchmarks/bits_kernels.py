@@ -5,7 +5,11 @@ engines beside PyTorch eager fp32, with the per-call dispatch costs that bound i
 
 Binary rows: `conv` takes packed bits and gives floats (the epilogue's multiply-add included);
 `conv->bits` gives the next layer's packed bits, what consecutive binary layers exchange;
-`pack+conv` starts from channels-last floats. ORT int8 takes and gives uint8 tensors.
+`pack+conv` starts from floats. ORT int8 takes and gives uint8 tensors. Each path's `conv` rows run the
+per-layer word kernel (64 channels per int64 word, channels-last floats); where the engine runs a shape
+on pixel lanes instead (`kernels.lane_bits`: avx512, at most 64 channels, stride 1), its `lanes` rows run
+that kernel (`lane_conv`: one 16/32/64-bit lane per pixel, (N, C, H, W) floats, the next layer's lanes).
+The targets are judged on the kernel the engine runs for the shape.
 
     flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/bits_kernels.py \\
         --base ../shared/models/resnet20-cifar10jpeg.pt --out benchmarks/results/bits_kernels.json
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -114,7 +119,34 @@ def layer_candidates(channels: int, size: int, ternary: bool, gen: torch.Generat
                                                                      False, 1, None, None, p))
         out[f"{path} pack+conv"] = (lambda p=path: ext.conv(ext.pack_activations(x_last, 1, None, None, p), *planes,
                                                             shape, scale, shift, None, False, True, 0, None, None, p))
+        lane = kernels.lane_bits(shape, ternary, path)
+        if lane:  # the next layer (the same shape) reads the same lanes
+            lanes, lane_weight = kernels.pack_lanes(x, lane), kernels.pack_lane_weights(codes, lane)
+            out[f"{path} lanes conv"] = (lambda b=lanes, w=lane_weight, p=path: ext.lane_conv(
+                b, w, shape, scale, shift, None, False, True, 0, None, None, p))
+            out[f"{path} lanes conv->bits"] = (lambda b=lanes, w=lane_weight, p=path, n=lane: ext.lane_conv(
+                b, w, shape, scale, shift, None, False, False, n, None, None, p))
+            out[f"{path} lanes pack+conv"] = (lambda w=lane_weight, p=path, n=lane: ext.lane_conv(
+                ext.pack_lanes(x, n, None, None), w, shape, scale, shift, None, False, True, 0, None, None, p))
+    check_exact(channels, ternary, out, x, codes, scale, shift)
     return out
+
+
+def check_exact(channels: int, ternary: bool, candidates: dict, x: torch.Tensor, codes: torch.Tensor,
+                scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Every `conv` row's floats must be the float convolution of the +-1 tensors through the same epilogue."""
+    from deepshrink.quant.primitives import binary_sign
+
+    weight = codes.float() if ternary else 2.0 * codes.float() - 1.0
+    expected = F.conv2d(binary_sign(x), weight, None, 1, 1) * scale[:, None, None] + shift[:, None, None]
+    for name, fn in candidates.items():
+        if name.endswith(" conv") and not torch.equal(fn()[0], expected):
+            raise AssertionError(f"{name} ({channels} channels) differs from the float convolution of its signs")
+
+
+def engine_kernel(times: dict[str, float], path: str) -> str:
+    """The row of the kernel the engine runs for the shape on `path`: its pixel lanes where it has them."""
+    return f"{path} lanes conv" if f"{path} lanes conv" in times else f"{path} conv"
 
 
 def speedups(times: dict[str, float]) -> dict:
@@ -130,19 +162,22 @@ def layer_section(rounds: int) -> dict:
         log(f"layer {label}")
         times = interleaved_median_us(layer_candidates(channels, size, False, gen), rounds)
         result[label] = {"median_us": times, "speedup": speedups(times)}
+        kernel = engine_kernel(times, best)
         for (shape, baseline), target in TARGETS.items():
             if shape == label:
-                got = round(times[baseline] / times[f"{best} conv"], 2)
-                met[f"{label}, {best} conv vs {baseline} >= {target}x"] = {"speedup": got, "met": got >= target}
+                got = round(times[baseline] / times[kernel], 2)
+                met[f"{label}, {kernel} vs {baseline} >= {target}x"] = {"speedup": got, "met": got >= target}
         if label.startswith("layer3") and "avx2" in kernels.supported_paths():
-            got = round(times["torch-fp32"] / times["avx2 conv"], 2)
-            met[f"{label}, avx2 conv vs torch-fp32 >= {AVX2_TARGET}x"] = {"speedup": got, "met": got >= AVX2_TARGET}
+            kernel = engine_kernel(times, "avx2")
+            got = round(times["torch-fp32"] / times[kernel], 2)
+            met[f"{label}, {kernel} vs torch-fp32 >= {AVX2_TARGET}x"] = {"speedup": got, "met": got >= AVX2_TARGET}
     log("ternary x binary, layer3")
     times = interleaved_median_us(layer_candidates(64, 8, True, gen), rounds)
     result["ternary x binary layer3 64->64 8x8"] = {"median_us": times, "speedup": speedups(times)}
+    kernel = engine_kernel(times, best)
     for baseline, target in TERNARY_TARGETS.items():
-        got = round(times[baseline] / times[f"{best} conv"], 2)
-        met[f"ternary layer3, {best} conv vs {baseline} >= {target}x"] = {"speedup": got, "met": got >= target}
+        got = round(times[baseline] / times[kernel], 2)
+        met[f"ternary layer3, {kernel} vs {baseline} >= {target}x"] = {"speedup": got, "met": got >= target}
     return {"layers": result, "targets": met}
 
 
@@ -238,7 +273,9 @@ def main(argv=None) -> int:
     result = {"command": "flock /tmp/deepshrink-heavy.lock .venv/bin/python benchmarks/bits_kernels.py "
                          + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
               "threads": 1, "batch": 1, "rounds": args.rounds, "paths": kernels.supported_paths(),
-              "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "cpu": _cpu()}
+              "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "cpu": _cpu(),
+              # what else the machine ran: timings taken beside a busy core read slower than on an idle one
+              "cpus_allowed": sorted(os.sched_getaffinity(0)), "load_average_at_start": os.getloadavg()}
     result.update(layer_section(args.rounds))
     if args.base:
         result["network"] = network_section(args.base, args.rounds, args.data_root)

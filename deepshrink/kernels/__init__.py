@@ -9,7 +9,8 @@ None, says why on one stderr line, and the package keeps running compressed laye
 
 Bit convention: bit 1 is -1, bit 0 is +1 (a value's IEEE sign bit, so -0.0 packs as -1 like
 `deepshrink.quant.primitives.binary_sign`); 64 channels per int64 word, channels-last, zero bits in
-the padding of the last word.
+the padding of the last word. Narrow layers (`lane_bits`) read pixel lanes instead: one int16/32/64 per
+pixel holding all its channels, (N, H, W), the form the whole-network plan runs them in.
 
 Example::
 
@@ -33,7 +34,7 @@ from ..errors import UserError
 PATHS = ("avx512", "avx2", "portable")
 PATH_ENV = "DEEPSHRINK_BITS_PATH"
 _SOURCES = ("bits_paths.cpp", "bits_lanes.cpp", "bits_lane_rows.cpp", "bits_float_rows.cpp", "bits_ops.cpp",
-            "bits_rows.cpp", "bits_plan.cpp")
+            "bits_lane_ops.cpp", "bits_rows.cpp", "bits_plan.cpp")
 _HEADERS = ("bits.h", "bits_lanes.h", "bits_plan.h", "bits_rows512.h")
 _FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]  # no -march: the SIMD paths carry target attributes
 
@@ -137,3 +138,33 @@ def pack_weights(codes: torch.Tensor, groups: int = 1, ternary: bool = False) ->
     {-1, 0, 1} give (sign, nonzero mask, non-zero count per (output channel, tap)).
     """
     return tuple(native().pack_weights(codes, groups, ternary))
+
+
+def lane_bits(shape: list[int], ternary: bool = False, path: str | None = None) -> int:
+    """The pixel-lane width (16, 32 or 64 bits) in which the engine runs a binary convolution of `shape`
+    (C, O, KH, KW, SH, SW, PH, PW, DH, DW, G) on `path`, or 0 when it runs on 64-channel words.
+
+    Lanes only on the avx512 path, for binary weights, one group, stride 1, at most 64 input channels and
+    64 taps: elsewhere their popcounts are scalar, slower than the word kernel's vectors.
+    """
+    in_ch, _, kh, kw, sh, sw, *_, groups = shape
+    if resolve_path(path) != "avx512" or ternary or groups != 1 or (sh, sw) != (1, 1) or in_ch > 64 or kh * kw > 64:
+        return 0
+    return 16 if in_ch <= 16 else 32 if in_ch <= 32 else 64
+
+
+def pack_lanes(x: torch.Tensor, lane: int, scale: torch.Tensor | None = None,
+               shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Sign bits of `x * scale + shift` (per channel; identity when None) as pixel lanes (N, H, W) of int16,
+    int32 or int64 (`lane` 16, 32 or 64 bits, at least the channels): bit c of a pixel is channel c.
+
+    x is (N, C, H, W) (any memory format; read as contiguous (N, C, H, W), the plan's layout).
+    """
+    return native().pack_lanes(x, lane, scale, shift)
+
+
+def pack_lane_weights(codes: torch.Tensor, lane: int) -> torch.Tensor:
+    """Binary codes {0, 1} (O, C, KH, KW) as the lane kernel's weights: (O, KH * KW), one lane of `lane` bits
+    per tap, bit c for input channel c (1 for -1, as the activations)."""
+    in_ch, out_ch, (kh, kw) = codes.shape[1], codes.shape[0], codes.shape[2:]
+    return native().lane_weights(pack_weights(codes)[0], [in_ch, out_ch, kh, kw, 1, 1, 0, 0, 1, 1, 1], lane)

@@ -34,6 +34,9 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+}  // namespace
+
+// An optional per-channel vector's floats (null when absent); the vector checked for n values, as floats.
 const float* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<float>() : nullptr;
 }
@@ -43,8 +46,6 @@ std::optional<at::Tensor> checked_vector(const std::optional<at::Tensor>& t, int
   TORCH_CHECK(t->numel() == n, what, " has ", t->numel(), " values, expected ", n);
   return t->to(at::kFloat).contiguous();
 }
-
-}  // namespace
 
 std::vector<std::string> supported_paths() {
   std::vector<std::string> names;
@@ -358,13 +359,15 @@ class BitConvPlan {
   Path path_;
 };
 
-void register_net_plan(pybind11::module& m);  // bits_plan.cpp
+void register_net_plan(pybind11::module& m);   // bits_plan.cpp
+void register_lane_ops(pybind11::module& m);   // bits_lane_ops.cpp
 
 }  // namespace deepshrink_bits
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace deepshrink_bits;
   register_net_plan(m);
+  register_lane_ops(m);
   m.def("supported_paths", &supported_paths, "bit-kernel paths this CPU can run, fastest first");
   m.def("pack_activations", &pack_activations, "sign bits of x * scale + shift, 64 channels per word");
   m.def("pack_weights", &pack_weights, "weight bit planes from binary or ternary codes");

@@ -24,8 +24,9 @@
 
 namespace deepshrink_bits {
 
-Path parse_path(const std::string& name);                 // bits_ops.cpp
-ConvShape to_shape(const std::vector<int64_t>& shape);    // bits_ops.cpp
+Path parse_path(const std::string& name);                          // bits_ops.cpp
+ConvShape to_shape(const std::vector<int64_t>& shape);             // bits_ops.cpp
+at::Tensor lane_weights(const at::Tensor& sign, const ConvShape& s, int64_t lane);  // bits_lane_ops.cpp
 
 namespace {
 
@@ -39,13 +40,13 @@ struct Op {
   ConvShape shape{};
   bool relu = false;
   at::Tensor weight, mask, nonzero, scale, shift;  // weight: floats, sign words or lane words
-  std::vector<int64_t> chan_offset;                 // where channel o's counts start in a count row
+  std::vector<int64_t> chan_offset;                 // word conv: where channel o's counts start in a count row
 };
 
 struct Workspace {
   std::vector<uint64_t> arena;
   std::vector<std::optional<RowScratch>> rows;  // per word-conv op
-  std::vector<int32_t> counts, valid;
+  LaneScratch lanes;                             // lane convs off the fused rows
   std::vector<float> acc, row;
   std::vector<double> op_seconds;  // per op, summed over images, when profiling
 };
@@ -106,15 +107,10 @@ class NetPlan {
     Op op = conv_op(lanes ? Kind::lane_conv : Kind::word_conv, in, residual, out, shape, scale, shift, relu);
     const ConvShape& s = op.shape;
     TORCH_CHECK(x.lane != 0 && x.channels == s.in_ch, "a binary convolution reads its input's bits");
-    const int64_t group_out = s.out_ch / s.groups, lanes_w = ceil_div(group_out, 8) * 8, taps = s.kh * s.kw;
+    const int64_t group_out = s.out_ch / s.groups, lanes_w = ceil_div(group_out, 8) * 8;
     if (lanes) {
-      TORCH_CHECK(mask.numel() == 0 && s.groups == 1 && s.sh == 1 && s.sw == 1 && taps <= 64,
-                  "pixel lanes take binary weights, one group, stride 1, at most 64 taps");
-      at::Tensor words = sign.reshape({taps, lanes_w}).t().slice(0, 0, s.out_ch).contiguous();  // (O, taps)
-      const auto dtype = x.lane == 16 ? at::kShort : x.lane == 32 ? at::kInt : at::kLong;
-      op.weight = words.to(dtype);  // the low lane bits (the input channels) survive the narrowing
-      for (int64_t o = 0; o < s.out_ch; ++o) op.chan_offset.push_back(o * values_[out].width);
-      lane_counts_ = std::max(lane_counts_, s.out_ch * values_[out].width);
+      TORCH_CHECK(mask.numel() == 0, "pixel lanes take binary weights");
+      op.weight = lane_weights(sign, s, x.lane);
     } else {
       TORCH_CHECK(x.lane == 64 && x.groups == s.groups, "the word kernel reads 64-bit words packed per group");
       op.weight = sign, op.mask = mask, op.nonzero = nonzero;
@@ -200,30 +196,11 @@ class NetPlan {
 
   void run_image(const float* x, float* logits, int64_t input, int64_t output, Workspace& ws) const;
 
-  // Every output row of a pixel-lane convolution: fused with its epilogue where the path has that kernel.
-  template <typename T>
-  void lane_rows(const Op& op, const LaneShape& shape, const void* x_bits, const RowSink& sink, Workspace& ws) const {
-    const T* x = static_cast<const T*>(x_bits);
-    const T* w = reinterpret_cast<const T*>(op.weight.data_ptr());
-    const float *scale = op.scale.data_ptr<float>(), *shift = op.shift.data_ptr<float>();
-    const int64_t out_h = sink.out->height;
-    if (const LaneRowFn<T> fused = lane_row_fn<T>(path_, *sink.out)) {
-      for (int64_t oh = 0; oh < out_h; ++oh) fused(x, w, shape, oh, scale, shift, sink);
-      return;
-    }
-    const LaneCountFn<T> count = lane_count_fn<T>(path_);
-    for (int64_t oh = 0; oh < out_h; ++oh) {
-      count(x, w, shape, oh, ws.counts.data(), ws.valid.data());
-      count_epilogue(ws.counts.data(), 1, op.chan_offset.data(), ws.valid.data(), false, scale, shift, oh, sink,
-                     ws.row.data());
-    }
-  }
-
   Path path_;
   std::vector<Value> values_;
   std::vector<at::Tensor> held_;  // the values' pack affines
   std::vector<Op> ops_;
-  int64_t arena_bytes_ = 0, acc_floats_ = 0, lane_counts_ = 0;
+  int64_t arena_bytes_ = 0, acc_floats_ = 0;
   bool profiling_ = false;
   mutable std::mutex mutex_;  // the workspaces are shared by calls
   mutable std::vector<Workspace> workspaces_;
@@ -262,9 +239,8 @@ void NetPlan::run_image(const float* x, float* result, int64_t input, int64_t ou
         const Value& in = values_[op.in];
         const ConvShape& s = op.shape;
         const LaneShape shape{s.in_ch, s.out_ch, in.height, in.width, s.kh, s.kw, s.ph, s.pw, s.dh, s.dw, out.width};
-        if (in.lane == 16) lane_rows<uint16_t>(op, shape, bits(op.in), sink, ws);
-        else if (in.lane == 32) lane_rows<uint32_t>(op, shape, bits(op.in), sink, ws);
-        else lane_rows<uint64_t>(op, shape, bits(op.in), sink, ws);
+        lane_conv_rows(path_, in.lane, bits(op.in), op.weight.data_ptr(), shape, 0, out.height, scale, shift, sink,
+                       ws.lanes);
         break;
       }
       case Kind::word_conv: {
@@ -342,7 +318,7 @@ at::Tensor NetPlan::run(const at::Tensor& x_in, int64_t input, int64_t output) {
     ws.rows.resize(ops_.size());
     int64_t row = 0;  // a row of any value, or one value per channel (pool_linear's means)
     for (const Value& v : values_) row = std::max({row, v.width, v.channels});
-    ws.counts.resize(lane_counts_), ws.valid.resize(row), ws.row.resize(row);
+    ws.row.resize(row);
     ws.acc.resize(acc_floats_);
     ws.op_seconds.resize(ops_.size(), 0.0);
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "bits.h"
 
@@ -54,6 +55,24 @@ using LaneRowFn = void (*)(const T* x, const T* w, const LaneShape& shape, int64
 // of more than one word or group): the caller then counts and runs count_epilogue.
 template <typename T>
 LaneRowFn<T> lane_row_fn(Path path, const Value& out);
+
+// The generic lane route's scratch (counts, then count_epilogue), sized by lane_conv_rows when it takes that
+// route: counts (out_ch * out_w), valid and row (out_w), and where channel o's counts start (o * out_w).
+struct LaneScratch {
+  std::vector<int32_t> counts, valid;
+  std::vector<float> row;
+  std::vector<int64_t> chan_offset;
+  void size_for(int64_t out_ch, int64_t out_w) {  // a no-op when the last layer had this shape
+    if (static_cast<int64_t>(chan_offset.size()) == out_ch && static_cast<int64_t>(valid.size()) == out_w) return;
+    counts.resize(out_ch * out_w), valid.resize(out_w), row.resize(out_w), chan_offset.resize(out_ch);
+    for (int64_t o = 0; o < out_ch; ++o) chan_offset[o] = o * out_w;
+  }
+};
+// Output rows [oh_begin, oh_end) of a pixel-lane binary convolution of one image into the sink (bits_lane_ops.cpp):
+// x and w as for LaneCountFn, of in_lane (16, 32 or 64) bits; the fused row where lane_row_fn has one, else
+// counts then count_epilogue. The plan's lane op and the per-layer lane_conv both run this.
+void lane_conv_rows(Path path, int in_lane, const void* x, const void* w, const LaneShape& shape, int64_t oh_begin,
+                    int64_t oh_end, const float* scale, const float* shift, const RowSink& sink, LaneScratch& scratch);
 
 // Output row oh of a float convolution (as float_conv_row) with its epilogue in registers
 // (bits_float_rows.cpp): the floats and bits float_epilogue would write.

@@ -79,12 +79,8 @@ def _conv_out(shape, conv_shape) -> tuple[int, int, int]:
 
 
 def _lane_bits(layer: BitConv2d, path: str) -> int:
-    """The input format `layer` reads: 16/32/64-bit pixel lanes, or 0 for 64-channel words. Lanes only on
-    the avx512 path: elsewhere their popcounts are scalar, slower than the word kernel's vectors."""
-    in_ch, _, kh, kw, sh, sw, *_, groups = layer.shape
-    if path != "avx512" or layer.planes[0][1].numel() or groups != 1 or (sh, sw) != (1, 1) or in_ch > 64 or kh * kw > 64:
-        return 0
-    return 16 if in_ch <= 16 else 32 if in_ch <= 32 else 64
+    """The input format `layer` reads: 16/32/64-bit pixel lanes, or 0 for 64-channel words."""
+    return kernels.lane_bits(layer.shape, ternary=bool(layer.planes[0][1].numel()), path=path)
 
 
 def _float_conv(module: nn.Conv2d) -> _Op:

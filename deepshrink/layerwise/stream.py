@@ -100,10 +100,6 @@ class LayerInputs:
                 self.block, self.cache = None, None
             yield index, captured
 
-    def close(self) -> None:
-        """Free the cache."""
-        self.block, self.cache = None, None
-
     # ------------------------------------------------------------------ moving the cache
     def _enter(self, block: str | None, module: nn.Module) -> None:
         """Make `cache` hold the inputs of `block` (checked on the first batch), or None."""

@@ -30,7 +30,7 @@ def run_row(task: RowTask) -> dict:
     suite = task.suite
     metrics = run_compress(task.row.recipe, model=suite.model["name"], data=suite.data["name"],
                            out_dir=task.out_dir, model_args=suite.model["args"], base=task.base,
-                           data_root=suite.data.get("root"), evaluate_base=False)
+                           data_root=suite.data.get("root"), evaluate_base=False, data_bundle=task.data)
     metrics["kind"] = METHODS.get(task.row.method).handler_cls.kind
     if metrics["kind"] == "layerwise":  # calibration data only; train.epochs is not theirs (PQ's own fine-tune is)
         metrics["epochs"] = task.row.recipe.get("params", {}).get("finetune_epochs", 0)
@@ -44,7 +44,7 @@ def measure_baseline(task: RowTask) -> dict:
     from ..pipeline import build_data, build_model, fp32_bytes
 
     suite = task.suite
-    bundle = build_data(suite.data["name"], suite.data.get("root"), seed=suite.seed)
+    bundle = task.data or build_data(suite.data["name"], suite.data.get("root"), seed=suite.seed)
     ds = bundle.dataset
     net = build_model(suite.model["name"], suite.model["args"], task.base, num_classes=ds.num_classes,
                       in_channels=ds.in_channels)

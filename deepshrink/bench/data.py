@@ -88,7 +88,7 @@ def parse_data(raw, where: str) -> SuiteData:
     unknown = set(raw) - _KEYS
     if unknown:
         raise UserError(f"{where}: data: unknown key(s) {sorted(unknown)}; allowed: {sorted(_KEYS)}")
-    if set(raw) & _CUSTOM and not ("calib" in raw and "eval" in raw):
+    if set(raw) & _CUSTOM and not (raw.get("calib") and raw.get("eval")):
         raise UserError(f"{where}: data: {sorted(set(raw) & _CUSTOM)} need both `calib:` and `eval:` "
                         "(e.g. calib: {split: train, per_class: 20}, eval: {split: test, per_class: 50})")
     size = raw.get("input_size")
@@ -193,5 +193,6 @@ class NoTraining:
         raise UserError(f"this suite's data ({self.data.name}) draws calibration and evaluation images only{why}; "
                         "a method that trains cannot run here, only methods that read calibration data")
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # a trainer asks for the length first
+        self.__iter__()
         return 0

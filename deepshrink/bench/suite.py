@@ -161,6 +161,9 @@ def load_suite(source) -> Suite:
                         f"(a file inside installed package P), got {checkpoint!r}")
     if base.get("train") is not None:
         _check_budget(base["train"], f"{where}: base.train")
+        if data_spec.input_size or data_spec.mean:  # train_base reads the data set as it is
+            raise UserError(f"{where}: a base trained by the suite (base.train) sees {data_spec.name} at its own size "
+                            "and statistics; with data.input_size/mean/std give base.checkpoint instead")
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"{where}: seed must be an integer, got {seed!r}")

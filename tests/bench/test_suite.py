@@ -80,7 +80,7 @@ def test_bad_suites_are_refused_with_the_field_named(change, message):
 
 
 def test_unknown_suite_name_lists_the_shipped_ones(tmp_path):
-    with pytest.raises(UserError, match="shipped: cifar10, quick"):
+    with pytest.raises(UserError, match="shipped: cifar10, efficientnet-lite0, quick"):
         load_suite("quik")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed")

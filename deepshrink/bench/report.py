@@ -48,8 +48,7 @@ def columns(records: list[dict]) -> list[str]:
 def _measure_figures(records: list[dict]) -> list[tuple[str, str, object]]:
     """(record field, heading, format) of every measure figure present in `records`."""
     return [(name, heading, fmt) for measure in MEASURES.values() for name, (heading, fmt) in measure.figures.items()
-            if any(r.get(name) is not None or (name == "logit_sqnr_db" and r.get("identical_logits"))
-                   for r in records)]
+            if any(name in r for r in records)]
 
 
 def split_records(records: list[dict]) -> tuple[dict | None, list[dict], list[dict]]:
@@ -146,7 +145,7 @@ def markdown_table(records: list[dict], heading_level: int = 2, stale: set[str] 
                 "ratio: against the fp32 weights; time: compression wall time on this machine."]
     shown = {heading for _, heading, _ in _measure_figures(records)}
     legend = [(", ".join(h for h, _ in m.figures.values() if h in shown), m.doc) for m in MEASURES.values()]
-    out += [""] + [f"- {heads}: {doc}" for heads, doc in legend if heads] if shown else []
+    out += ([""] + [f"- {heads}: {doc}" for heads, doc in legend if heads]) if shown else []
     if stale and any(line[1].endswith("(stale)") for line in lines):
         out += ["", "(stale): made by settings the current code no longer resolves this row to; run the suite again."]
     if notes:
@@ -170,7 +169,8 @@ def render_text(records: list[dict], stale: set[str] | None = None) -> str:
     widths = [max(len(row[i]) for row in grid) for i in range(len(heads))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in grid]
     text.insert(1, "  ".join("-" * w for w in widths))
-    text += ["", "Δ top-1 vs the full-precision row; ★ on the Pareto front; size = packed .dsz file."]
+    text += ["", ("no top-1: the data's labels are not the model's classes" if label_free(records) else
+                  "Δ top-1 vs the full-precision row") + "; ★ on the Pareto front; size = packed .dsz file."]
     text += [f"reported elsewhere [{i}] (their network and data, not this suite's): {note}"
              for i, note in enumerate(notes, 1)]
     for r in failed:

@@ -10,12 +10,16 @@ before the row (`peak_rss` resets the memory high-water mark there).
 
 Measures observe a row; none changes what the row computes, so they are not part of the row key: adding
 a measure to a suite does not re-run finished rows, whose records then lack its figures (shown as "—").
-To measure them too, run the suite into a fresh `--out`.
+To measure them too, run the suite into a fresh `--out`. What a measure reads is in the key, though: the
+suite's data settings (`bench.data`, e.g. how many evaluation images) and the base checkpoint's content.
+A measure whose result would change what a row computes (say, one that fine-tunes) does not belong here:
+make it a recipe setting, which the key already covers.
 
 Registered here:
 - `fidelity`: top-1 agreement (%) with the float base model and logit SQNR (dB) on the evaluation images,
   for suites whose data labels are not the model's classes (`data: {labels: false}`) and any other.
-- `peak_rss`: peak resident memory of the bench process during the row (compress, pack, reload, measures).
+- `peak_rss`: peak resident memory of the bench process during the row (compress, pack, reload, measures):
+  rows run in the bench's own process, whose high-water mark (VmHWM) is reset when each row starts.
 - `layer_seconds`: the layer-wise driver's per-layer times (capture + statistics + solve), summed.
 - `bits_per_weight`: the layer-wise driver's bits per weight over the compressed layers.
 

@@ -52,7 +52,13 @@ def list_rows(suite, args) -> int:
     from ..bench.results import RESULTS_FILE, latest_by_key, read_results
     from ..bench.runner import resolve_base
 
-    base, base_id = resolve_base(suite, Path(args.out), args.base, _no_training, _log)
+    from ..bench.suite import SuiteSkipped
+
+    try:
+        base, base_id = resolve_base(suite, Path(args.out), args.base, _no_training, _log)
+    except SuiteSkipped as exc:  # as `bench` without --list: one line, not a failure
+        _log(f"[bench] {exc}")
+        return 0
     latest = latest_by_key(read_results(Path(args.out) / RESULTS_FILE))
     rows = plan_rows(suite, base_id, only=args.only.split(",") if args.only else None, epochs=args.epochs)
     for i, row in enumerate(rows, 1):

@@ -92,6 +92,8 @@ def test_a_base_in_a_missing_package_skips_the_suite_in_one_line(tmp_path, capsy
         "[bench] suite 'digits-free' skipped: its base is in package no_such_weights_package, not installed "
         "(pip install 'deepshrink[nothing]')"]
     assert not (tmp_path / "out").exists()
+    assert main(["bench", "--suite", str(path), "--out", str(tmp_path / "out"), "--list"]) == 0
+    assert "skipped: its base is in package no_such_weights_package" in capsys.readouterr().err
 
 
 def test_a_label_free_suite_reports_fidelity_and_resumes(tmp_path):

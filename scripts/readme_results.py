@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from deepshrink.bench.report import markdown_table
+from deepshrink.bench.report import label_free, markdown_table
 from deepshrink.bench.seeds import markdown as seeds_markdown
 from deepshrink.bench.seeds import summarise
 from deepshrink.bench.stale import stale_keys
@@ -96,9 +96,13 @@ def suite_section(folder: Path, relative_to: Path) -> list[str]:
         timing += " in one uninterrupted run"
     elif runs:
         timing += f" over {len(runs)} invocation(s) (resumed)"
-    out += [timing + ".", "", markdown_table(records, heading_level=4, stale=stale_keys(folder)), ""]
+    out += [timing + "."]
+    note = next((r["data_note"] for r in reversed(records) if r.get("data_note")), None)
+    out += ["", f"Data: {note}"] if note else []  # what the images are, e.g. not the model's own data set
+    out += ["", markdown_table(records, heading_level=4, stale=stale_keys(folder)), ""]
+    what = "top-1 agreement with the float model" if label_free(records) else "top-1"
     if (folder / "pareto.png").is_file():
-        out += [f"![{folder.name}: top-1 against packed size]({_rel(folder / 'pareto.png', relative_to)})", ""]
+        out += [f"![{folder.name}: {what} against packed size]({_rel(folder / 'pareto.png', relative_to)})", ""]
     return out
 
 
@@ -126,8 +130,8 @@ def efficientnet_table(results_root: Path) -> list[str]:
         return []
     lines = path.read_text().splitlines()
     return [("##" + line if line.startswith("#") else line) for line in lines[:1]] + [
-        "", "Made by a script since replaced by `deepshrink bench --suite efficientnet-lite0` (its settings are the "
-        "suite's `--calib 200` ones); kept for comparison."] + \
+        "", "Made by a script since replaced by `deepshrink bench --suite efficientnet-lite0`, which uses the settings of the "
+        "`--calib 200` table; kept for comparison."] + \
         [("##" + line if line.startswith("#") else line) for line in lines[1:]] + [""]
 
 

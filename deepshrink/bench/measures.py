@@ -22,6 +22,8 @@ Registered here:
   rows run in the bench's own process, whose high-water mark (VmHWM) is reset when each row starts.
 - `layer_seconds`: the layer-wise driver's per-layer times (capture + statistics + solve), summed.
 - `bits_per_weight`: the layer-wise driver's bits per weight over the compressed layers.
+- `load_average`: the machine's 1-minute load average at the row's start and end (a shared machine's
+  times and memory figures read with it).
 
 Example::
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,3 +240,20 @@ def peak_rss(ctx: MeasureContext) -> dict:
     row. `peak_rss_scope` is "row", or "process" where the mark cannot be reset (the peak since the
     process started)."""
     return {"peak_rss_mb": round(peak_rss_mib(), 1), "peak_rss_scope": ctx.started.get("peak_rss", "process")}
+
+
+def _load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _load_cell(record: dict) -> str:
+    start, end = record.get("load_average") or (None, None)
+    return "—" if start is None else f"{start:.1f}→{end:.1f}"
+
+
+@register_measure("load_average", figures={"load_average": ("load (start→end)", _load_cell)},
+                  start=_load_average)
+def load_average(ctx: MeasureContext) -> dict:
+    """The machine's 1-minute load average when the row started and when it ended: above the row's threads, other
+    work shared the cores, and times and memory read accordingly."""
+    return {"load_average": [ctx.started.get("load_average"), _load_average()]}

@@ -112,3 +112,11 @@ def test_an_unknown_measure_is_one_line_naming_the_registered_ones(where):
         assert "rows[0]" in message
     with pytest.raises(UserError, match="must be a list of names"):
         check_measures("fidelity", "suite")
+
+
+def test_load_average_is_read_when_the_row_starts_and_ends(tmp_path):
+    started = start_measures(["load_average"])
+    figures = run_measures(["load_average"], _context(None, None, [], tmp_path, started))
+    start, end = figures["load_average"]
+    assert start == started["load_average"] and start >= 0 and end >= 0
+    assert MEASURES["load_average"].figures["load_average"][1]({"load_average": [1.234, 2.0]}) == "1.2→2.0"

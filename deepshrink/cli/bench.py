@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--suite", required=True, help=f"a shipped suite ({', '.join(suite_names())}) or a suite YAML file")
     p.add_argument("--out", required=True, help="results folder (created; reused to resume)")
     p.add_argument("--base", help="full-precision checkpoint every row starts from (overrides the suite's)")
-    p.add_argument("--only", help="comma-separated methods to run (the full-precision row always runs)")
+    p.add_argument("--only", help="comma-separated methods or shipped recipe names to run, e.g. lsq or "
+                                  "dorefa-w8a8 (the full-precision row always runs)")
     p.add_argument("--epochs", type=float, default=None, help="fine-tune epochs for every row (overrides the "
                                                               "suite's budgets; changes the rows' identity)")
     p.add_argument("--seed", type=int, default=None,

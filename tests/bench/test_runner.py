@@ -91,7 +91,7 @@ def test_only_runs_the_named_methods_and_the_reference(tmp_path, toy_suite, stub
     runner = stub_runner()
     _run(toy_suite(), tmp_path / "out", runner, base=base_file, only=["toyb"])
     assert runner.calls == ["full precision", "toyb"]
-    with pytest.raises(UserError, match=r"--only: no row of method\(s\) \['bwx'\]"):
+    with pytest.raises(UserError, match=r"--only: no row of method or recipe \['bwx'\]"):
         _run(toy_suite(), tmp_path / "out", runner, base=base_file, only=["bwx"])
 
 

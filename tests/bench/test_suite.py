@@ -38,6 +38,17 @@ def test_cifar10_rows_resolve_with_the_papers_budget():
     assert bwn.recipe["train"]["epochs"] == 8
 
 
+def test_only_picks_rows_by_method_or_by_shipped_recipe_name():
+    suite = load_suite("cifar10")
+    by_recipe = plan_rows(suite, "base-id", only=["dorefa-w8a8", "dorefa-w1a1-kd"])
+    assert [r.label for r in by_recipe] == ["full precision", "DoReFa W1/A1", "DoReFa W8/A8"]
+    assert [(r.recipe["params"]["weight_bits"], r.recipe["params"]["act_bits"]) for r in by_recipe[1:]] == \
+        [(1, 1), (8, 8)]
+    assert len(plan_rows(suite, "base-id", only=["dorefa"])) == 7  # the reference and six DoReFa rows
+    with pytest.raises(UserError, match="no row of method or recipe"):
+        plan_rows(suite, "base-id", only=["dorefa-w3a3"])
+
+
 def test_vit_suite_pairs_each_layerwise_method_with_its_baseline_and_keeps_the_ends_float():
     suite = load_suite("vit-cifar10")
     assert suite.model["name"] == "vit_tiny_cifar" and suite.base["train"]["epochs"] >= 1  # trains its own base

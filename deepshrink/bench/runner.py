@@ -92,7 +92,8 @@ def trained_base_id(suite: Suite) -> str:
 
 
 def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[Path, str]:
-    """The base checkpoint (given, from the suite, or trained once and cached in `out_dir/base/`) and its id."""
+    """The base checkpoint (given, from the suite, or trained once and cached in `base.cache` or `out_dir/base/`)
+    and its id. A base whose training was cut off resumes from its last checkpoint (`train_base`)."""
     given = base or suite.base.get("checkpoint")
     if given:
         path = Path(given).expanduser()
@@ -103,7 +104,8 @@ def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[
         raise UserError(f"suite {suite.name!r} has no base checkpoint and no `base.train:`; "
                         "give --base CHECKPOINT (a state_dict of the suite's model)")
     base_id = trained_base_id(suite)
-    path = out_dir / "base" / f"{suite.model['name']}-{suite.data['name']}-{base_id.split(':')[1]}.pt"
+    cache = Path(suite.base["cache"]).expanduser() if suite.base.get("cache") else out_dir / "base"
+    path = cache / f"{suite.model['name']}-{suite.data['name']}-{base_id.split(':')[1]}.pt"
     if not path.exists():
         log(f"[bench] training the full-precision base {suite.model['name']} on {suite.data['name']} "
             f"({suite.base['train']}) -> {path}")

@@ -48,9 +48,15 @@ def list_rows(suite, args) -> int:
 
     from ..bench.plan import plan_rows
     from ..bench.results import RESULTS_FILE, latest_by_key, read_results
-    from ..bench.runner import resolve_base
+    from ..bench.runner import resolve_base, trained_base_id, trained_base_path
 
-    base, base_id = resolve_base(suite, Path(args.out), args.base, _no_training, _log)
+    untrained = not (args.base or suite.base.get("checkpoint")) and suite.base.get("train") and \
+        not trained_base_path(suite, args.out).is_file()
+    if untrained:  # the rows' keys name such a base by its settings: they are known before it is trained
+        base_id = trained_base_id(suite)
+        print(f"base: not trained yet ({trained_base_path(suite, args.out)}); the first run of the suite trains it")
+    else:
+        base, base_id = resolve_base(suite, Path(args.out), args.base, _no_training, _log)
     latest = latest_by_key(read_results(Path(args.out) / RESULTS_FILE))
     rows = plan_rows(suite, base_id, only=args.only.split(",") if args.only else None, epochs=args.epochs)
     for i, row in enumerate(rows, 1):

@@ -44,9 +44,9 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
     """The suite's rows in run order: the full-precision reference, then the listed rows, then (with
     `all_methods`) a default row for every registered method the suite does not list.
 
-    `only` keeps the rows of those methods or with those labels (the full-precision row is always kept:
-    every drop is measured against it); `epochs` replaces every row's fine-tune budget; `methods` is the list of
-    registered method names (default: the registry's).
+    `only` keeps the rows of those methods, shipped recipe names or labels (the full-precision row is always
+    kept: every drop is measured against it); `epochs` replaces every row's fine-tune budget; `methods` is the
+    list of registered method names (default: the registry's).
     """
     if methods is None:
         from ..registry import list_methods
@@ -58,11 +58,11 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
         specs += [RowSpec(m) for m in methods if m not in listed]
     if only:
         wanted = {m.strip().lower() for m in only if m.strip()}
-        unknown = wanted - {s.method for s in specs} - {_label_of(s).lower() for s in specs}
+        unknown = wanted - {name for s in specs for name in _names(s)}
         if unknown:
-            raise UserError(f"--only: no row of method or label {sorted(unknown)} in suite {suite.name!r}; "
+            raise UserError(f"--only: no row of method, recipe or label {sorted(unknown)} in suite {suite.name!r}; "
                             f"its methods: {', '.join(sorted({s.method for s in specs}))}")
-        specs = [s for s in specs if s.method == BASELINE or s.method in wanted or _label_of(s).lower() in wanted]
+        specs = [s for s in specs if s.method == BASELINE or wanted & _names(s)]
     planned, seen = [], set()
     for spec in specs:
         row = _plan(suite, spec, base_id, epochs, methods)
@@ -71,6 +71,11 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
             planned.append(row)
             seen.add(row.key)
     return planned
+
+
+def _names(spec: RowSpec) -> set[str]:
+    """What `--only` matches a row by: its method, the shipped recipe it names (e.g. dorefa-w8a8), its label."""
+    return {spec.method, _label_of(spec).lower()} | ({spec.recipe.lower()} if isinstance(spec.recipe, str) else set())
 
 
 def _plan(suite: Suite, spec: RowSpec, base_id: str, epochs, methods) -> PlannedRow:

@@ -66,7 +66,10 @@ def measure_baseline(task: RowTask) -> dict:
 
 
 def train_base(suite: Suite, path: Path) -> None:
-    """Train the suite's model from scratch as `base.train` says and save its state_dict at `path`."""
+    """Train the suite's model from scratch as `base.train` says and save its state_dict at `path`.
+
+    The training run lives beside it (`<path stem>-train/`); a run cut off (a session's end, Ctrl-C) is
+    continued from its `last.pt` the next time the suite runs, so hours-long bases need no single sitting."""
     from ..engine import Trainer, seed_everything
     from ..engine.checkpoint import save_checkpoint
     from ..pipeline import build_data, build_model
@@ -78,6 +81,8 @@ def train_base(suite: Suite, path: Path) -> None:
     seed_everything(config.seed)  # the base's initial weights too: two demo runs give the same table
     model = build_model(suite.model["name"], suite.model["args"], num_classes=ds.num_classes,
                         in_channels=ds.in_channels)
-    Trainer(model, bundle.train, bundle.val, config, run_dir=path.parent / f"{path.stem}-train",
+    run_dir = path.parent / f"{path.stem}-train"
+    last = run_dir / "last.pt"
+    Trainer(model, bundle.train, bundle.val, config, run_dir=run_dir, resume=last if last.is_file() else None,
             meta={"model": suite.model, "data": suite.data["name"], "purpose": "bench base"}).fit()
     save_checkpoint(model.state_dict(), path)

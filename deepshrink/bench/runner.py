@@ -104,8 +104,15 @@ def trained_base_id(suite: Suite) -> str:
                                      "val_split": [VAL_RATIO, VAL_SEED]})
 
 
+def trained_base_path(suite: Suite, out_dir: Path) -> Path:
+    """Where the base a suite trains itself is kept: its `base.cache` folder, else `out_dir/base/`."""
+    cache = Path(suite.base["cache"]).expanduser() if suite.base.get("cache") else Path(out_dir) / "base"
+    return cache / f"{suite.model['name']}-{suite.data['name']}-{trained_base_id(suite).split(':')[1]}.pt"
+
+
 def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[Path, str]:
-    """The base checkpoint (given, from the suite, or trained once and cached in `out_dir/base/`) and its id."""
+    """The base checkpoint (given, from the suite, or trained once and cached in `base.cache` or `out_dir/base/`)
+    and its id. A base whose training was cut off resumes from its last checkpoint (`train_base`)."""
     path = base_checkpoint(suite, base)
     if path is not None:
         if not path.is_file():
@@ -115,7 +122,7 @@ def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[
         raise UserError(f"suite {suite.name!r} has no base checkpoint and no `base.train:`; "
                         "give --base CHECKPOINT (a state_dict of the suite's model)")
     base_id = trained_base_id(suite)
-    path = out_dir / "base" / f"{suite.model['name']}-{suite.data['name']}-{base_id.split(':')[1]}.pt"
+    path = trained_base_path(suite, out_dir)
     if not path.exists():
         log(f"[bench] training the full-precision base {suite.model['name']} on {suite.data['name']} "
             f"({suite.base['train']}) -> {path}")

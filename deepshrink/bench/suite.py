@@ -9,6 +9,7 @@ A suite (see `deepshrink/bench/suites/quick.yaml`)::
     base:                                         # the full-precision model every row starts from
       checkpoint: null                            # a state_dict file; `--base` overrides it
       train: {epochs: 2, lr: 0.05}                # how to train it when there is none (TrainConfig)
+      cache: ~/.cache/deepshrink/bases            # where a trained base is kept (default: OUT/base/)
     seed: 0
     budget: {epochs: 1}                           # default fine-tune budget of every row (train.*)
     all_methods: true                             # add a default row for every method not listed
@@ -152,8 +153,11 @@ def load_suite(source) -> Suite:
         raise UserError(f"{where}: `rows:` must be a non-empty list of {{method: ...}} (or set all_methods: true)")
     budget = _check_budget(data.get("budget") or {}, f"{where}: budget")
     base = data.get("base") or {}
-    if not isinstance(base, dict) or set(base) - {"checkpoint", "train"}:
-        raise UserError(f"{where}: `base:` takes `checkpoint:` (a state_dict file) and/or `train:` (TrainConfig)")
+    if not isinstance(base, dict) or set(base) - {"checkpoint", "train", "cache"}:
+        raise UserError(f"{where}: `base:` takes `checkpoint:` (a state_dict file), `train:` (TrainConfig) and "
+                        "`cache:` (a folder for the trained base)")
+    if base.get("cache") is not None and not isinstance(base["cache"], str):
+        raise UserError(f"{where}: base.cache must be a folder path, got {base['cache']!r}")
     checkpoint = base.get("checkpoint")
     if isinstance(checkpoint, dict) and (set(checkpoint) - {"package", "file", "install"}
                                          or not {"package", "file"} <= set(checkpoint)):

@@ -126,3 +126,22 @@ def test_runtime_tables_show_every_engine_and_kernel(tmp_path, script):
     text = "\n".join(script.speed_table(speed) + script.bits_table(bits))
     assert "| ldnq-l3 | 90,590 B | onnxruntime-int8 | 0.380 | 314,671 | 84.35 |" in text
     assert "| layer3 64->64 8x8 | avx512 conv | 6.0 | 13.86 | 3.22 |" in text
+
+
+def test_seed_repository_tables_put_our_rows_beside_the_seeds(tmp_path, script):
+    results = tmp_path / "results"
+    for seed, (ldnq, rtn, w8a8) in {2: (84.3, 79.5, 86.4), 3: (84.5, 79.6, 86.2)}.items():
+        folder = results / f"cifar10-seed{seed}"
+        folder.mkdir(parents=True)
+        rows = [{"key": "fp", "method": "fp32", "label": "full precision", "top1": 86.58},
+                {"key": "l", "method": "ldnq", "label": "L-DNQ 3 levels", "top1": ldnq, "target_drop": 3.0},
+                {"key": "r", "method": "ldnq_rtn", "label": "round-to-nearest 3 levels", "top1": rtn},
+                {"key": "d", "method": "dorefa", "label": "DoReFa W8/A8", "top1": w8a8, "target_drop": 0.2}]
+        (folder / "results.jsonl").write_text("".join(json.dumps({**r, "status": "ok", "seed": seed}) + "\n"
+                                                      for r in rows))
+    text = "\n".join(script.seed_repository_tables(results))
+    assert "| ResNet-20 | 3 | — | 2.18 ± 0.14 | 7.03 ± 0.07 | 3 | met |" in text
+    assert "| ResNet-20 | 7 | 5.55 | not run yet | not run yet |" in text
+    assert "| ResNet-56 | 7 | 3.49 | not run yet | not run yet | 0.2 |  |" in text
+    assert "| 8/8 | 1.25 | DoReFa W8/A8 | 86.30 ± 0.14 | 0.28 ± 0.14 | 0.2 | **missed** |" in text
+    assert "| 1/1 | 32.08 | DoReFa W1/A1 | not run yet | not run yet |" in text

@@ -35,3 +35,16 @@ def test_bench_command_measures_rows_from_the_packed_file(tmp_path, capsys):
     assert main(["bench", "--suite", str(suite), "--out", str(out), "--list"]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert [line.split("]")[0] for line in listing] == ["  1. [ok     ", "  2. [ok     "]
+
+
+def test_list_shows_the_rows_of_a_suite_whose_base_is_not_trained_yet(tmp_path, capsys):
+    from deepshrink.bench import load_suite, plan_rows
+    from deepshrink.bench.runner import trained_base_id
+
+    out = tmp_path / "out"
+    assert main(["bench", "--suite", "quick", "--out", str(out), "--list"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"base: not trained yet ({out}/base/lenet5-fashion-mnist-")
+    suite = load_suite("quick")
+    assert all(f"key {row.key}" in printed for row in plan_rows(suite, trained_base_id(suite)))
+    assert not out.exists()  # listing trains nothing and creates nothing

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from deepshrink.bench import load_suite, read_results, run_suite
 from deepshrink.errors import UserError
@@ -94,7 +95,7 @@ def test_only_runs_the_named_methods_and_the_reference(tmp_path, toy_suite, stub
     by_label = stub_runner()
     _run(toy_suite(), tmp_path / "labels", by_label, base=base_file, only=["toya bits=4"])
     assert by_label.calls == ["full precision", "toya bits=4"]  # a row label picks one row of a method
-    with pytest.raises(UserError, match=r"--only: no row of method or label \['bwx'\]"):
+    with pytest.raises(UserError, match=r"--only: no row of method, recipe or label \['bwx'\]"):
         _run(toy_suite(), tmp_path / "out", runner, base=base_file, only=["bwx"])
 
 
@@ -112,6 +113,45 @@ def test_base_is_trained_once_and_cached(tmp_path, toy_suite, stub_runner):
     assert len(trained) == 1 and trained[0].parent == tmp_path / "out" / "base"
     with pytest.raises(UserError, match="give --base"):
         run_suite(load_suite(toy_suite()), tmp_path / "o2", row_runner=stub_runner(), log=lambda m: None)
+
+
+def test_a_suite_can_keep_its_trained_base_outside_the_results_folder(tmp_path, toy_suite, stub_runner):
+    trained = []
+
+    def trainer(suite, path):
+        trained.append(path)
+        path.write_bytes(b"weights")
+
+    suite = toy_suite(base={"train": {"epochs": 2}, "cache": str(tmp_path / "bases")})
+    run_suite(load_suite(suite), tmp_path / "out", row_runner=stub_runner(), base_trainer=trainer, log=lambda m: None)
+    assert trained[0].parent == tmp_path / "bases" and not (tmp_path / "out" / "base").exists()
+    with pytest.raises(UserError, match="base.cache must be a folder path"):
+        load_suite(toy_suite(base={"train": {"epochs": 2}, "cache": 3}))
+
+
+def test_a_base_training_cut_off_resumes_from_its_last_checkpoint(tmp_path, toy_suite, monkeypatch):
+    import deepshrink.engine as engine
+    from deepshrink.bench.rows import train_base
+
+    resumed_from = []
+    real = engine.Trainer
+
+    def recording(*args, **kwargs):
+        resumed_from.append(kwargs.get("resume"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "Trainer", recording)
+    suite = load_suite(toy_suite(model={"name": "resnet20"},
+                                 base={"train": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 32}}))
+    path = tmp_path / "bases" / "base.pt"
+    path.parent.mkdir()
+    train_base(suite, path)
+    first = torch.load(path, weights_only=True)
+    path.unlink()  # cut off after the training run's last checkpoint, before the base was written
+    train_base(suite, path)
+    assert resumed_from == [None, path.parent / "base-train" / "last.pt"]
+    again = torch.load(path, weights_only=True)
+    assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 def test_progress_reports_rows_done_and_eta(tmp_path, toy_suite, stub_runner, base_file):

@@ -68,7 +68,8 @@ def register_measure(name: str, figures: dict, start: Callable[[], object] | Non
     (column heading, "{:.1f}"-style pattern or a function of the record giving the cell)."""
 
     def wrap(func):
-        MEASURES[name] = Measure(name, func, dict(figures), start, (func.__doc__ or "").strip().split("\n")[0])
+        summary = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
+        MEASURES[name] = Measure(name, func, dict(figures), start, summary)
         return func
 
     return wrap
@@ -232,13 +233,13 @@ def peak_rss_mib() -> float:
 
 @register_measure("peak_rss", figures={"peak_rss_mb": ("peak RSS", "{:.0f} MiB")}, start=reset_peak_rss)
 def peak_rss(ctx: MeasureContext) -> dict:
-    """Peak resident memory of the bench process during the row, in MiB.
+    """Peak resident memory of the bench process during the row, in MiB (VmHWM, reset when the row starts):
+    memory the process already held counts too, so compare rows with the full-precision row.
 
     The high-water mark is reset when the row starts (Linux clear_refs) and read after the row and its
-    other measures: compress, pack, reload and evaluation. Memory the process already held (the decoded
-    data set, the suite's images, the base model's logits) counts too: compare rows with the full-precision
-    row. `peak_rss_scope` is "row", or "process" where the mark cannot be reset (the peak since the
-    process started)."""
+    other measures: compress, pack, reload and evaluation. What the process already held includes the
+    decoded data set, the suite's images and the base model's logits. `peak_rss_scope` is "row", or
+    "process" where the mark cannot be reset (the peak since the process started)."""
     return {"peak_rss_mb": round(peak_rss_mib(), 1), "peak_rss_scope": ctx.started.get("peak_rss", "process")}
 
 

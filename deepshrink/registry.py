@@ -22,7 +22,8 @@ T = TypeVar("T")
 # `import deepshrink` stays cheap and a broken method module cannot break unrelated commands.
 _PLUGIN_PACKAGES = {
     "model": ["deepshrink.models"],
-    "method": ["deepshrink.methods", "deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.layerwise", "deepshrink.prune"],
+    "method": ["deepshrink.methods", "deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.layerwise",
+               "deepshrink.prune"],
     "packable module": ["deepshrink.nn", "deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.prune",
                         "deepshrink.layerwise"],
 }

@@ -117,15 +117,15 @@ class RunSpec:
     def from_dict(cls, shown: dict) -> RunSpec:
         """The spec `to_dict` (or `--print-config`) wrote, validated again by `run_spec`."""
         try:
-            model, data = shown["model"], shown["data"]
-            return run_spec(shown["recipe"], model=model["name"], model_args=model.get("args"),
-                            base=model.get("base"), data=data["name"], data_root=data.get("root"),
-                            download=data.get("download", False), train_subset=data.get("train_subset"),
-                            out=shown["out"], device=shown.get("device"),
-                            evaluate_base=shown.get("evaluate_base", True), resume=shown.get("resume", False))
+            recipe, model, data, out = shown["recipe"], shown["model"], shown["data"], shown["out"]
+            model_name, data_name = model["name"], data["name"]
         except (KeyError, TypeError) as exc:
             raise UserError(f"a run spec needs recipe, model: {{name}}, data: {{name}} and out; missing {exc}") \
                 from None
+        return run_spec(recipe, model=model_name, model_args=model.get("args"), base=model.get("base"),
+                        data=data_name, data_root=data.get("root"), download=data.get("download", False),
+                        train_subset=data.get("train_subset"), out=out, device=shown.get("device"),
+                        evaluate_base=shown.get("evaluate_base", True), resume=shown.get("resume", False))
 
 
 def run_spec(recipe, *, out, model: str | None = None, data: str | None = None, model_args=None,

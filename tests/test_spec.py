@@ -143,3 +143,8 @@ def test_compress_places_a_cpu_model_on_the_device_it_is_given(device):
     result = deepshrink.compress(model, "ldnq", calib_data=data, val_data=data, device=device)
     assert {p.device.type for p in result.model.parameters()} == {device}
     assert result.kind == "layerwise" and result.metrics["epochs"] == 0 and 0 <= result.metrics["top1"] <= 100
+
+
+def test_a_spec_missing_a_part_names_what_it_needs():
+    with pytest.raises(UserError, match="a run spec needs recipe, model: .* and out; missing 'model'"):
+        RunSpec.from_dict({"recipe": {"method": "fp32"}, "data": {"name": "digits"}, "out": "run"})

@@ -29,6 +29,7 @@ import deepshrink
 from deepshrink.api import evaluate
 from deepshrink.packing import inspect, load, save
 from deepshrink.pipeline import build_data, build_model, run_compress
+from deepshrink.spec import run_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO.parent / "shared" / "models" / "resnet20-cifar10jpeg.pt"
@@ -75,9 +76,10 @@ def main(argv=None) -> int:
             if args.only and name not in args.only:
                 continue
             out_dir = Path(tmp) / name
-            metrics = run_compress(recipe, model="resnet20", model_args=["shortcut=B"], base=str(CHECKPOINT),
-                                   data="cifar10", data_root=args.data_root, out_dir=out_dir, overrides=overrides,
-                                   evaluate_base=False, data_bundle=bundle)
+            spec = run_spec(recipe, model="resnet20", model_args=["shortcut=B"], base=str(CHECKPOINT),
+                            data="cifar10", data_root=args.data_root, out=out_dir, overrides=overrides,
+                            evaluate_base=False)
+            metrics = run_compress(spec, data=bundle)
             packed = out_dir / "model.dsz"
             report = inspect(packed)
             coded = save(load(packed), out_dir / "entropy.dsz", entropy=True, ternary_base3=True)

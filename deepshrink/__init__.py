@@ -7,6 +7,10 @@ Entry points (see deepshrink.api)::
     result = deepshrink.compress(model, "bwn", train_data=train_loader, val_data=test_loader)
     deepshrink.pack(result.model, "model.dsz")
     model = deepshrink.load("model.dsz")
+
+    # a whole run, as `deepshrink compress` does it: build, compress, pack to runs/bwn/model.dsz, measure
+    spec = deepshrink.run_spec("bwn", model="lenet5", data="fashion-mnist", out="runs/bwn")
+    metrics = deepshrink.run_compress(spec)
 """
 __version__ = "0.1.0"
 
@@ -21,8 +25,16 @@ def __getattr__(name):
         from . import api
 
         return getattr(api, name)
+    if name in ("RunSpec", "run_spec"):
+        from . import spec
+
+        return getattr(spec, name)
+    if name == "run_compress":
+        from .pipeline import run_compress
+
+        return run_compress
     raise AttributeError(f"module 'deepshrink' has no attribute {name!r}")
 
 
-__all__ = ["DeepshrinkError", "PackFormatError", "UserError", "compress", "create_model", "evaluate",
-           "list_methods", "list_models", "load", "pack", "quiet", "__version__"]
+__all__ = ["DeepshrinkError", "PackFormatError", "RunSpec", "UserError", "compress", "create_model", "evaluate",
+           "list_methods", "list_models", "load", "pack", "quiet", "run_compress", "run_spec", "__version__"]

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .config import Recipe, load_recipe, select_layers
@@ -19,7 +20,8 @@ class CompressResult:
     model: nn.Module  # inference form, ready for `pack`
     method: str
     recipe: Recipe
-    metrics: dict = field(default_factory=dict)  # val top1/top5 before and after, compression seconds
+    metrics: dict = field(default_factory=dict)  # val top1/top5 after, compression seconds, epochs trained
+    kind: str = ""  # the method's kind: qat | layerwise | prune | dynamic | baseline
 
 
 def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_data=None, out_dir=None,
@@ -32,6 +34,8 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     `resume=True` continues an interrupted training run from `out_dir/last.pt` (same recipe and data;
     for methods with one training phase, such as every QAT method). A recipe with `train.distill` > 0
     also distils from `model` as given (a frozen copy is the teacher of every training phase).
+    `device` (default: the device `model` is on) is where the model is placed, once, before the method runs;
+    the training loop, the calibration batches and the evaluation follow it.
 
     Before the method runs, every nn.MultiheadAttention becomes a SplitAttention (its four projections
     Linear layers the method compresses), and a layer whose weight the network reads outside the layer's
@@ -43,15 +47,16 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
                                      overrides=["train.epochs=1"])
         print(result.metrics["top1"])
     """
-    if isinstance(recipe, str) and recipe.lower() in METHODS and not Path(recipe).exists():
-        from .config import list_recipes
+    from .engine.evaluate import model_device
 
-        recipe = recipe if recipe in list_recipes() else {"method": recipe}
     recipe = load_recipe(recipe, overrides)
     if not inplace:
         model = copy.deepcopy(model)
     _decode_resident(model)
     model = split_attention(model)  # attention's projections become Linear layers every method compresses
+    # the one move: the method, its training loop and its calibration batches all use the model's device
+    device = torch.device(device) if device is not None else model_device(model)
+    model.to(device)
     entry = METHODS.get(recipe.method)
     layers = select_layers(model, recipe)
     check_layers_run(model, layers, first_inputs(calib_data, train_data, val_data))
@@ -68,10 +73,10 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     compress_seconds = time.perf_counter() - start
     model = handler.convert(model)
     model.eval()
-    metrics = {"compress_seconds": compress_seconds}
+    metrics = {"compress_seconds": compress_seconds, "epochs": handler.training_epochs()}
     if val_data is not None:
         metrics.update(evaluate(model, val_data, device=device))
-    return CompressResult(model=model, method=entry.name, recipe=recipe, metrics=metrics)
+    return CompressResult(model=model, method=entry.name, recipe=recipe, metrics=metrics, kind=handler.kind)
 
 
 def _decode_resident(model: nn.Module) -> None:

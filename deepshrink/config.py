@@ -205,11 +205,14 @@ def _describe(expected) -> str:
 
 
 def load_recipe(source, overrides: list[str] | None = None, method: str | None = None) -> Recipe:
-    """Load a recipe from a path, a built-in recipe name, a dict or a Recipe; apply `--set` overrides.
+    """Load a recipe from a path, a built-in recipe name, a method name (its defaults), a dict or a Recipe;
+    apply `--set` overrides. A name is a file first, then a built-in recipe, then a method: the one rule
+    every front end (`deepshrink compress`, `deepshrink.compress`, a bench row) resolves a recipe by.
 
     Example::
 
         recipe = load_recipe("dorefa-w2a2", overrides=["train.epochs=1"])
+        recipe = load_recipe("magnitude")  # no built-in recipe of that name: the method's defaults
     """
     if isinstance(source, Recipe):
         data = source.to_dict()
@@ -224,10 +227,7 @@ def load_recipe(source, overrides: list[str] | None = None, method: str | None =
         if not path.exists():
             builtin = RECIPE_DIR / f"{source}.yaml"
             if not builtin.exists():
-                raise UserError(
-                    f"recipe {source!r} is neither a file nor a built-in recipe; "
-                    f"built-in: {', '.join(list_recipes())}"
-                )
+                return load_recipe({"method": _method_named(source)}, overrides, method)
             path = builtin
         try:
             data = yaml.safe_load(path.read_text())
@@ -244,6 +244,16 @@ def load_recipe(source, overrides: list[str] | None = None, method: str | None =
     recipe = _build(Recipe, data, "recipe")
     recipe.method_config()  # validate now, with a clear message, rather than mid-run
     return recipe
+
+
+def _method_named(source) -> str:
+    """`source` when it names a registered method; else the error listing what a recipe name may be."""
+    from .registry import METHODS
+
+    if str(source).lower() in METHODS and not str(source).endswith(".yaml"):
+        return str(source)
+    raise UserError(f"recipe {source!r} is neither a file nor a built-in recipe nor a method; "
+                    f"built-in recipes: {', '.join(list_recipes())}; methods: {', '.join(METHODS.names())}")
 
 
 def _apply_override(data: dict, item: str) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 from torch import nn
 
 from .config import CalibConfig, Recipe, TrainConfig, _build
+from .registry import register_method
 
 
 @dataclass
@@ -73,7 +74,7 @@ class CompressContext:
 class Method:
     """Base class of method handlers. Subclasses set `kind` and implement `compress` and `convert`."""
 
-    kind = "qat"  # qat | layerwise | prune | dynamic
+    kind = "qat"  # qat | layerwise | prune | dynamic | baseline
     method_name: str = "?"
     config_cls: type = object
 
@@ -92,3 +93,35 @@ class Method:
     def convert(self, model: nn.Module) -> nn.Module:
         """Inference form: compressed layers become packable modules holding EncodedWeights."""
         raise NotImplementedError
+
+    def training_epochs(self) -> float:
+        """Epochs of labelled training this recipe asks the method for (what a result row reports as its
+        budget): `train.epochs` for methods that train through `ctx.fit`."""
+        return self.recipe.train.epochs
+
+
+@dataclass
+class BaselineConfig:
+    """The full-precision reference has no parameters."""
+
+
+@register_method("fp32", BaselineConfig)
+class Baseline(Method):
+    """The full-precision reference as a method: `compress` returns the model unchanged and `pack` writes it
+    at fp32, so a benchmark's reference row is measured by the same code as every compressed row.
+
+    Example::
+
+        result = deepshrink.compress(model, "fp32")  # result.model is model, in eval mode
+    """
+
+    kind = "baseline"
+
+    def compress(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
+        return model
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def training_epochs(self) -> float:
+        return 0

@@ -1,7 +1,8 @@
 """The end-to-end path every front end shares: build model and data, compress, pack, re-measure.
 
-`deepshrink compress` and every `deepshrink bench` row call `run_compress`, so what a benchmark reports
-is what a user gets. Figures come from the packed file, reloaded, not from the in-memory model.
+`deepshrink compress`, every `deepshrink bench` row (the full-precision one included, as method `fp32`)
+and `deepshrink.run_compress` hand a `deepshrink.spec.RunSpec` to `run_compress`, so what a benchmark
+reports is what a user gets. Figures come from the packed file, reloaded, not from the in-memory model.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import yaml
 from torch import nn
 
 from . import __version__
-from .config import CalibConfig, Recipe, load_recipe
+from .config import CalibConfig
 from .errors import UserError
 from .registry import create_model
+from .spec import RunSpec
 
 
 def parse_kv(items) -> dict:
@@ -99,67 +101,67 @@ def fp32_bytes(model: nn.Module) -> int:
     return 4 * sum(p.numel() for p in model.parameters())
 
 
-def run_compress(recipe, *, model: str, data: str, out_dir, model_args=None, base=None, data_root=None,
-                 download=False, overrides=None, device=None, evaluate_base=True, train_subset=None,
-                 data_bundle: DataBundle | None = None, resume: bool = False) -> dict:
-    """Compress a registered model on a named data set, pack it to `out_dir/model.dsz`, measure from the file.
+def run_compress(spec: RunSpec, *, data: DataBundle | None = None) -> dict:
+    """Run a resolved compress run: build the model and the loaders, compress, pack to `spec.out/model.dsz`,
+    measure from the file. `deepshrink compress`, every `deepshrink bench` row and `deepshrink.run_compress`
+    come here, so what a benchmark reports is what a user gets.
 
-    Returns (and writes to `out_dir/metrics.json`) top-1/top-5 from the reloaded file, the base
-    model's top-1, packed bytes, ratio against fp32, MACs, BOPs and compression time. `resume=True`
-    continues an interrupted training run from `out_dir/train/last.pt`.
+    Returns (and writes to `spec.out/metrics.json`) top-1/top-5 from the reloaded file, the base model's
+    top-1 (`spec.evaluate_base`), packed bytes, ratio against fp32, MACs, BOPs, the method's kind, its
+    training epochs and compression time. `spec.resume` continues an interrupted training run from
+    `spec.out/train/last.pt`. `data` replaces the loaders the spec names (a benchmark's smaller test slice).
+    The model is placed on `spec.device` here, once; the method, the training loop and the evaluations
+    find it there.
 
     Example::
 
-        run_compress("bwn", model="lenet5", data="fashion-mnist", out_dir="runs/bwn",
-                     overrides=["train.epochs=1"])
+        spec = run_spec("bwn", model="lenet5", data="fashion-mnist", out="runs/bwn", overrides=["train.epochs=1"])
+        metrics = run_compress(spec)
     """
     from . import api
     from .analysis import profile
-
-    recipe = load_recipe(recipe, overrides) if not isinstance(recipe, str) or recipe.endswith(".yaml") \
-        or Path(recipe).exists() else _named_recipe(recipe, overrides)
     from .engine import distributed, seed_everything
 
-    # under torchrun: join the group before the loaders are split; one GPU per process, as the trainer picks
-    if distributed.init_from_env(device) and device is not None and torch.device(device).type == "cuda":
-        device = torch.device("cuda", distributed.local_rank())
-    main_process = distributed.is_main_process()
-    out_dir = Path(out_dir)
+    recipe, device, processes = spec.recipe, torch.device(spec.device), spec.processes
+    distributed.init_from_env(device)  # under torchrun: join the group before the loaders are split
+    main_process = processes.rank == 0
+    out_dir = spec.out
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-    bundle = data_bundle or build_data(data, data_root, download, recipe.train.batch_size,
-                                       recipe.train.eval_batch_size, recipe.calib, recipe.train.seed,
-                                       train_subset, augment=recipe.train.augment, rank=distributed.rank(),
-                                       world_size=distributed.world_size())
+    bundle = data or build_data(spec.data.name, spec.data.root, spec.data.download, recipe.train.batch_size,
+                                recipe.train.eval_batch_size, recipe.calib, recipe.train.seed, spec.data.train_subset,
+                                augment=recipe.train.augment, rank=processes.rank, world_size=processes.world_size)
     ds = bundle.dataset
-    seed_everything(recipe.train.seed)  # a model built without --base starts from the same weights every run
-    net = build_model(model, model_args, base, num_classes=ds.num_classes, in_channels=ds.in_channels)
+    seed_everything(recipe.train.seed)  # a model built without a base starts from the same weights every run
+    net = build_model(spec.model.name, spec.model.args, spec.model.base, num_classes=ds.num_classes,
+                      in_channels=ds.in_channels).to(device)
     input_size = (ds.in_channels, *_hw(ds.image_size))
-    metrics = {"method": recipe.method, "model": model, "data": data, "seed": recipe.train.seed,
-               "epochs": recipe.train.epochs, "version": __version__, "fp32_bytes": fp32_bytes(net)}
-    if evaluate_base:
-        metrics["base_val_top1"] = api.evaluate(net, bundle.val, device=device, task="evaluate base, val")["top1"]
-        metrics["base_top1"] = api.evaluate(net, bundle.test, device=device, task="evaluate base, test")["top1"]
+    metrics = {"method": recipe.method, "model": spec.model.name, "data": spec.data.name, "seed": recipe.train.seed,
+               "version": __version__, "fp32_bytes": fp32_bytes(net), "classes": ds.num_classes}
+    if spec.evaluate_base:
+        metrics["base_val_top1"] = api.evaluate(net, bundle.val, task="evaluate base, val")["top1"]
+        metrics["base_top1"] = api.evaluate(net, bundle.test, task="evaluate base, test")["top1"]
     if main_process:
         (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     result = api.compress(net, recipe, train_data=bundle.train, val_data=bundle.val, calib_data=bundle.calib,
-                          out_dir=out_dir / "train", device=device, inplace=True, resume=resume)
+                          out_dir=out_dir / "train", device=device, inplace=True, resume=spec.resume)
     packed = out_dir / "model.dsz"
     layer_report = getattr(result.model, "deepshrink_report", None)  # layer-wise methods: per-layer seconds, bits
     if main_process and layer_report:
         (out_dir / "layers.json").write_text(json.dumps(layer_report, indent=1, default=_plain) + "\n")
     if main_process:  # rank 0 alone packs and writes the run folder
-        api.pack(result.model, packed, data={"name": data, "input_shape": list(input_size),
+        api.pack(result.model, packed, data={"name": spec.data.name, "input_shape": list(input_size),
                                              "mean": list(ds.mean), "std": list(ds.std),
                                              "num_classes": ds.num_classes})
-    reloaded = _load_on_every_rank(packed)
+    reloaded = _load_on_every_rank(packed).to(device)
     # under torchrun: each rank its shard
-    from_file = api.evaluate(reloaded, bundle.val, device=device, task=f"evaluate {packed.name}, val")
-    test = api.evaluate(reloaded, bundle.test, device=device, task=f"evaluate {packed.name}, test")  # the one look
+    from_file = api.evaluate(reloaded, bundle.val, task=f"evaluate {packed.name}, val")
+    test = api.evaluate(reloaded, bundle.test, task=f"evaluate {packed.name}, test")  # the one look
     if not main_process:
-        return {**metrics, "rank": distributed.rank()}
+        return {**metrics, "rank": processes.rank}
     totals = profile(reloaded, input_size).totals
     metrics.update(
+        kind=result.kind, epochs=result.metrics["epochs"],
         top1=test["top1"], top5=test["top5"], val_top1=from_file["top1"], val_top5=from_file["top5"],
         val_top1_in_memory=result.metrics.get("top1"),
         compress_seconds=round(result.metrics["compress_seconds"], 2),
@@ -188,13 +190,6 @@ def _load_on_every_rank(packed: Path) -> nn.Module:
         copy = Path(folder) / packed.name
         copy.write_bytes(payload)
         return api.load(copy)
-
-
-def _named_recipe(name: str, overrides) -> Recipe:
-    from .config import list_recipes
-
-    return load_recipe(name if name in list_recipes() else None, overrides,
-                       method=None if name in list_recipes() else name)
 
 
 def _hw(size):

@@ -22,7 +22,8 @@ T = TypeVar("T")
 # `import deepshrink` stays cheap and a broken method module cannot break unrelated commands.
 _PLUGIN_PACKAGES = {
     "model": ["deepshrink.models"],
-    "method": ["deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.layerwise", "deepshrink.prune"],
+    "method": ["deepshrink.methods", "deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.layerwise",
+               "deepshrink.prune"],
     "packable module": ["deepshrink.nn", "deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.prune",
                         "deepshrink.layerwise"],
 }
@@ -96,15 +97,21 @@ def create_model(name: str, **kwargs):
 
         model = create_model("resnet20", num_classes=10, shortcut="B")
     """
-    constructor = MODELS.get(name)
-    try:
-        inspect.signature(constructor).bind(**kwargs)
-    except TypeError as exc:
-        accepted = ", ".join(p for p in inspect.signature(constructor).parameters if p not in ("args", "kwargs"))
-        raise UserError(f"model {name!r}: {exc} (--model-args accepts: {accepted})") from None
-    model = constructor(**kwargs)
+    check_model_args(name, kwargs, partial=False)
+    model = MODELS.get(name)(**kwargs)
     model.deepshrink_arch = {"name": name.lower(), "kwargs": dict(kwargs)}
     return model
+
+
+def check_model_args(name: str, kwargs: dict, partial: bool = True) -> None:
+    """UserError naming the accepted arguments when model `name` does not take `kwargs` (with
+    `partial`, arguments left out are fine: the data set supplies num_classes and in_channels later)."""
+    signature = inspect.signature(MODELS.get(name))
+    try:
+        (signature.bind_partial if partial else signature.bind)(**kwargs)
+    except TypeError as exc:
+        accepted = ", ".join(p for p in signature.parameters if p not in ("args", "kwargs"))
+        raise UserError(f"model {name!r}: {exc} (--model-args accepts: {accepted})") from None
 
 
 def list_models() -> list[str]:

@@ -66,6 +66,13 @@ def test_missing_recipe_file_names_builtin_recipes(tmp_path):
         load_recipe(str(tmp_path / "nope.yaml"))
 
 
+def test_a_name_is_a_file_then_a_built_in_recipe_then_a_method():
+    assert load_recipe("magnitude").to_dict() == load_recipe({"method": "magnitude"}).to_dict()  # no recipe file
+    assert load_recipe("bwn").train.epochs == 8  # recipes/bwn.yaml, not the method's defaults
+    with pytest.raises(UserError, match="nor a method; built-in recipes: .*; methods: .*magnitude"):
+        load_recipe("magnitud")
+
+
 def test_recipe_without_method_is_refused(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("params: {bits: 2}\n")

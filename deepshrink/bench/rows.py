@@ -1,13 +1,12 @@
 """The default row runner: every benchmark row goes through `deepshrink.pipeline`, the code a user calls.
 
-- A method row is `pipeline.run_compress(...)`: compress, pack to `model.dsz`, reload, evaluate.
-- The full-precision row evaluates the base checkpoint and packs it as it is (fp32), so its size is
-  measured the same way as every compressed row's.
+- Every row is `pipeline.run_compress(spec_from_row(task))`: compress, pack to `model.dsz`, reload, evaluate.
+- The full-precision row is method `fp32` (`deepshrink.methods.Baseline`): the base checkpoint unchanged,
+  packed at fp32, so its size and accuracy are measured by the same code as every compressed row's.
 - A suite without a base checkpoint trains one with the one training loop (`deepshrink.engine.Trainer`).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..config import TrainConfig, _build
@@ -17,52 +16,28 @@ from .suite import Suite
 # run_compress's figures -> the names results.jsonl uses
 _RENAME = {"file_bytes": "bytes"}
 _KEEP = ("top1", "top5", "val_top1", "val_top5", "file_bytes", "ratio", "macs", "bops", "compress_seconds",
-         "epochs", "fp32_bytes", "val_top1_in_memory", "kind")
+         "epochs", "fp32_bytes", "val_top1_in_memory", "kind", "classes")
 
 
 def run_row(task: RowTask) -> dict:
-    """Run one planned row and return its figures (top1, top5, bytes, ratio, macs, bops, ...)."""
-    if task.row.is_baseline:
-        return measure_baseline(task)
+    """Run one planned row and return its figures (top1, top5, bytes, ratio, macs, bops, classes, ...)."""
     from ..pipeline import run_compress
-    from ..registry import METHODS
 
-    suite = task.suite
-    metrics = run_compress(task.row.recipe, model=suite.model["name"], data=suite.data["name"],
-                           out_dir=task.out_dir, model_args=suite.model["args"], base=task.base,
-                           data_root=suite.data.get("root"), evaluate_base=False, data_bundle=task.data)
-    metrics["kind"] = METHODS.get(task.row.method).handler_cls.kind
-    if metrics["kind"] == "layerwise":  # calibration data only; train.epochs is not theirs (PQ's own fine-tune is)
-        metrics["epochs"] = task.row.recipe.get("params", {}).get("finetune_epochs", 0)
+    metrics = run_compress(spec_from_row(task), data=task.data)  # data: a suite's own draws (bench.data)
     return {_RENAME.get(k, k): metrics[k] for k in _KEEP if metrics.get(k) is not None}
 
 
-def measure_baseline(task: RowTask) -> dict:
-    """The full-precision reference: base accuracy, and its size packed at fp32 like any other row."""
-    from .. import api
-    from ..analysis import profile
-    from ..pipeline import build_data, build_model, fp32_bytes
+def spec_from_row(task: RowTask):
+    """The run a planned row describes: the suite's model and data, the row's resolved recipe (a row planned
+    without one, such as the full-precision reference, runs its method's defaults), the base checkpoint,
+    the row's own folder. The base is scored once, by the reference row, not by every row."""
+    from ..spec import run_spec
 
     suite = task.suite
-    bundle = task.data or build_data(suite.data["name"], suite.data.get("root"), seed=suite.seed)
-    ds = bundle.dataset
-    net = build_model(suite.model["name"], suite.model["args"], task.base, num_classes=ds.num_classes,
-                      in_channels=ds.in_channels)
-    net.eval()
-    task.out_dir.mkdir(parents=True, exist_ok=True)
-    packed = task.out_dir / "model.dsz"
-    api.pack(net, packed)
-    reloaded = api.load(packed)
-    val = api.evaluate(reloaded, bundle.val)
-    from_file = api.evaluate(reloaded, bundle.test)
-    size = ds.image_size if not isinstance(ds.image_size, int) else (ds.image_size, ds.image_size)
-    totals = profile(reloaded, (ds.in_channels, *size)).totals
-    file_bytes = os.path.getsize(packed)
-    return {"top1": from_file["top1"], "top5": from_file["top5"], "val_top1": val["top1"],
-            "val_top5": val["top5"], "bytes": file_bytes,
-            "ratio": round(fp32_bytes(net) / file_bytes, 3), "macs": totals.get("macs"),
-            "bops": totals.get("bops"), "compress_seconds": 0.0, "epochs": 0, "fp32_bytes": fp32_bytes(net),
-            "classes": ds.num_classes}  # the plot's chance level
+    recipe = task.row.recipe if task.row.recipe is not None else {"method": task.row.method}
+    return run_spec(recipe, model=suite.model["name"], model_args=suite.model["args"], base=task.base,
+                    data=suite.data["name"], data_root=suite.data.get("root"), out=task.out_dir,
+                    evaluate_base=False)
 
 
 def train_base(suite: Suite, path: Path) -> None:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,7 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="run folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder at --out")
     p.add_argument("--print-config", action="store_true",
-                   help="print the resolved recipe, model and data as YAML and exit without running")
+                   help="print the resolved run (model, data with its splits, device, processes, recipe with "
+                        "every parameter) as YAML and exit without creating anything")
     p.add_argument("--train-subset", type=float, default=None,
                    help="train on a stratified subset: a ratio in (0, 1] or an image count")
     p.add_argument("--resume", action="store_true",
@@ -46,33 +46,17 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..config import load_recipe
-    from ..errors import UserError
     from ..engine import distributed
     from ..pipeline import run_compress
 
-    if bool(args.recipe) == bool(args.method):
-        raise UserError("give exactly one of --recipe FILE|NAME or --method NAME")
-    if args.base and not (args.model and args.data):
-        from .recorded import fill_from_checkpoint
-
-        fill_from_checkpoint(args, args.base)
-    if not args.model:
-        raise UserError("no model given; pass --model NAME, or --base CKPT written by `deepshrink train` "
-                        "(it records its model)")
-    if not args.data:
-        raise UserError("no data set given; pass --data NAME (e.g. --data fashion-mnist)")
-    recipe = load_recipe(args.recipe, args.overrides, method=args.method) if args.recipe else \
-        load_recipe(None, args.overrides, method=args.method)
+    spec = spec_from_args(args)
     if args.print_config:
-        print(yaml.safe_dump(resolved_settings(args, recipe), sort_keys=False), end="")
+        print(yaml.safe_dump(spec.to_dict(), sort_keys=False), end="")
         return 0
-    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 owns the run folder
-        check_out_dir(Path(args.out), recipe, args.resume, args.overwrite)
+    if spec.processes.rank == 0:  # under torchrun rank 0 owns the run folder
+        check_out_dir(spec.out, spec.recipe, spec.resume, args.overwrite)
     try:
-        metrics = run_compress(recipe, model=args.model, model_args=args.model_args, base=args.base,
-                               data=args.data, data_root=args.data_root, download=args.download, out_dir=args.out,
-                               device=args.device, train_subset=args.train_subset, resume=args.resume)
+        metrics = run_compress(spec)
         distributed.barrier()  # no rank tears the group down while another still talks to it
     finally:
         distributed.cleanup()
@@ -88,18 +72,19 @@ def run(args) -> int:
     return 0
 
 
-def resolved_settings(args, recipe) -> dict:
-    """What `--print-config` shows: the model with its arguments parsed, the data, the device, and the
-    recipe with every method parameter, defaults included (the `recipe` part loads back as a recipe)."""
-    import dataclasses
+def spec_from_args(args):
+    """The run `deepshrink compress` flags describe (`deepshrink.spec.run_spec` validates it): --recipe
+    FILE|NAME, or --method NAME with its default parameters; --model and --data default to what --base
+    records."""
+    from ..errors import UserError
+    from ..spec import run_spec
 
-    from ..pipeline import parse_kv
-
-    shown = recipe.to_dict()
-    shown["params"] = dataclasses.asdict(recipe.method_config())
-    return {"model": {"name": args.model, "args": parse_kv(args.model_args), "base": args.base},
-            "data": {"name": args.data, "root": args.data_root, "train_subset": args.train_subset},
-            "device": args.device or "cpu", "out": args.out, "recipe": shown}
+    if bool(args.recipe) == bool(args.method):
+        raise UserError("give exactly one of --recipe FILE|NAME or --method NAME")
+    return run_spec(args.recipe or {"method": args.method}, overrides=args.overrides, model=args.model,
+                    model_args=args.model_args, base=args.base, data=args.data, data_root=args.data_root,
+                    download=args.download, train_subset=args.train_subset, out=args.out, device=args.device,
+                    resume=args.resume)
 
 
 def check_out_dir(out: Path, recipe, resume: bool, overwrite: bool) -> None:

@@ -1,5 +1,6 @@
-"""Defaults from what a checkpoint records: `eval`, `pack` and `compress` given a file written by
-`deepshrink train` need neither --model nor --data (see `deepshrink.engine.checkpoint.recorded_model`)."""
+"""Defaults from what a checkpoint records: `eval` and `pack` given a file written by `deepshrink train`
+need neither --model nor --data (see `deepshrink.engine.checkpoint.recorded_model`); `compress` takes the
+same defaults in `deepshrink.spec.run_spec`, where every front end's run is resolved."""
 from __future__ import annotations
 
 from ..errors import UserError

@@ -36,6 +36,7 @@ class DatasetSpec:
     aliases: tuple[str, ...] = ()
     downloadable: bool = False
     needs_root: bool = True
+    input_shape: tuple[int, int, int] | None = None  # (C, H, W) of every image, where the format fixes it
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -52,6 +53,31 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
+def canonical_name(name: str) -> str:
+    """The registered name `name` spells (`CIFAR-10` -> `cifar10`); UserError listing the names if none."""
+    key = str(name).lower().replace("_", "-")
+    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
+           "stl-10": "stl10", "image-folder": "imagefolder"}.get(key, key)
+    if key not in DATASETS:
+        raise UserError(f"unknown data set {name!r}; choose one of: {', '.join(list_datasets())}")
+    return key
+
+
+def check_available(name: str, root: str | Path | None = None, download: bool = False) -> None:
+    """Raise now, with the not-found message `get_dataset` would give mid-run, when a split of `name` is in
+    none of the places searched and cannot be downloaded. Reads no images.
+
+    Example::
+
+        check_available("fashion-mnist")  # UserError naming the folders searched and the fixes, if absent
+    """
+    spec = DATASETS[canonical_name(name)]
+    if not spec.needs_root or (download and spec.downloadable):
+        return
+    for split in SPLITS:
+        find_root(spec.name, split, spec.probe, root, spec.aliases, spec.expected, download_hint=spec.downloadable)
+
+
 def get_dataset(name: str, split: str = "train", root: str | Path | None = None, download: bool = False,
                 **options):
     """Data set `name`, split "train" or "test", read from `root` or found on the search path.
@@ -62,11 +88,7 @@ def get_dataset(name: str, split: str = "train", root: str | Path | None = None,
     Returns a data set with `.targets`, `.classes`, `.num_classes`, `.in_channels`, `.image_size`,
     `.mean`, `.std`; `ds[i]` is (uint8 (C, H, W) tensor, int label).
     """
-    key = str(name).lower().replace("_", "-")
-    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
-           "stl-10": "stl10", "image-folder": "imagefolder"}.get(key, key)
-    if key not in DATASETS:
-        raise UserError(f"unknown data set {name!r}; choose one of: {', '.join(list_datasets())}")
+    key = canonical_name(name)
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} of {key}; choose 'train' or 'test'")
     spec = DATASETS[key]
@@ -99,7 +121,7 @@ def _folder_probe(root: Path, split: str) -> bool:
 def _idx_spec(name: str) -> DatasetSpec:
     return DatasetSpec(name, has_idx, lambda root, split: read_idx_dataset(root, name, split),
                        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-*.gz (IDX files)",
-                       downloadable=True)
+                       downloadable=True, input_shape=(1, 28, 28))
 
 
 def _cifar_spec(name: str, batches_dir: str, jpeg_dir: str) -> DatasetSpec:
@@ -114,7 +136,7 @@ def _cifar_spec(name: str, batches_dir: str, jpeg_dir: str) -> DatasetSpec:
         return read_image_folder(root, split, name=name, **options)
 
     return DatasetSpec(name, probe, read, f"{batches_dir}/ (python batches) or train/ and test/ class folders",
-                       aliases=(batches_dir, jpeg_dir), downloadable=True)
+                       aliases=(batches_dir, jpeg_dir), downloadable=True, input_shape=(3, 32, 32))
 
 
 def _read_svhn(root: Path, split: str):
@@ -176,13 +198,16 @@ register_dataset(_idx_spec("fashion-mnist"))
 register_dataset(_cifar_spec("cifar10", "cifar-10-batches-py", "cifar10-jpeg"))
 register_dataset(_cifar_spec("cifar100", "cifar-100-python", "cifar100-jpeg"))
 register_dataset(DatasetSpec("svhn", _probe_svhn, _read_svhn, "train_32x32.mat / test_32x32.mat",
-                             downloadable=True))
+                             downloadable=True, input_shape=(3, 32, 32)))
 register_dataset(DatasetSpec("stl10", _probe_stl10, _read_stl10,
-                             "stl10_binary/train_X.bin, train_y.bin, test_X.bin, test_y.bin", downloadable=True))
+                             "stl10_binary/train_X.bin, train_y.bin, test_X.bin, test_y.bin", downloadable=True,
+                             input_shape=(3, 96, 96)))
 register_dataset(DatasetSpec("imagefolder", _folder_probe,
                              lambda root, split, **options: read_image_folder(root, split, **options),
                              "train/<class>/*.jpg and test/ (or val/) class folders"))
 register_dataset(DatasetSpec("lmdb", _probe_lmdb, _read_lmdb, "train.lmdb and test.lmdb (deepshrink data to-lmdb)"))
-register_dataset(DatasetSpec("digits", lambda root, split: True, read_digits, "", needs_root=False))
+register_dataset(DatasetSpec("digits", lambda root, split: True, read_digits, "", needs_root=False,
+                             input_shape=(1, 8, 8)))
 
-__all__ = ["DATASETS", "DatasetSpec", "STATS", "get_dataset", "list_datasets", "register_dataset"]
+__all__ = ["DATASETS", "DatasetSpec", "STATS", "canonical_name", "check_available", "get_dataset", "list_datasets",
+           "register_dataset"]

@@ -228,6 +228,10 @@ class LayerwiseMethod(Method):
         self._inputs: dict[int, LayerInputs] = {}  # per model whose layer inputs are read (id -> stream)
         self.cache_fallbacks = 0  # blocks whose layers were read by whole-network passes (stream.py)
 
+    def training_epochs(self) -> float:
+        """Layer-wise methods read the calibration subset only, not `train.epochs`."""
+        return 0
+
     def solve(self, name: str, layer: nn.Module, weight: torch.Tensor, hessian: torch.Tensor | None,
               cfg) -> LayerSolution:
         """Compress one layer: `weight` (G, R, D) float64, `hessian` (G, D, D) float64 or None."""

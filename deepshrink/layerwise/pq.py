@@ -221,6 +221,10 @@ class PQ(KMeansPQ):
         super().__init__(recipe, layers)
         self.fused: dict = {}  # layers whose BatchNorm was folded in (fuse_bn): their bias trains too
 
+    def training_epochs(self) -> float:
+        """The global fine-tune on labelled data (`finetune_epochs`), PQ's only use of the training set."""
+        return self.config.finetune_epochs
+
     def solve(self, name, layer, weight, hessian, cfg) -> LayerSolution:
         solution = super().solve(name, layer, weight, hessian, cfg)
         if cfg.refit:

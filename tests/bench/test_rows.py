@@ -48,3 +48,15 @@ def test_list_shows_the_rows_of_a_suite_whose_base_is_not_trained_yet(tmp_path, 
     suite = load_suite("quick")
     assert all(f"key {row.key}" in printed for row in plan_rows(suite, trained_base_id(suite)))
     assert not out.exists()  # listing trains nothing and creates nothing
+
+
+def test_the_full_precision_row_is_the_fp32_method_planned_once():
+    """The reference row runs registered method `fp32` through run_compress; `all_methods` adds no second one."""
+    from deepshrink import list_methods
+    from deepshrink.bench import load_suite
+    from deepshrink.bench.plan import plan_rows
+
+    suite = load_suite({**SUITE, "rows": [], "all_methods": True})
+    methods = [row.method for row in plan_rows(suite, "sha256:x")]
+    assert methods[0] == "fp32" and methods.count("fp32") == 1 and "fp32" in list_methods()
+    assert sorted(methods) == list_methods()  # every registered method, once

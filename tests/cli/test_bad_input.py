@@ -118,10 +118,10 @@ def test_a_recipe_of_the_wrong_shape_is_named(recipe, message, tmp_path, capsys)
 def test_an_interrupt_says_how_to_resume_or_that_nothing_was_saved(tmp_path, capsys, monkeypatch):
     import deepshrink.pipeline
 
-    def interrupted(*args, out_dir, **kwargs):
-        if "saving" in str(out_dir):
-            (Path(out_dir) / "train").mkdir(parents=True)
-            (Path(out_dir) / "train" / "last.pt").write_bytes(b"a checkpoint")
+    def interrupted(spec, **kwargs):
+        if "saving" in str(spec.out):
+            (spec.out / "train").mkdir(parents=True)
+            (spec.out / "train" / "last.pt").write_bytes(b"a checkpoint")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(deepshrink.pipeline, "run_compress", interrupted)

@@ -82,7 +82,7 @@ def table(records: list[dict], stale: set[str] | None = None) -> tuple[list[list
     for r in rows:
         top1 = _num(r.get("top1"))
         delta = top1 - fp_top1 if top1 is not None and fp_top1 is not None and r is not baseline else None
-        pub = published_drop(r) if r is not baseline else None
+        pub = published_drop(r) if r is not baseline and labels else None  # drops are top-1 points
         pub_text = "—"
         if pub and _num(pub.get("drop")) is not None:
             source = str(pub.get("source", "published"))

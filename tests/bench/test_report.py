@@ -121,11 +121,12 @@ def test_a_suite_without_labels_ranks_rows_by_agreement_with_the_float_model(tmp
     fidelity = {"top1_agreement": 100.0, "logit_sqnr_db": None, "identical_logits": True}
     fp = {**FP, "top1": None, **fidelity}
     ldnq = {"key": "l", "method": "ldnq", "label": "L-DNQ", "status": "ok", "bytes": 7_000, "top1_agreement": 31.6,
-            "logit_sqnr_db": 3.96}
+            "logit_sqnr_db": 3.96, "settings": {"recipe": {"params": {"levels": 7}}}}  # has a published drop
     rtn = {"key": "r", "method": "ldnq_rtn", "label": "RTN", "status": "ok", "bytes": 7_000, "top1_agreement": 23.6,
            "logit_sqnr_db": 2.82}
-    lines, _, _ = table([fp, ldnq, rtn])
+    lines, notes, _ = table([fp, ldnq, rtn])
     assert [line[1] for line in lines] == ["full precision", "L-DNQ ★", "RTN"]  # fp32 agrees with itself: no point
+    assert notes == []  # published top-1 drops say nothing about agreement
     assert [line[-2:] for line in lines] == [["100.0", "∞ (identical)"], ["31.6", "3.96"], ["23.6", "2.82"]]
     report, plot = write_report(_write(tmp_path, [fp, ldnq, rtn]))
     text = report.read_text()

@@ -146,6 +146,9 @@ def run_compress(spec: RunSpec, *, data: DataBundle | None = None) -> dict:
     result = api.compress(net, recipe, train_data=bundle.train, val_data=bundle.val, calib_data=bundle.calib,
                           out_dir=out_dir / "train", device=device, inplace=True, resume=spec.resume)
     packed = out_dir / "model.dsz"
+    layer_report = getattr(result.model, "deepshrink_report", None)  # layer-wise methods: per-layer seconds, bits
+    if main_process and layer_report:
+        (out_dir / "layers.json").write_text(json.dumps(layer_report, indent=1, default=_plain) + "\n")
     if main_process:  # rank 0 alone packs and writes the run folder
         api.pack(result.model, packed, data={"name": spec.data.name, "input_shape": list(input_size),
                                              "mean": list(ds.mean), "std": list(ds.std),
@@ -191,6 +194,11 @@ def _load_on_every_rank(packed: Path) -> nn.Module:
 
 def _hw(size):
     return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _plain(value):
+    """A JSON value for a solver's figure (a 0-d tensor or numpy scalar) in a layer report."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def _write_json(path: Path, obj) -> None:

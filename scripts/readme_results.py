@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from deepshrink.bench.report import markdown_table
+from deepshrink.bench.report import label_free, markdown_table
 from deepshrink.bench.seeds import markdown as seeds_markdown
 from deepshrink.bench.seeds import mean_std, summarise
 from deepshrink.bench.stale import stale_keys
@@ -36,8 +36,10 @@ SUITES = [  # folder, heading; other folders with results follow in name order
     ("cifar10", "CIFAR-10 suite: the shared ResNet-20 on CIFAR-10 JPEG"),
     ("vit-cifar10", "Any model: a small ViT (`vit_tiny_cifar`, 38 M MACs) on CIFAR-10 JPEG, attention projections "
                     "compressed (base: 2 epochs, a weak 48.66%)"),
+    ("efficientnet-lite0", "EfficientNet-Lite0 (ImageNet weights) through the layer-wise methods at 224x224: fidelity "
+                           "to the float network on CIFAR-10 images, not ImageNet"),
 ]
-CURRENT = ("quick", "vit-cifar10")  # suites made with the validation split: in the README, not the history
+CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0")  # in the README, not the history
 
 
 def section(results_root: Path, relative_to: Path) -> str:
@@ -52,9 +54,9 @@ def section(results_root: Path, relative_to: Path) -> str:
         out += ["(no suite results yet: run `deepshrink bench --suite quick --out benchmarks/results/quick`)", ""]
     out += fresh_seed_tables(results_root)
     out += seed_repository_tables(results_root)
-    if (results_root / "vit-cifar10" / RESULTS_FILE).is_file():
-        out += suite_section(results_root / "vit-cifar10", relative_to)
-    out += efficientnet_table(results_root)
+    for name in ("vit-cifar10", "efficientnet-lite0"):
+        if (results_root / name / RESULTS_FILE).is_file():
+            out += suite_section(results_root / name, relative_to)
     out += runtime_tables(results_root)
     out += [f"Every earlier figure (seed 0 and 1, chosen on the test set before the validation split existed), "
             f"every probe and the FBS, Co-Prune and Meta-Quant studies: [{HISTORY}]({_rel(results_root.parent / HISTORY, relative_to)}).", ""]
@@ -72,6 +74,7 @@ def history(results_root: Path, relative_to: Path) -> str:
                      if p.parent.name not in CURRENT and not p.parent.name.startswith(SEED_PREFIXES))
     for folder in folders:
         out += suite_section(folder, relative_to)
+    out += efficientnet_table(results_root)
     out += target_tables(results_root)
     return "\n".join(out).rstrip() + "\n"
 
@@ -94,9 +97,13 @@ def suite_section(folder: Path, relative_to: Path) -> list[str]:
         timing += " in one uninterrupted run"
     elif runs:
         timing += f" over {len(runs)} invocation(s) (resumed)"
-    out += [timing + ".", "", markdown_table(records, heading_level=4, stale=stale_keys(folder)), ""]
+    out += [timing + "."]
+    note = next((r["data_note"] for r in reversed(records) if r.get("data_note")), None)
+    out += ["", f"Data: {note}"] if note else []  # what the images are, e.g. not the model's own data set
+    out += ["", markdown_table(records, heading_level=4, stale=stale_keys(folder)), ""]
+    what = "top-1 agreement with the float model" if label_free(records) else "top-1"
     if (folder / "pareto.png").is_file():
-        out += [f"![{folder.name}: top-1 against packed size]({_rel(folder / 'pareto.png', relative_to)})", ""]
+        out += [f"![{folder.name}: {what} against packed size]({_rel(folder / 'pareto.png', relative_to)})", ""]
     return out
 
 
@@ -172,12 +179,16 @@ def _drops(row: dict | None) -> str:
 
 
 def efficientnet_table(results_root: Path) -> list[str]:
-    """EfficientNet-Lite0's layer-wise table, as its benchmark script writes it (headings one level down)."""
+    """EfficientNet-Lite0's first layer-wise table, as the retired benchmarks/efficientnet_lite0_layerwise.py wrote
+    it (headings one level down); the suite `efficientnet-lite0` makes its figures now."""
     path = results_root / "efficientnet_lite0_layerwise.md"
     if not path.is_file():
         return []
     lines = path.read_text().splitlines()
-    return [("##" + line if line.startswith("#") else line) for line in lines] + [""]
+    return [("##" + line if line.startswith("#") else line) for line in lines[:1]] + [
+        "", "Made by a script since replaced by `deepshrink bench --suite efficientnet-lite0`, which uses the settings of the "
+        "`--calib 200` table; kept for comparison."] + \
+        [("##" + line if line.startswith("#") else line) for line in lines[1:]] + [""]
 
 
 def runtime_tables(results_root: Path) -> list[str]:

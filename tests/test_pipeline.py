@@ -22,6 +22,16 @@ def test_compress_cli_writes_a_run_folder_whose_figures_come_from_the_packed_fil
     assert metrics["val_top1"] == pytest.approx(metrics["val_top1_in_memory"], abs=1e-6)
 
 
+def test_a_layerwise_run_folder_holds_the_drivers_layer_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compress", "--method", "ldnq_rtn", "--model", "lenet300", "--model-args", "input_size=8",
+                 "--data", "digits", "--out", str(out), "--set", "params.levels=3"]) == 0
+    report = json.loads((out / "layers.json").read_text())  # read by the bench's layer_seconds measure
+    assert list(report["layers"]) == ["fc2"]  # the 300->100 layer; first and last stay fp32
+    assert report["seconds"] == pytest.approx(report["layers"]["fc2"]["seconds"])
+    assert report["layers"]["fc2"]["numel"] == 300 * 100 and report["bits_per_weight"] < 3
+
+
 def test_compress_cli_refuses_both_recipe_and_method(tmp_path, capsys):
     code = main(["compress", "--method", "bwn", "--recipe", "bwn", "--model", "lenet300", "--data", "digits",
                  "--out", str(tmp_path / "r")])

@@ -4,7 +4,8 @@
     summary = run_suite(load_suite("quick"), "runs/demo")   # resumable; see runs/demo/report.md
 
 A suite is YAML (`deepshrink/bench/suites/*.yaml`); each finished row is appended to
-`results.jsonl`; `report.md` and `pareto.png` are rebuilt after every row.
+`results.jsonl`; `report.md` and `pareto.png` are rebuilt after every row. Figures beyond accuracy are
+named measures (`bench.measures`); a suite may draw and prepare its own images (`bench.data`).
 """
 from .pareto import pareto_front
 from .plan import PlannedRow, plan_rows

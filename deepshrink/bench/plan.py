@@ -1,9 +1,10 @@
 """Turn a suite into the concrete rows to run: full-precision row first, recipes resolved, keys computed.
 
-A row's key is a hash of everything that changes its result: the model, data set and seed of the
-suite, the base checkpoint's content, the method and its fully resolved recipe (defaults filled in,
-`--set` overrides and the budget applied). Change any of them and the row runs again; change nothing
-and a finished row is never recomputed.
+A row's key is a hash of everything that changes its result: the model, data set (with how its images
+are drawn and prepared, when the suite says) and seed of the suite, the base checkpoint's content, the
+method and its fully resolved recipe (defaults filled in, `--set` overrides and the budget applied).
+Change any of them and the row runs again; change nothing and a finished row is never recomputed. A row's
+measures are not in its key: they observe the row without changing what it computes.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class PlannedRow:
     overrides: list = field(default_factory=list)
     recipe: dict | None = None  # the resolved recipe (Recipe.to_dict()); None for the full-precision row
     error: str | None = None
+    measures: list = field(default_factory=list)  # measure names (the suite's and the row's)
 
     @property
     def method(self) -> str:
@@ -42,9 +44,9 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
     """The suite's rows in run order: the full-precision reference, then the listed rows, then (with
     `all_methods`) a default row for every registered method the suite does not list.
 
-    `only` keeps the rows of those methods or shipped recipe names (the full-precision row is always kept:
-    every drop is measured against it); `epochs` replaces every row's fine-tune budget; `methods` is the list of
-    registered method names (default: the registry's).
+    `only` keeps the rows of those methods, shipped recipe names or labels (the full-precision row is always
+    kept: every drop is measured against it); `epochs` replaces every row's fine-tune budget; `methods` is the
+    list of registered method names (default: the registry's).
     """
     if methods is None:
         from ..registry import list_methods
@@ -58,12 +60,13 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
         wanted = {m.strip().lower() for m in only if m.strip()}
         unknown = wanted - {name for s in specs for name in _names(s)}
         if unknown:
-            raise UserError(f"--only: no row of method or recipe {sorted(unknown)} in suite {suite.name!r}; "
+            raise UserError(f"--only: no row of method, recipe or label {sorted(unknown)} in suite {suite.name!r}; "
                             f"its methods: {', '.join(sorted({s.method for s in specs}))}")
         specs = [s for s in specs if s.method == BASELINE or wanted & _names(s)]
     planned, seen = [], set()
     for spec in specs:
         row = _plan(suite, spec, base_id, epochs, methods)
+        row.measures = suite.row_measures(spec)
         if row.key not in seen:  # two rows with identical settings are one row
             planned.append(row)
             seen.add(row.key)
@@ -71,8 +74,8 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
 
 
 def _names(spec: RowSpec) -> set[str]:
-    """What `--only` matches a row by: its method, and the shipped recipe it names (e.g. dorefa-w8a8)."""
-    return {spec.method} | ({spec.recipe.lower()} if isinstance(spec.recipe, str) else set())
+    """What `--only` matches a row by: its method, the shipped recipe it names (e.g. dorefa-w8a8), its label."""
+    return {spec.method, _label_of(spec).lower()} | ({spec.recipe.lower()} if isinstance(spec.recipe, str) else set())
 
 
 def _plan(suite: Suite, spec: RowSpec, base_id: str, epochs, methods) -> PlannedRow:
@@ -86,7 +89,7 @@ def _plan(suite: Suite, spec: RowSpec, base_id: str, epochs, methods) -> Planned
     overrides = [f"train.seed={suite.seed}", f"calib.seed={suite.seed}"] + \
         RowSpec(spec.method, budget=budget, set=spec.set).overrides()
     source = spec.recipe if spec.recipe is not None else default_recipe(spec.method)
-    label = spec.label or _auto_label(spec)
+    label = _label_of(spec)
     try:
         if spec.method not in methods:
             raise UserError(f"method {spec.method!r} is not registered; registered: {', '.join(methods)}")
@@ -107,6 +110,10 @@ def default_recipe(method: str):
     from ..config import list_recipes
 
     return method if method in list_recipes() else {"method": method}
+
+
+def _label_of(spec: RowSpec) -> str:
+    return spec.label or _auto_label(spec)
 
 
 def _auto_label(spec: RowSpec) -> str:

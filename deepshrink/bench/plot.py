@@ -49,7 +49,7 @@ def split_collapsed(rows: list[dict], chance: float | None = None,
     return kept, [r for r in rows if r["top1"] < floor], floor
 
 
-def draw_pareto(rows: list[dict], title: str = "", chance: float | None = None):
+def draw_pareto(rows: list[dict], title: str = "", chance: float | None = None, ylabel: str = "top-1 accuracy (%)"):
     """The figure `plot_pareto` saves (matplotlib Agg), returned open so a caller can inspect it.
 
     Point labels carry the gid `LABEL_GID`, the collapsed-row note `NOTE_GID`, the numbered key
@@ -72,7 +72,7 @@ def draw_pareto(rows: list[dict], title: str = "", chance: float | None = None):
     bottom = (0.55 + 0.16 * len(note)) / fig.get_figheight()  # room for the x label and the note
     ax = fig.add_axes((0.07, bottom, 0.75, 0.92 - bottom))
     _scatter(ax, drawn, methods, plt.get_cmap("tab20"))
-    _set_axes(ax, drawn, title)
+    _set_axes(ax, drawn, title, ylabel)
     renderer = fig.canvas.get_renderer()
     labelled = _label_points(ax, renderer, drawn, [r.get("label", r.get("method", "?")) for r in drawn],
                              _NEAR_RADII)
@@ -89,12 +89,14 @@ def draw_pareto(rows: list[dict], title: str = "", chance: float | None = None):
     return fig
 
 
-def plot_pareto(rows: list[dict], path, title: str = "", chance: float | None = None) -> Path | None:
+def plot_pareto(rows: list[dict], path, title: str = "", chance: float | None = None,
+                ylabel: str = "top-1 accuracy (%)") -> Path | None:
     """Draw top-1 against packed size (log x), one marker per method, the front as a staircase.
 
     `rows` are result records with `label`, `method`, `bytes`, `top1`; rows missing either figure
     are left out; collapsed rows (see `split_collapsed`; `chance` is top-1 % by guessing) are named
-    in a note instead of drawn. Returns the written path, or None when no row has both figures.
+    in a note instead of drawn; `ylabel` names what `top1` holds (a suite without labels plots agreement
+    with the float model there). Returns the written path, or None when no row has both figures.
 
     Example::
 
@@ -102,7 +104,7 @@ def plot_pareto(rows: list[dict], path, title: str = "", chance: float | None = 
     """
     import matplotlib.pyplot as plt
 
-    fig = draw_pareto(rows, title, chance)
+    fig = draw_pareto(rows, title, chance, ylabel)
     if fig is None:
         return None
     path = Path(path)
@@ -128,7 +130,7 @@ def _marker_area(method: str) -> float:
     return 110 if method == "fp32" else 55  # points squared, as scatter's `s`
 
 
-def _set_axes(ax, rows: list[dict], title: str) -> None:
+def _set_axes(ax, rows: list[dict], title: str, ylabel: str) -> None:
     """Fix both limits now: labels are placed in pixels, so the axes must not move afterwards."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -142,7 +144,7 @@ def _set_axes(ax, rows: list[dict], title: str) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _human_bytes(x)))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("packed file size (log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "accuracy against packed size", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
 

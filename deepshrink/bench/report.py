@@ -2,13 +2,17 @@
 
 `write_report(DIR)` rebuilds `DIR/report.md` and `DIR/pareto.png` from `DIR/results.jsonl`;
 `render_text(records)` is the same table for a terminal (`deepshrink report DIR`). Every figure may be
-missing from a record: it is shown as unknown, never as zero.
+missing from a record: it is shown as unknown, never as zero. The figures of named measures
+(`bench.measures`) follow as columns headed as their measure says. In a suite whose labels are not the
+model's (no row has a top-1) the top-1 columns go, and top-1 agreement with the float model takes top-1's
+place on the Pareto front and the plot.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+from .measures import MEASURES
 from .pareto import pareto_front
 from .plot import plot_pareto
 from .published import published_drop
@@ -18,6 +22,33 @@ from .suite import BASELINE
 
 COLUMNS = ["method", "setting", "top-1 %", "val top-1 %", "Δ top-1", "Δ reported elsewhere", "size", "ratio",
            "MACs", "BOPs", "time", "epochs"]
+LABEL_COLUMNS = ("top-1 %", "val top-1 %", "Δ top-1", "Δ reported elsewhere")  # scored against the data's labels
+
+
+def label_free(records: list[dict]) -> bool:
+    """True when no row has a top-1 but some row has a top-1 agreement: a suite whose labels are not the
+    model's classes (`data: {labels: false}`)."""
+    return not any(_num(r.get("top1")) is not None for r in records) and \
+        any(_num(r.get("top1_agreement")) is not None for r in records)
+
+
+def score(record: dict, labels: bool = True):
+    """The figure the Pareto front and plot rank rows by: top-1, or top-1 agreement without labels."""
+    return _num(record.get("top1" if labels else "top1_agreement"))
+
+
+def columns(records: list[dict]) -> list[str]:
+    """The table's columns: COLUMNS (without the top-1 ones in a label-free suite), then one per measure
+    figure that some record holds, in the measures' registration order."""
+    ok = [r for r in records if r.get("status", "ok") == "ok"]
+    base = [c for c in COLUMNS if c not in LABEL_COLUMNS] if label_free(ok) else list(COLUMNS)
+    return base + [heading for _, heading, _ in _measure_figures(ok)]
+
+
+def _measure_figures(records: list[dict]) -> list[tuple[str, str, object]]:
+    """(record field, heading, format) of every measure figure present in `records`."""
+    return [(name, heading, fmt) for measure in MEASURES.values() for name, (heading, fmt) in measure.figures.items()
+            if any(name in r for r in records)]
 
 
 def split_records(records: list[dict]) -> tuple[dict | None, list[dict], list[dict]]:
@@ -40,13 +71,18 @@ def table(records: list[dict], stale: set[str] | None = None) -> tuple[list[list
     fp_top1 = _num(baseline.get("top1")) if baseline else None
     rows = [baseline] if baseline else []
     rows += others
-    front = {id(rows[i]) for i in pareto_front([(_num(r.get("bytes")), _num(r.get("top1"))) for r in rows])}
+    labels = not label_free(rows)
+    # without labels the full-precision row agrees with itself by definition: it is no point on the front
+    ranked = rows if labels else others
+    front = {id(ranked[i]) for i in pareto_front([(_num(r.get("bytes")), score(r, labels)) for r in ranked])}
+    wanted = columns(rows)
+    figures = _measure_figures(rows)
     notes: list[str] = []
     lines = []
     for r in rows:
         top1 = _num(r.get("top1"))
         delta = top1 - fp_top1 if top1 is not None and fp_top1 is not None and r is not baseline else None
-        pub = published_drop(r) if r is not baseline else None
+        pub = published_drop(r) if r is not baseline and labels else None  # drops are top-1 points
         pub_text = "—"
         if pub and _num(pub.get("drop")) is not None:
             source = str(pub.get("source", "published"))
@@ -55,12 +91,25 @@ def table(records: list[dict], stale: set[str] | None = None) -> tuple[list[list
             pub_text = f"{-_num(pub['drop']):+.2f} [{notes.index(source) + 1}]"
         label = str(r.get("label") or r.get("method") or "?") + (" ★" if id(r) in front else "")
         label += " (stale)" if r.get("key") in stale else ""
-        lines.append([str(r.get("method", "?")), label, _fmt(top1, "{:.2f}"), _fmt(_num(r.get("val_top1")), "{:.2f}"),
-                      _fmt(delta, "{:+.2f}"), pub_text,
-                      _bytes(r.get("bytes")), _fmt(_num(r.get("ratio")), "{:.1f}x"), _count(r.get("macs")),
-                      _count(r.get("bops")), _secs(r.get("compress_seconds", r.get("wall_seconds"))),
-                      _fmt(_num(r.get("epochs")), "{:g}")])
+        cells = [str(r.get("method", "?")), label, _fmt(top1, "{:.2f}"), _fmt(_num(r.get("val_top1")), "{:.2f}"),
+                 _fmt(delta, "{:+.2f}"), pub_text,
+                 _bytes(r.get("bytes")), _fmt(_num(r.get("ratio")), "{:.1f}x"), _count(r.get("macs")),
+                 _count(r.get("bops")), _secs(r.get("compress_seconds", r.get("wall_seconds"))),
+                 _fmt(_num(r.get("epochs")), "{:g}")]
+        by_heading = dict(zip(COLUMNS, cells))
+        by_heading.update({heading: _cell(r, name, fmt) for name, heading, fmt in figures})
+        lines.append([by_heading[c] for c in wanted])
     return lines, notes, failed
+
+
+def _cell(record: dict, name: str, fmt) -> str:
+    """A measure figure as its measure formats it: a pattern ("{:.1f}") or a function of the record."""
+    if callable(fmt):
+        return fmt(record)
+    value = record.get(name)
+    if _num(value) is not None:
+        return fmt.format(value)
+    return "—" if value is None else str(value)
 
 
 def render_markdown(records: list[dict], title: str = "", stale: set[str] | None = None) -> str:
@@ -71,20 +120,32 @@ def render_markdown(records: list[dict], title: str = "", stale: set[str] | None
     if meta.get("command"):
         out += [f"Produced by `{meta['command']}` (deepshrink {meta.get('version', '?')}, seed "
                 f"{meta.get('seed', '?')}); every row's settings are in `{RESULTS_FILE}`.", ""]
-    out += [markdown_table(records, stale=stale), "", "![accuracy against packed size](pareto.png)", ""]
+    if meta.get("data_note"):
+        out += [f"Data: {meta['data_note']}", ""]
+    what = "top-1 agreement with the float model" if label_free(records) else "accuracy"
+    out += [markdown_table(records, stale=stale), "", f"![{what} against packed size](pareto.png)", ""]
     return "\n".join(out)
 
 
 def markdown_table(records: list[dict], heading_level: int = 2, stale: set[str] | None = None) -> str:
     """The results table in Markdown with its legend, published-source notes and failed rows."""
     lines, notes, failed = table(records, stale)
-    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    heads = columns(records)
+    out = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
-    out += ["", "top-1: the test split, scored once at the end; val top-1: the validation split held out of the "
-            "training data, on which every choice was made. Δ top-1: test points against the full-precision row, on "
-            "this suite's data. ★: on the Pareto front "
-            "(no other row is both smaller and more accurate). size: bytes of the packed `.dsz` file; "
-            "ratio: against the fp32 weights; time: compression wall time on this machine."]
+    if label_free(records):
+        out += ["", "No top-1: this suite's data labels are not the model's classes. ★: on the Pareto front (no other "
+                "row is both smaller and agrees more often with the float model). size: bytes of the packed `.dsz` "
+                "file; ratio: against the fp32 weights; time: compression wall time on this machine."]
+    else:
+        out += ["", "top-1: the test split, scored once at the end; val top-1: the validation split held out of the "
+                "training data, on which every choice was made. Δ top-1: test points against the full-precision row, "
+                "on this suite's data. ★: on the Pareto front "
+                "(no other row is both smaller and more accurate). size: bytes of the packed `.dsz` file; "
+                "ratio: against the fp32 weights; time: compression wall time on this machine."]
+    shown = {heading for _, heading, _ in _measure_figures(records)}
+    legend = [(", ".join(h for h, _ in m.figures.values() if h in shown), m.doc) for m in MEASURES.values()]
+    out += ([""] + [f"- {heads}: {doc}" for heads, doc in legend if heads]) if shown else []
     if stale and any(line[1].endswith("(stale)") for line in lines):
         out += ["", "(stale): made by settings the current code no longer resolves this row to; run the suite again."]
     if notes:
@@ -103,11 +164,13 @@ def render_text(records: list[dict], stale: set[str] | None = None) -> str:
     lines, notes, failed = table(records, stale)
     if not lines and not failed:
         return "no results yet"
-    grid = [COLUMNS] + lines
-    widths = [max(len(row[i]) for row in grid) for i in range(len(COLUMNS))]
+    heads = columns(records)
+    grid = [heads] + lines
+    widths = [max(len(row[i]) for row in grid) for i in range(len(heads))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in grid]
     text.insert(1, "  ".join("-" * w for w in widths))
-    text += ["", "Δ top-1 vs the full-precision row; ★ on the Pareto front; size = packed .dsz file."]
+    text += ["", ("no top-1: the data's labels are not the model's classes" if label_free(records) else
+                  "Δ top-1 vs the full-precision row") + "; ★ on the Pareto front; size = packed .dsz file."]
     text += [f"reported elsewhere [{i}] (their network and data, not this suite's): {note}"
              for i, note in enumerate(notes, 1)]
     for r in failed:
@@ -126,9 +189,14 @@ def write_report(out_dir, title: str = "") -> tuple[Path, Path | None]:
     tmp.replace(report)
     suite = next((r["suite"] for r in reversed(records) if r.get("suite")), out_dir.name)
     classes = _num(baseline.get("classes")) if baseline else None
-    plot = plot_pareto(([baseline] if baseline else []) + others, out_dir / "pareto.png",
-                       title=f"deepshrink bench {suite}: top-1 against packed size",
-                       chance=100 / classes if classes else None)
+    if label_free(records):  # agreement in top-1's place; the float row agrees with itself: not drawn
+        plot = plot_pareto([{**r, "top1": r.get("top1_agreement")} for r in others], out_dir / "pareto.png",
+                           title=f"deepshrink bench {suite}: top-1 agreement with the float model against packed size",
+                           ylabel="top-1 agreement with the float model (%)")
+    else:
+        plot = plot_pareto(([baseline] if baseline else []) + others, out_dir / "pareto.png",
+                           title=f"deepshrink bench {suite}: top-1 against packed size",
+                           chance=100 / classes if classes else None)
     return report, plot
 
 

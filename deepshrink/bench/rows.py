@@ -23,7 +23,7 @@ def run_row(task: RowTask) -> dict:
     """Run one planned row and return its figures (top1, top5, bytes, ratio, macs, bops, classes, ...)."""
     from ..pipeline import run_compress
 
-    metrics = run_compress(spec_from_row(task))
+    metrics = run_compress(spec_from_row(task), data=task.data)  # data: a suite's own draws (bench.data)
     return {_RENAME.get(k, k): metrics[k] for k in _KEEP if metrics.get(k) is not None}
 
 

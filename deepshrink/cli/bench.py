@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--suite", required=True, help=f"a shipped suite ({', '.join(suite_names())}) or a suite YAML file")
     p.add_argument("--out", required=True, help="results folder (created; reused to resume)")
     p.add_argument("--base", help="full-precision checkpoint every row starts from (overrides the suite's)")
-    p.add_argument("--only", help="comma-separated methods or shipped recipe names to run, e.g. lsq or "
+    p.add_argument("--only", help="comma-separated methods, shipped recipe names or row labels to run, e.g. lsq or "
                                   "dorefa-w8a8 (the full-precision row always runs)")
     p.add_argument("--epochs", type=float, default=None, help="fine-tune epochs for every row (overrides the "
                                                               "suite's budgets; changes the rows' identity)")
@@ -39,6 +39,8 @@ def run(args) -> int:
         return list_rows(suite, args)
     summary = run_suite(suite, args.out, base=args.base, only=only, epochs=args.epochs,
                         command=_command(args), log=_log)
+    if summary.get("skipped_reason"):  # already said in one line; not a failure (a machine without the extra)
+        return 0
     print_table(args.out, summary)
     return 1 if summary["failed"] else 0
 
@@ -50,13 +52,19 @@ def list_rows(suite, args) -> int:
     from ..bench.results import RESULTS_FILE, latest_by_key, read_results
     from ..bench.runner import resolve_base, trained_base_id, trained_base_path
 
+    from ..bench.suite import SuiteSkipped
+
     untrained = not (args.base or suite.base.get("checkpoint")) and suite.base.get("train") and \
         not trained_base_path(suite, args.out).is_file()
     if untrained:  # the rows' keys name such a base by its settings: they are known before it is trained
         base_id = trained_base_id(suite)
         print(f"base: not trained yet ({trained_base_path(suite, args.out)}); the first run of the suite trains it")
     else:
-        base, base_id = resolve_base(suite, Path(args.out), args.base, _no_training, _log)
+        try:
+            base, base_id = resolve_base(suite, Path(args.out), args.base, _no_training, _log)
+        except SuiteSkipped as exc:  # as `bench` without --list: one line, not a failure
+            _log(f"[bench] {exc}")
+            return 0
     latest = latest_by_key(read_results(Path(args.out) / RESULTS_FILE))
     rows = plan_rows(suite, base_id, only=args.only.split(",") if args.only else None, epochs=args.epochs)
     for i, row in enumerate(rows, 1):

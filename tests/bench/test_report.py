@@ -115,3 +115,20 @@ def test_a_suite_seed_reaches_every_row_and_gives_new_rows():
     seed2 = plan_rows(dataclasses.replace(suite, seed=2), "base")
     assert all(row.recipe["train"]["seed"] == 2 and row.recipe["calib"]["seed"] == 2 for row in seed2[1:])
     assert not {row.key for row in seed0} & {row.key for row in seed2}
+
+
+def test_a_suite_without_labels_ranks_rows_by_agreement_with_the_float_model(tmp_path):
+    fidelity = {"top1_agreement": 100.0, "logit_sqnr_db": None, "identical_logits": True}
+    fp = {**FP, "top1": None, **fidelity}
+    ldnq = {"key": "l", "method": "ldnq", "label": "L-DNQ", "status": "ok", "bytes": 7_000, "top1_agreement": 31.6,
+            "logit_sqnr_db": 3.96, "settings": {"recipe": {"params": {"levels": 7}}}}  # has a published drop
+    rtn = {"key": "r", "method": "ldnq_rtn", "label": "RTN", "status": "ok", "bytes": 7_000, "top1_agreement": 23.6,
+           "logit_sqnr_db": 2.82}
+    lines, notes, _ = table([fp, ldnq, rtn])
+    assert [line[1] for line in lines] == ["full precision", "L-DNQ ★", "RTN"]  # fp32 agrees with itself: no point
+    assert notes == []  # published top-1 drops say nothing about agreement
+    assert [line[-2:] for line in lines] == [["100.0", "∞ (identical)"], ["31.6", "3.96"], ["23.6", "2.82"]]
+    report, plot = write_report(_write(tmp_path, [fp, ldnq, rtn]))
+    text = report.read_text()
+    assert "| top-1 %" not in text and "| top-1 agreement % | logit SQNR dB |" in text and plot.is_file()
+    assert "- top-1 agreement %, logit SQNR dB: Top-1 agreement with the float base model" in text

@@ -92,7 +92,10 @@ def test_only_runs_the_named_methods_and_the_reference(tmp_path, toy_suite, stub
     runner = stub_runner()
     _run(toy_suite(), tmp_path / "out", runner, base=base_file, only=["toyb"])
     assert runner.calls == ["full precision", "toyb"]
-    with pytest.raises(UserError, match=r"--only: no row of method or recipe \['bwx'\]"):
+    by_label = stub_runner()
+    _run(toy_suite(), tmp_path / "labels", by_label, base=base_file, only=["toya bits=4"])
+    assert by_label.calls == ["full precision", "toya bits=4"]  # a row label picks one row of a method
+    with pytest.raises(UserError, match=r"--only: no row of method, recipe or label \['bwx'\]"):
         _run(toy_suite(), tmp_path / "out", runner, base=base_file, only=["bwx"])
 
 
@@ -199,3 +202,20 @@ def test_report_shows_only_the_suites_current_rows(tmp_path, toy_suite, stub_run
     _run(toy_suite(), tmp_path / "out", stub_runner(), base=base_file, epochs=3, only=["toyb"])
     assert len(current_results(tmp_path / "out")) == 4  # --only runs part of the suite; the plan is all of it
     assert (tmp_path / "out" / "report.md").read_text().count("| toya |") == 2
+
+
+def test_measures_add_figures_without_changing_row_keys(tmp_path, toy_suite, stub_runner, base_file):
+    plain = _run(toy_suite(), tmp_path / "plain", stub_runner(), base=base_file)
+    measured = toy_suite(measures=["peak_rss"])
+    measured["rows"][2]["measures"] = ["layer_seconds"]  # toyb also gets the driver's layer times
+    runner = stub_runner()
+    summary = _run(measured, tmp_path / "out", runner, base=base_file)
+    assert summary["ran"] == plain["ran"] == 4
+    records = read_results(tmp_path / "out" / "results.jsonl")
+    assert [r["key"] for r in records] == [r["key"] for r in read_results(tmp_path / "plain" / "results.jsonl")]
+    assert all(r["peak_rss_mb"] > 0 and r["peak_rss_scope"] == "row" for r in records)
+    assert "layer_seconds" not in records[-1]  # the stub writes no layers.json: nothing to read, no figure
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| peak RSS |" in report and "- peak RSS: Peak resident memory" in report
+    again = stub_runner()
+    assert _run(measured, tmp_path / "out", again, base=base_file)["skipped"] == 4 and again.calls == []

@@ -136,8 +136,11 @@ def run_compress(spec: RunSpec, *, data: DataBundle | None = None) -> dict:
     net = build_model(spec.model.name, spec.model.args, spec.model.base, num_classes=ds.num_classes,
                       in_channels=ds.in_channels).to(device)
     input_size = (ds.in_channels, *_hw(ds.image_size))
+    # the model's own class count: a model run on data whose labels are not its classes (an ImageNet
+    # network on CIFAR-10 images, a label-free bench suite) is built with num_classes in its arguments
+    classes = int(dict(spec.model.args or {}).get("num_classes", ds.num_classes))
     metrics = {"method": recipe.method, "model": spec.model.name, "data": spec.data.name, "seed": recipe.train.seed,
-               "version": __version__, "fp32_bytes": fp32_bytes(net), "classes": ds.num_classes}
+               "version": __version__, "fp32_bytes": fp32_bytes(net), "classes": classes}
     if spec.evaluate_base:
         metrics["base_val_top1"] = api.evaluate(net, bundle.val, task="evaluate base, val")["top1"]
         metrics["base_top1"] = api.evaluate(net, bundle.test, task="evaluate base, test")["top1"]
@@ -152,7 +155,7 @@ def run_compress(spec: RunSpec, *, data: DataBundle | None = None) -> dict:
     if main_process:  # rank 0 alone packs and writes the run folder
         api.pack(result.model, packed, data={"name": spec.data.name, "input_shape": list(input_size),
                                              "mean": list(ds.mean), "std": list(ds.std),
-                                             "num_classes": ds.num_classes})
+                                             "num_classes": classes})
     reloaded = _load_on_every_rank(packed).to(device)
     # under torchrun: each rank its shard
     from_file = api.evaluate(reloaded, bundle.val, task=f"evaluate {packed.name}, val")

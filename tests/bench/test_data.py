@@ -17,7 +17,7 @@ from deepshrink.errors import UserError
 DIGITS = {"name": "digits", "calib": {"split": "train", "per_class": 3},
           "eval": {"split": "test", "per_class": 5}, "batch_size": 10, "labels": False,
           "note": "digits standing in for another data set"}
-SUITE = {"name": "digits-free", "model": {"name": "lenet300", "args": {"input_size": 8}}, "data": DIGITS,
+SUITE = {"name": "digits-free", "model": {"name": "lenet300", "args": {"input_size": 8, "num_classes": 12}}, "data": DIGITS,
          "base": {"train": {"epochs": 1, "lr": 0.05, "batch_size": 64}}, "seed": 0,
          "measures": ["fidelity", "layer_seconds", "bits_per_weight", "peak_rss"],
          "rows": [{"method": "ldnq_rtn", "set": ["params.levels=3"], "label": "round-to-nearest 3 levels"},
@@ -109,6 +109,11 @@ def test_a_label_free_suite_reports_fidelity_and_resumes(tmp_path):
     assert rtn["top1_agreement"] < 100 and rtn["logit_sqnr_db"] > 0 and rtn["bits_per_weight"] < 3
     assert rtn["compressed_layers"] == 1 and rtn["layer_seconds"] >= 0  # lenet300: fc1 and fc3 stay float
     assert bwn["status"] == "failed" and "a method that trains cannot run here" in bwn["error"]
+    from deepshrink.packing.format import recorded_data
+
+    # the file records the model's 12 classes, not the 10 of the data it was calibrated on
+    assert recorded_data(out / "rows" / next((out / "rows").glob("round-to-nearest*")).name / "model.dsz")[
+        "num_classes"] == 12
     report = render_markdown(read_results(out / "results.jsonl"))
     header = next(line for line in report.splitlines() if line.startswith("| method"))
     assert "top-1 %" not in header and "top-1 agreement %" in header and "peak RSS" in header

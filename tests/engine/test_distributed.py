@@ -1,8 +1,5 @@
 """Two DDP processes (torchrun, gloo on CPU) follow the single-process run with the same global batch."""
 import os
-import socket
-import subprocess
-import sys
 
 import torch
 
@@ -12,18 +9,9 @@ ARGS = ["train", "--model", "lenet300", "--model-args", "input_size=8", "--data"
         "--lr", "0.05", "--max-steps-per-epoch", "12", "--seed", "1"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_two_process_ddp_matches_single_process_with_the_same_global_batch(tmp_path):
+def test_two_process_ddp_matches_single_process_with_the_same_global_batch(tmp_path, torchrun):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "deepshrink"]
-    done = subprocess.run(launch + ARGS + ["--batch-size", "16", "--out", str(tmp_path / "ddp"), "--json"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(ARGS + ["--batch-size", "16", "--json"], tmp_path / "ddp", env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count('"steps": 12') == 1  # only rank 0 reports
     assert main(ARGS + ["--batch-size", "32", "--out", str(tmp_path / "single")]) == 0
@@ -43,16 +31,13 @@ COMPRESS = ["compress", "--method", "bwn", "--model", "lenet300", "--model-args"
             "--set", "train.seed=1"]
 
 
-def test_compress_under_torchrun_trains_data_parallel_and_equals_one_process(tmp_path):
+def test_compress_under_torchrun_trains_data_parallel_and_equals_one_process(tmp_path, torchrun):
     """`torchrun -m deepshrink compress`: the loaders are split by rank, rank 0 alone writes the run folder,
     and 2 processes x 16 images give the model 1 process x 32 images gives."""
     import deepshrink
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "deepshrink"]
-    done = subprocess.run(launch + COMPRESS + ["--set", "train.batch_size=16", "--out", str(tmp_path / "ddp")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(COMPRESS + ["--set", "train.batch_size=16"], tmp_path / "ddp", env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("bwn: test top-1") == 1  # only rank 0 reports
     assert main(COMPRESS + ["--set", "train.batch_size=32", "--out", str(tmp_path / "single")]) == 0

@@ -96,11 +96,8 @@ def test_fewer_calibration_batches_than_processes_is_refused(monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["ldnq", "lobs"])
-def test_two_processes_write_the_codes_one_process_writes(method, tmp_path, single_ldnq):
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "deepshrink"]
-    done = subprocess.run(launch + COMMON + METHODS[method] + ["--out", str(tmp_path / "ddp")],
-                          env=ENV, capture_output=True, text=True, timeout=300)
+def test_two_processes_write_the_codes_one_process_writes(method, tmp_path, single_ldnq, torchrun):
+    done = torchrun(COMMON + METHODS[method], tmp_path / "ddp", ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(f"{method}: test top-1") == 1  # only rank 0 reports
     if method == "ldnq":

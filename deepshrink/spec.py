@@ -105,7 +105,7 @@ class RunSpec:
         recipe = self.recipe.to_dict()
         recipe["params"] = dataclasses.asdict(self.recipe.method_config())
         data = self.data
-        return _plain({
+        return plain_values({
             "model": dataclasses.asdict(self.model),
             "data": {"name": data.name, "root": data.root, "download": data.download,
                      "train_subset": data.train_subset, "splits": data.splits(),
@@ -219,10 +219,10 @@ def _tuple(values) -> tuple | None:
     return None if values is None else tuple(values)
 
 
-def _plain(value):
-    """Tuples as lists, all the way down: what YAML and JSON write and read back."""
+def plain_values(value):
+    """Tuples as lists and keys as strings, all the way down: what YAML and JSON write and read back."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_values(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_values(v) for v in value]
     return value

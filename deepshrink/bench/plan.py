@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from ..spec import plain_values
 from .suite import BASELINE, RowSpec, Suite, stable_hash
 
 
@@ -98,7 +99,7 @@ def _plan(suite: Suite, spec: RowSpec, base_id: str, epochs, methods) -> Planned
         recipe = load_recipe(source, overrides)
         if recipe.method != spec.method:
             raise UserError(f"recipe {source!r} is for method {recipe.method!r}, the row says {spec.method!r}")
-        resolved = _jsonable(recipe.to_dict())
+        resolved = plain_values(recipe.to_dict())
         return PlannedRow(spec, label, stable_hash({**shared, "recipe": resolved}), source, overrides, resolved)
     except Exception as exc:  # noqa: BLE001 - a bad row is recorded as failed; the suite goes on
         key = stable_hash({**shared, "source": source, "overrides": overrides})
@@ -120,10 +121,3 @@ def _auto_label(spec: RowSpec) -> str:
     params = [o.split(".", 1)[1] if o.startswith("params.") else o for o in spec.set if not o.startswith("train.")]
     return " ".join([spec.method] + params)
 
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

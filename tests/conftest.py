@@ -128,10 +128,14 @@ def torchrun():
             command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
                        "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "deepshrink",
                        *args, "--out", str(out)]
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+            # PYTHONFAULTHANDLER: a rank killed by SIGABRT prints where each of its Python threads was
+            done = subprocess.run(command, env={**env, "PYTHONFAULTHANDLER": "1"}, capture_output=True, text=True,
+                                  timeout=300)
             if done.returncode == 0 or GLOO_ABORT not in done.stderr or attempt == 2:
                 return done
-            warnings.warn(f"a torchrun rank died of the intermittent gloo abort ({GLOO_ABORT!r}); running again")
+            where = done.stderr[done.stderr.index(GLOO_ABORT):][:2000]
+            warnings.warn(f"a torchrun rank died of the intermittent gloo abort; running again. Its stderr from "
+                          f"the abort on:\n{where}")
             shutil.rmtree(out, ignore_errors=True)
 
     return launch

@@ -25,7 +25,7 @@ METHODS = {
              "--set", "params.polish_sweeps=1"],
     "lobs": ["--method", "lobs", "--set", "params.sparsity=0.6"],
 }
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a SIGABRT shows its Python stacks
 
 
 def _free_port() -> int:

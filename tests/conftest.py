@@ -102,40 +102,22 @@ def unpack_cifar10_jpeg() -> Path:
     return target
 
 
-# A rank of a gloo process group sometimes dies with this C++ abort (std::terminate on a joinable
-# thread) while the other rank is busy: seen three times in the full test runs of one day on this
-# 2-core machine (training and layer-wise launches alike), never in 36 standalone launches of the
-# layer-wise one (idle or loaded cores); not yet traced to its thread.
-GLOO_ABORT = "terminate called without an active exception"
-
-
 @pytest.fixture
 def torchrun():
     """`torchrun(args, out, env)`: run `torchrun --nproc_per_node=2 -m deepshrink ARGS --out OUT` on a free
-    port and return the CompletedProcess. A run that fails with the intermittent gloo abort (GLOO_ABORT)
-    is run once more from an empty OUT, with a warning; any other failure is returned as it is."""
-    import shutil
+    port and return the CompletedProcess. Ranks run with PYTHONFAULTHANDLER, so a rank killed by a signal
+    prints where each of its Python threads was."""
     import socket
     import subprocess
     import sys
-    import warnings
 
     def launch(args, out: Path, env: dict):
-        for attempt in (1, 2):
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                       "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "deepshrink",
-                       *args, "--out", str(out)]
-            # PYTHONFAULTHANDLER: a rank killed by SIGABRT prints where each of its Python threads was
-            done = subprocess.run(command, env={**env, "PYTHONFAULTHANDLER": "1"}, capture_output=True, text=True,
-                                  timeout=300)
-            if done.returncode == 0 or GLOO_ABORT not in done.stderr or attempt == 2:
-                return done
-            where = done.stderr[done.stderr.index(GLOO_ABORT):][:2000]
-            warnings.warn(f"a torchrun rank died of the intermittent gloo abort; running again. Its stderr from "
-                          f"the abort on:\n{where}")
-            shutil.rmtree(out, ignore_errors=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                   "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "deepshrink", *args, "--out", str(out)]
+        return subprocess.run(command, env={**env, "PYTHONFAULTHANDLER": "1"}, capture_output=True, text=True,
+                              timeout=300)
 
     return launch

@@ -12,6 +12,7 @@ Layer-wise methods and evaluation use the collectives below instead of DDP: each
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -35,6 +36,14 @@ def init_from_env(device=None) -> bool:
     if env_world_size() <= 1 or not dist.is_available():
         return False
     cuda = device is not None and torch.device(device).type == "cuda"
+    # Imported before the group exists, not lazily after: torch.distributed.fsdp, which torch._dynamo imports
+    # on first use (building a model under the meta device, as `deepshrink.load` does, is one such use), keeps
+    # a group that exists when it is imported alive past destroy_process_group (torch 2.13). The gloo worker
+    # threads of such a group then free finished work during interpreter shutdown, and a thread that needs the
+    # GIL there is ended by CPython inside a C++ destructor: std::terminate, "terminate called without an
+    # active exception", SIGABRT on a rank that finished its work (seen in core dumps of torchrun ranks).
+    importlib.import_module("torch._dynamo")
+
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     return True
 

@@ -1,10 +1,16 @@
 """Two DDP processes (torchrun, gloo on CPU) follow the single-process run with the same global batch."""
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from deepshrink.cli import main
 
+REPO = Path(__file__).resolve().parents[2]
 ARGS = ["train", "--model", "lenet300", "--model-args", "input_size=8", "--data", "digits", "--epochs", "1",
         "--lr", "0.05", "--max-steps-per-epoch", "12", "--seed", "1"]
 
@@ -45,3 +51,33 @@ def test_compress_under_torchrun_trains_data_parallel_and_equals_one_process(tmp
     single = deepshrink.load(tmp_path / "single" / "model.dsz")
     x = torch.rand(64, 1, 8, 8)
     torch.testing.assert_close(ddp(x), single(x), rtol=1e-4, atol=1e-4)
+
+
+RANK_THREADS = """import os, sys
+from deepshrink.cli import main
+code = main(sys.argv[1:])
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads left on rank", os.environ["RANK"], sorted(n for n in names if "gloo" in n))
+sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the process's threads from Linux /proc")
+def test_no_gloo_thread_outlives_a_torchrun_compress(tmp_path):
+    """Each rank ends its process group before it exits: a gloo worker thread left running into interpreter
+    shutdown is what aborted ranks with "terminate called without an active exception". Loading the packed
+    ResNet (built under the meta device, which imports torch._dynamo) used to keep the group alive."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_THREADS)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), "compress", "--method", "fp32",
+                           "--model", "resnet20", "--model-args", "in_channels=1", "--data", "digits",
+                           "--out", str(tmp_path / "run")],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("gloo threads")) == [
+        "gloo threads left on rank 0 []", "gloo threads left on rank 1 []"]

@@ -96,10 +96,11 @@ class MeasureContext:
 
     def __init__(self, model: Callable[[], torch.nn.Module], row_dir, base_model: Callable[[], torch.nn.Module],
                  eval_batches: Callable[[], object], base_logits: Callable[[], torch.Tensor] | None = None,
-                 started: dict | None = None):
+                 started: dict | None = None, val_batches: Callable[[], object] | None = None):
         self.row_dir = Path(row_dir)
         self._model, self._base_model, self._eval_batches, self._base_logits = model, base_model, eval_batches, \
             base_logits
+        self._val_batches = val_batches or eval_batches
         self._loaded = None
         self.started = started or {}
 
@@ -118,6 +119,11 @@ class MeasureContext:
     def eval_batches(self):
         """The suite's evaluation images: an iterable of (inputs, labels) batches."""
         return self._eval_batches()
+
+    def val_batches(self):
+        """The validation images (held out of the training split): what a measure reads when its figure is a
+        score that must not look at the test set (the suite's evaluation draw when it draws its own images)."""
+        return self._val_batches()
 
     def base_logits(self) -> torch.Tensor:
         """The base model's logits on the evaluation images, (N, classes)."""

@@ -264,3 +264,5 @@ def load_average(ctx: MeasureContext) -> dict:
     """The machine's 1-minute load average when the row started and when it ended: above the row's threads, other
     work shared the cores, and times and memory read accordingly."""
     return {"load_average": [ctx.started.get("load_average"), _load_average()]}
+
+from . import measures_studies  # noqa: E402,F401 - registers FBS, LSQ-init and Meta-Quant measures

@@ -25,6 +25,9 @@ Registered here:
 - `load_average`: the machine's 1-minute load average at the row's start and end (a shared machine's
   times and memory figures read with it).
 
+The method studies' measures (`macs_executed`, `batch1_latency`, `train_bn_top1`, `val_curve`) are in
+`deepshrink.bench.measures_studies`, registered when this module is imported.
+
 Example::
 
     @register_measure("max_logit", figures={"max_logit": ("max logit", "{:.2f}")})

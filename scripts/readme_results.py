@@ -38,8 +38,10 @@ SUITES = [  # folder, heading; other folders with results follow in name order
                     "compressed (base: 2 epochs, a weak 48.66%)"),
     ("efficientnet-lite0", "EfficientNet-Lite0 (ImageNet weights) through the layer-wise methods at 224x224: fidelity "
                            "to the float network on CIFAR-10 images, not ImageNet"),
+    ("lsq-act-init", "LSQ before training: the paper's activation step init against the least-error one (ResNet-20, "
+                     "validation top-1 with train-mode BatchNorm, no fine-tuning)"),
 ]
-CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0")  # in the README, not the history
+CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0", "lsq-act-init")  # in the README, not the history
 
 
 def section(results_root: Path, relative_to: Path) -> str:
@@ -54,7 +56,7 @@ def section(results_root: Path, relative_to: Path) -> str:
         out += ["(no suite results yet: run `deepshrink bench --suite quick --out benchmarks/results/quick`)", ""]
     out += fresh_seed_tables(results_root)
     out += seed_repository_tables(results_root)
-    for name in ("vit-cifar10", "efficientnet-lite0"):
+    for name in ("vit-cifar10", "efficientnet-lite0", "lsq-act-init"):
         if (results_root / name / RESULTS_FILE).is_file():
             out += suite_section(results_root / name, relative_to)
     out += runtime_tables(results_root)

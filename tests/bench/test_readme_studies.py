@@ -44,3 +44,21 @@ def test_the_lsq_init_and_coprune_files_become_tables(tmp_path, studies):
     assert "since removed (last in commit f461729; its successor is the suite `lsq-act-init`)" in text
     assert "| coprune | 70.00 |" in text and "| source model no adaptation | 12.00 |" in text
     assert "+1.50 points" in text and "FBS" not in text  # no FBS file, no FBS section
+
+
+def test_the_lsq_init_suite_is_in_the_readme_not_the_history(tmp_path):
+    spec = importlib.util.spec_from_file_location("readme_results", REPO / "scripts" / "readme_results.py")
+    readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme)
+    folder = tmp_path / "results" / "lsq-act-init"
+    folder.mkdir(parents=True)
+    rows = [{"key": "fp", "method": "fp32", "label": "full precision", "status": "ok", "top1": 86.0, "bytes": 1000,
+             "train_bn_top1": 92.3},
+            {"key": "q", "method": "lsq", "label": "W2/A2 mse", "status": "ok", "top1": 18.0, "bytes": 100,
+             "train_bn_top1": 71.6}]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "runs.jsonl").write_text(json.dumps({"command": "deepshrink bench --suite lsq-act-init", "seconds": 60,
+                                                   "ran": 2, "complete": True}) + "\n")
+    readme_text = readme.section(tmp_path / "results", tmp_path)
+    assert "### LSQ before training" in readme_text and "| 71.60 |" in readme_text
+    assert "lsq-act-init" not in readme.history(tmp_path / "results", tmp_path)

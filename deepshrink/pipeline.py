@@ -67,18 +67,24 @@ class DataBundle:
 
 def build_data(name: str, root=None, download=False, batch_size=128, eval_batch_size=500,
                calib: CalibConfig | None = None, seed=0, train_subset=None, augment=True,
-               rank: int = 0, world_size: int = 1) -> DataBundle:
+               rank: int = 0, world_size: int = 1, image_transform=None, train_per_class=None) -> DataBundle:
     """Train / validation / test loaders and the stratified calibration subset (1% of the training part).
 
     The validation split is held out of the training split (`deepshrink.data.splits`); `train_subset`
     (a ratio, or a total image count) limits the training part after that. With `world_size` > 1 the
     training, validation and test loaders are this rank's shards; the calibration loader is whole (layer-wise
-    methods pick their shard of its batches, `deepshrink.layerwise.base`)."""
+    methods pick their shard of its batches, `deepshrink.layerwise.base`).
+
+    A target domain (`deepshrink.bench.domain`): `image_transform` maps every split's data set to another
+    (colour-inverted images, say) before the validation split is drawn; `train_per_class` keeps that many
+    labelled training images per class after it (stratified; one fixed draw, so every
+    training seed sees the same labelled images)."""
     from .data import get_dataset, make_loader, subset
     from .data.splits import train_val_split
 
-    train_set, val_set = train_val_split(get_dataset(name, "train", root=root, download=download))
-    test_set = get_dataset(name, "test", root=root, download=download)
+    domain = image_transform or (lambda dataset: dataset)
+    train_set, val_set = train_val_split(domain(get_dataset(name, "train", root=root, download=download)))
+    test_set = domain(get_dataset(name, "test", root=root, download=download))
     calib = calib or CalibConfig()
     calib_set = subset(train_set, ratio=None if calib.per_class else calib.ratio, per_class=calib.per_class,
                        seed=calib.seed)
@@ -86,6 +92,8 @@ def build_data(name: str, root=None, download=False, batch_size=128, eval_batch_
         train_set = subset(train_set, ratio=train_subset if train_subset <= 1 else None,
                            per_class=None if train_subset <= 1 else int(train_subset) // train_set.num_classes,
                            seed=seed)
+    if train_per_class:
+        train_set = subset(train_set, per_class=train_per_class, seed=0)  # one draw, whatever the training seed
     return DataBundle(
         train=make_loader(train_set, batch_size, train=True, seed=seed, augment=augment, rank=rank,
                           world_size=world_size),

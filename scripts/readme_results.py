@@ -38,8 +38,10 @@ SUITES = [  # folder, heading; other folders with results follow in name order
                     "compressed (base: 2 epochs, a weak 48.66%)"),
     ("efficientnet-lite0", "EfficientNet-Lite0 (ImageNet weights) through the layer-wise methods at 224x224: fidelity "
                            "to the float network on CIFAR-10 images, not ImageNet"),
+    ("lsq-act-init", "LSQ before training: the paper's activation step init against the least-error one (ResNet-20, "
+                     "validation top-1 with train-mode BatchNorm, no fine-tuning)"),
 ]
-CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0")  # in the README, not the history
+CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0", "lsq-act-init")  # in the README, not the history
 
 
 def section(results_root: Path, relative_to: Path) -> str:
@@ -54,7 +56,7 @@ def section(results_root: Path, relative_to: Path) -> str:
         out += ["(no suite results yet: run `deepshrink bench --suite quick --out benchmarks/results/quick`)", ""]
     out += fresh_seed_tables(results_root)
     out += seed_repository_tables(results_root)
-    for name in ("vit-cifar10", "efficientnet-lite0"):
+    for name in ("vit-cifar10", "efficientnet-lite0", "lsq-act-init"):
         if (results_root / name / RESULTS_FILE).is_file():
             out += suite_section(results_root / name, relative_to)
     out += runtime_tables(results_root)
@@ -364,49 +366,18 @@ def step_time_table(results_root: Path) -> list[str]:
 
 
 def issue6_tables(results_root: Path) -> list[str]:
-    """FBS (fbs_cifar10*.json), Co-Prune and Meta-Quant result files as tables."""
-    out = []
-    fbs = [(p, _json(p)) for p in sorted(results_root.glob("fbs_cifar10*.json"))]
-    trained = [(p, r) for p, r in fbs if r and "fbs_top1" in r]
-    if trained:
-        out += ["### FBS on the shared ResNet-20 (CIFAR-10 JPEG), keep ratio 0.5", "",
-                "Each row is one `benchmarks/fbs_cifar10.py` run (its command is in the file); targets: drop "
-                "<= 2.0, MACs >= 2x fewer, batch-1 latency >= 1.4x lower than the dense model (1 thread).", "",
-                "| file | epochs | lr | distill | top-1 | drop | MACs ratio | latency x vs dense | targets met |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for path, r in trained:
-            tune, speed = r["fine_tune"], r.get("latency_speedup", {})
-            met = ", ".join(f"{k}: {'met' if v else '**missed**'}" for k, v in r["targets"].items())
-            out.append(f"| {path.name} | {_num(tune['epochs'], 'g')} | {_num(tune['lr'], 'g')} | "
-                       f"{_num(tune.get('distill', 0), 'g')} | {_num(r['fbs_top1'])} | {_num(r['top1_drop'])} | "
-                       f"{_num(r['macs_per_image']['ratio'])} | {_num(speed.get('vs_dense'))} | {met} |")
-        out.append("")
-    timed = [(p, r) for p, r in fbs if r and "fbs_top1" not in r and "latency_speedup" in r]
-    for path, r in timed:
-        ms = ", ".join(f"{k} {v:.3f}" for k, v in r["batch1_latency_ms_1thread"].items())
-        out += [f"Latency only (`{path.name}`, {r.get('fbs_model', '')}): batch-1 ms, 1 thread: {ms}; "
-                "speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in r["latency_speedup"].items()) + ".", ""]
-    co = _json(results_root / "coprune_cifar10_inverted.json")
-    if co:
-        res = co["results_top1"]
-        out += ["### Co-Prune: CIFAR-10 -> colour-inverted CIFAR-10", "",
-                f"`{co['command']}`; {co['domain_pair']}; keep ratio {co['keep_ratio']}.", "",
-                "| model | target top-1 (mean over seeds) |", "|---|---:|"]
-        for name, value in res.items():
-            top1 = value.get("top1_mean", value.get("top1"))
-            out.append(f"| {name.replace('_', ' ')} | {_num(top1)} |")
-        out += ["", f"Co-Prune minus target-only magnitude pruning: {co['coprune_minus_target_only']:+.2f} points.", ""]
-    meta = [(p, _json(p)) for p in sorted(results_root.glob("metaquant_*.json"))]
-    if meta:
-        out += ["### Meta-Quant against the straight-through estimator (LeNet-5, Fashion-MNIST)", "",
-                "| file | float top-1 | variant | final top-1 per seed | diverged |", "|---|---:|---|---|---:|"]
-        for path, m in meta:
-            for name, v in m["results"].items():
-                finals = ", ".join("diverged" if r.get("final_top1") is None else f"{r['final_top1']:.2f}"
-                                   for r in v["runs"])
-                out.append(f"| {path.name} | {_num(m['float_top1'])} | {name} | {finals} | {v['diverged_runs']} |")
-        out += ["", "Commands: " + "; ".join(f"`{m['command']}`" for _, m in meta) + ".", ""]
-    return out
+    """The FBS, Co-Prune, Meta-Quant and LSQ-init result files of removed scripts (scripts/readme_studies.py)."""
+    return _sibling("readme_studies").study_tables(results_root)
+
+
+def _sibling(name: str):
+    """A module beside this script, loaded from its file (scripts/ is not a package; any cwd works)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_block(readme: Path, text: str) -> None:

@@ -20,6 +20,9 @@ With `labels: false` the bench reports no top-1 (it would score ImageNet predict
 classes); the suite must list the `fidelity` measure, which compares each row with the float model on the
 evaluation images. Every one of these settings changes what a row computes, so all of them are part of the
 row key (`SuiteData.identity`).
+
+A suite may instead keep the data set as `compress` uses it in another domain: `transform: invert` and
+`train_per_class: 100` (a target domain with few labelled images, `deepshrink.bench.domain`).
 """
 from __future__ import annotations
 
@@ -29,8 +32,10 @@ import torch
 
 from ..errors import UserError
 
-_KEYS = {"name", "root", "input_size", "mean", "std", "calib", "eval", "batch_size", "labels", "note"}
-_CUSTOM = _KEYS - {"name", "root", "note"}  # any of these: the bench draws and prepares the images itself
+_KEYS = {"name", "root", "input_size", "mean", "std", "calib", "eval", "batch_size", "labels", "note",
+         "transform", "train_per_class"}
+_DOMAIN = {"transform", "train_per_class"}  # a target domain of the data set as `compress` uses it (bench.domain)
+_CUSTOM = _KEYS - {"name", "root", "note"} - _DOMAIN  # any of these: the bench draws and prepares the images itself
 _SPLITS = ("train", "test")
 
 
@@ -56,15 +61,24 @@ class SuiteData:
     batch_size: int = 100
     labels: bool = True
     note: str = ""
+    transform: str | None = None  # an image transform applied to every split (bench.domain.IMAGE_TRANSFORMS)
+    train_per_class: int | None = None  # labelled training images per class (the rest of the training part unused)
 
     @property
     def custom(self) -> bool:
         """True when the bench draws and prepares the images itself (see the module docstring)."""
         return self.calib is not None
 
+    @property
+    def domain(self) -> bool:
+        """True when the data set is used as `compress` uses it but in another domain (`bench.domain`)."""
+        return self.transform is not None or self.train_per_class is not None
+
     def identity(self) -> dict:
         """What the row key hashes: the name, plus every custom setting (none for a plain data set, so the
         keys of suites written before these settings existed do not change)."""
+        if self.domain:
+            return {"name": self.name, "transform": self.transform, "train_per_class": self.train_per_class}
         if not self.custom:
             return {"name": self.name}
         return {"name": self.name, "input_size": self.input_size, "mean": self.mean, "std": self.std,
@@ -109,12 +123,19 @@ def parse_data(raw, where: str) -> SuiteData:
     labels = raw.get("labels", True)
     if not isinstance(labels, bool):
         raise UserError(f"{where}: data.labels must be true or false, got {labels!r}")
+    from .domain import check_domain
+
+    transform, per_class = check_domain(raw, where)
+    if (transform or per_class) and set(raw) & _CUSTOM:
+        raise UserError(f"{where}: data.transform / data.train_per_class change the data set as `compress` uses it; "
+                        f"they do not combine with {sorted(set(raw) & _CUSTOM)} (drawn images)")
     return SuiteData(name=str(raw["name"]), root=raw.get("root"), input_size=size,
                      mean=tuple(float(v) for v in mean) if mean is not None else None,
                      std=tuple(float(v) for v in std) if std is not None else None,
                      calib=_draw(raw.get("calib"), f"{where}: data.calib"),
                      eval=_draw(raw.get("eval"), f"{where}: data.eval"),
-                     batch_size=batch, labels=labels, note=str(raw.get("note") or ""))
+                     batch_size=batch, labels=labels, note=str(raw.get("note") or ""), transform=transform,
+                     train_per_class=per_class)
 
 
 def _draw(raw, where: str) -> Draw | None:

@@ -25,6 +25,9 @@ Registered here:
 - `load_average`: the machine's 1-minute load average at the row's start and end (a shared machine's
   times and memory figures read with it).
 
+The method studies' measures (`macs_executed`, `batch1_latency`, `train_bn_top1`, `val_curve`) are in
+`deepshrink.bench.measures_studies`, registered when this module is imported.
+
 Example::
 
     @register_measure("max_logit", figures={"max_logit": ("max logit", "{:.2f}")})
@@ -96,10 +99,11 @@ class MeasureContext:
 
     def __init__(self, model: Callable[[], torch.nn.Module], row_dir, base_model: Callable[[], torch.nn.Module],
                  eval_batches: Callable[[], object], base_logits: Callable[[], torch.Tensor] | None = None,
-                 started: dict | None = None):
+                 started: dict | None = None, val_batches: Callable[[], object] | None = None):
         self.row_dir = Path(row_dir)
         self._model, self._base_model, self._eval_batches, self._base_logits = model, base_model, eval_batches, \
             base_logits
+        self._val_batches = val_batches or eval_batches
         self._loaded = None
         self.started = started or {}
 
@@ -118,6 +122,11 @@ class MeasureContext:
     def eval_batches(self):
         """The suite's evaluation images: an iterable of (inputs, labels) batches."""
         return self._eval_batches()
+
+    def val_batches(self):
+        """The validation images (held out of the training split): what a measure reads when its figure is a
+        score that must not look at the test set (the suite's evaluation draw when it draws its own images)."""
+        return self._val_batches()
 
     def base_logits(self) -> torch.Tensor:
         """The base model's logits on the evaluation images, (N, classes)."""
@@ -258,3 +267,5 @@ def load_average(ctx: MeasureContext) -> dict:
     """The machine's 1-minute load average when the row started and when it ended: above the row's threads, other
     work shared the cores, and times and memory read accordingly."""
     return {"load_average": [ctx.started.get("load_average"), _load_average()]}
+
+from . import measures_studies  # noqa: E402,F401 - registers FBS, LSQ-init and Meta-Quant measures

@@ -156,6 +156,11 @@ def _run_one(suite: Suite, row: PlannedRow, inputs: "_SharedInputs", out_dir: Pa
 
             data = inputs.bundle()  # built once per run
             record["data_note"] = describe(spec, len(data.dataset), len(inputs.eval_batches().dataset))
+        elif spec is not None and spec.domain:  # a target domain: loaders built from the row's recipe
+            from .domain import describe_domain, domain_bundle
+
+            data = domain_bundle(spec, row.recipe)
+            record["data_note"] = describe_domain(spec, data)
         started = start_measures(row.measures)  # just before the row: e.g. the memory high-water mark
         torch.manual_seed(suite.seed)
         figures = row_runner(RowTask(suite, row, inputs.base_path, row_dir, suite.seed, data)) or {}
@@ -190,6 +195,11 @@ class _SharedInputs:
                 from .data import build_bundle
 
                 self._bundle, self._eval = build_bundle(spec, self.suite.seed)
+            elif spec is not None and spec.domain:
+                from .domain import domain_bundle
+
+                self._bundle = domain_bundle(spec, {"train": {"seed": self.suite.seed}})
+                self._eval = self._bundle.test
             else:
                 from ..pipeline import build_data
 
@@ -201,6 +211,11 @@ class _SharedInputs:
         """The evaluation images measures read: the suite's `eval` draw, or the data set's test split."""
         self.bundle()
         return self._eval
+
+    def val_batches(self):
+        """The validation images measures that choose or tune something read (the evaluation draw when the
+        suite draws its own images)."""
+        return self.bundle().val
 
     def base_model(self):
         if self._base is None:
@@ -231,7 +246,7 @@ class _SharedInputs:
         from .. import api
 
         return MeasureContext(lambda: api.load(row_dir / "model.dsz"), row_dir, self.base_model, self.eval_batches,
-                              self.base_logits, started)
+                              self.base_logits, started, val_batches=self.val_batches)
 
 
 def _refresh_report(out_dir: Path, log) -> None:

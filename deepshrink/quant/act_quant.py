@@ -135,7 +135,8 @@ def lsq_mse_step(v: torch.Tensor, q_n: int, q_p: int, candidates: int = 80,
 
     On the shared ResNet-20's post-ReLU inputs the paper's 2<|v|>/sqrt(Q_P) is 1-3x too small per
     layer, and an untrained 2-bit network starts far more accurate from this step than from the
-    paper's (measured: benchmarks/results/lsq_act_init.json, `act_init` "mse" against "paper").
+    paper's (measured: benchmarks/results/lsq_act_init.json, `act_init` "mse" against "paper"; the
+    lsq-act-init bench suite measures it again on validation images).
     At most `max_samples` values (a fixed random draw) are scored.
     """
     v = v.detach().flatten().float()

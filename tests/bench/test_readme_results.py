@@ -95,6 +95,9 @@ def test_step_time_and_issue6_tables(tmp_path, script):
             "top1_drop<=2.0: **missed**, macs_ratio>=2: met |") in text
     assert "| metaquant_x.json | 85.29 | bwn/ste | 83.76, diverged | 1 |" in text
     assert "Co-Prune" not in text  # no file, no section
+    # the scripts that made these files are gone: the history names them and their last commit
+    assert "Made by `benchmarks/fbs_cifar10.py`, since removed (last in commit e4fa60b" in text
+    assert "Made by `benchmarks/metaquant_fmnist.py`, since removed (last in commit b96c7b1" in text
 
 
 def test_readme_block_has_fresh_seeds_and_links_the_history(tmp_path, script):

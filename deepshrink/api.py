@@ -79,6 +79,25 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     return CompressResult(model=model, method=entry.name, recipe=recipe, metrics=metrics, kind=handler.kind)
 
 
+def training_form(model: nn.Module, recipe, batch, overrides: list[str] | None = None) -> nn.Module | None:
+    """A copy of `model` in the form the recipe's method trains it, as `compress` builds it before its first
+    training step (the same layers selected, quantizers initialised from `batch`, train mode), untrained;
+    None for a method that trains no form of its own (layer-wise, pruning, fp32).
+
+    For measuring what a training step of a method costs, or probing its quantizers before training.
+
+    Example::
+
+        qat = deepshrink.training_form(model, "dorefa-w4a4", (images, labels))
+        loss = torch.nn.functional.cross_entropy(qat(images), labels)
+    """
+    recipe = load_recipe(recipe, overrides)
+    model = split_attention(copy.deepcopy(model))
+    _decode_resident(model)
+    handler = METHODS.get(recipe.method).handler_cls(recipe, select_layers(model, recipe))
+    return handler.training_form(model, batch)
+
+
 def _decode_resident(model: nn.Module) -> None:
     """A loaded model's compressed layers hold codes only, and a method's writes to `layer.weight` would be
     lost: give them the float copy that the layers `convert` produces have."""

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 import deepshrink
-from deepshrink.bench import load_suite, read_results, run_suite
+from deepshrink.bench import load_suite, plan_rows, read_results, run_suite
 from deepshrink.bench.measures import MEASURES, check_measures
 from deepshrink.bench.report import render_markdown
 from deepshrink.cli import main
@@ -117,3 +117,25 @@ def test_a_batch_larger_than_the_evaluation_images_fails_the_row_naming_the_fix(
     run_suite(load_suite(suite), tmp_path / "out", log=lambda m: None)
     bwn = read_results(tmp_path / "out" / "results.jsonl")[-1]
     assert bwn["status"] == "failed" and "batch_size 100000 is more than the suite's" in bwn["error"]
+
+
+def test_the_pack_sizes_suite_keeps_the_scripts_rows_and_trains_its_qat_rows_20_steps():
+    suite = load_suite("resnet20-pack-sizes")
+    rows = plan_rows(suite, "base-id")
+    assert [r.recipe_source for r in rows[1:]] == ["bwn", "ttq", "dorefa-w2a2", "ldnq-l3", "lobs70-ldnq-l5",
+                                                   "pq-resnet20"]
+    assert all(r.error is None and "pack_variants" in r.measures for r in rows)
+    for row in rows[1:4]:  # the QAT rows: a size does not depend on how long they trained
+        train = row.recipe["train"]
+        assert (train["epochs"], train["max_steps_per_epoch"], train["lr"]) == (1, 20, 0.001)
+
+
+def test_every_row_of_the_step_time_suite_has_a_training_form_to_time():
+    rows = plan_rows(load_suite("resnet20-qat-step-time"), "base-id")
+    model = deepshrink.create_model("resnet20", shortcut="B")
+    batch = (torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.int64))
+    assert len(rows) == 12 and all(r.error is None for r in rows)
+    for row in rows[1:]:
+        assert row.measures == {"train_step_seconds": {"batch_size": 128, "rounds": 20, "warmup": 3, "threads": 1}}
+        assert row.recipe["train"]["max_steps_per_epoch"] == 1
+        assert deepshrink.training_form(model, row.recipe, batch) is not None, row.label

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+import deepshrink
 from deepshrink.data import get_dataset, make_loader, subset
-from qat_cifar10 import load_fp_model, prepared  # same model and quantizer set-up as the QAT rows
+from deepshrink.pipeline import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = [(32, 32, "paper"), (2, 32, "paper"), (32, 2, "paper"), (32, 2, "mse"), (2, 2, "paper"), (2, 2, "mse"),
@@ -44,7 +45,7 @@ def train_bn_top1(model, batches) -> float:
 def quantized(fp, weight_bits: int, act_bits: int, act_init: str, calib_batch):
     recipe = {"method": "lsq", "keep_first_last": True,
               "params": {"weight_bits": weight_bits, "act_bits": act_bits, "act_init": act_init}}
-    return prepared(recipe, fp, calib_batch)
+    return deepshrink.training_form(fp, recipe, calib_batch)  # the quantizer set-up compress trains
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/lsq_act_init.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    fp = load_fp_model(args.checkpoint)
+    fp = build_model("resnet20", {"shortcut": "B"}, args.checkpoint).eval()
     calib_batch = next(iter(make_loader(get_dataset("cifar10", "train", root=args.data_root), 128, train=True, seed=0)))
     batches = shuffled_batches(subset(get_dataset("cifar10", "test", root=args.data_root), ratio=0.2, seed=0), 500)
     rows = []

@@ -1,4 +1,4 @@
-"""The few public entry points: compress, evaluate, pack, load."""
+"""The few public entry points: compress, evaluate, pack, load, and training_form (a method's model before training)."""
 from __future__ import annotations
 
 import copy

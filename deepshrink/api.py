@@ -1,4 +1,4 @@
-"""The few public entry points: compress, evaluate, pack, load, and training_form (a method's model before training)."""
+"""The few public entry points: compress, evaluate, pack, load; training_form (a method's model before training)."""
 from __future__ import annotations
 
 import copy
@@ -92,8 +92,9 @@ def training_form(model: nn.Module, recipe, batch, overrides: list[str] | None =
         loss = torch.nn.functional.cross_entropy(qat(images), labels)
     """
     recipe = load_recipe(recipe, overrides)
-    model = split_attention(copy.deepcopy(model))
+    model = copy.deepcopy(model)
     _decode_resident(model)
+    model = split_attention(model)  # as compress prepares the model, so the same layers are selected
     handler = METHODS.get(recipe.method).handler_cls(recipe, select_layers(model, recipe))
     return handler.training_form(model, batch)
 

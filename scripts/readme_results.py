@@ -49,7 +49,8 @@ SUITES = [  # folder, heading; other folders with results follow in name order
                     "compressed (base: 2 epochs, a weak 48.66%)"),
     ("efficientnet-lite0", "EfficientNet-Lite0 (ImageNet weights) through the layer-wise methods at 224x224: fidelity "
                            "to the float network on CIFAR-10 images, not ImageNet"),
-    ("resnet20-pack-sizes", "Packed sizes of the shared ResNet-20 per method, entropy-coded and with fp16 floats"),
+    ("resnet20-pack-sizes", "Packed sizes of the shared ResNet-20 per method, entropy-coded and with fp16 floats "
+                            "(the QAT rows trained 20 steps: their top-1 is not the method's, their size is)"),
     ("resnet20-qat-step-time", "QAT training-step time against the float step, the shared ResNet-20"),
 ]
 CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0", "resnet20-pack-sizes", "resnet20-qat-step-time")  # README

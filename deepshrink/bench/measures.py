@@ -7,8 +7,8 @@ A measure is a small function registered under a name; one that takes settings l
 `measures: [peak_rss, {train_step_seconds: {batch_size: 64}}]`; the measure reads them as `ctx.settings`.
 After a row has run, the bench reloads the row's packed file and calls each measure with a `MeasureContext`
 (that model, the suite's float base model, the suite's evaluation batches, the row's folder); the figures it
-returns go into the row's record in `results.jsonl` and become columns of `report.md`. A measure may also have a `start` hook that runs just
-before the row (`peak_rss` resets the memory high-water mark there).
+returns go into the row's record in `results.jsonl` and become columns of `report.md`. A measure may also
+have a `start` hook that runs just before the row (`peak_rss` resets the memory high-water mark there).
 
 Measures observe a row; none changes what the row computes, so they are not part of the row key: adding
 a measure to a suite does not re-run finished rows, whose records then lack its figures (shown as "—").
@@ -26,6 +26,7 @@ Registered here:
 - `bits_per_weight`: the layer-wise driver's bits per weight over the compressed layers.
 - `load_average`: the machine's 1-minute load average at the row's start and end (a shared machine's
   times and memory figures read with it).
+- `train_step_seconds`, `pack_variants`: in `measures_train` (a training step's time; the file re-packed).
 
 Example::
 

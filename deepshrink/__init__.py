@@ -21,7 +21,7 @@ from .registry import create_model, list_methods, list_models  # noqa: E402
 
 def __getattr__(name):
     # API functions import torch-heavy submodules; load them on first use.
-    if name in ("compress", "pack", "load", "evaluate", "CompressResult"):
+    if name in ("compress", "pack", "load", "evaluate", "training_form", "CompressResult"):
         from . import api
 
         return getattr(api, name)
@@ -37,4 +37,5 @@ def __getattr__(name):
 
 
 __all__ = ["DeepshrinkError", "PackFormatError", "RunSpec", "UserError", "compress", "create_model", "evaluate",
-           "list_methods", "list_models", "load", "pack", "quiet", "run_compress", "run_spec", "__version__"]
+           "list_methods", "list_models", "load", "pack", "quiet", "run_compress", "run_spec", "training_form",
+           "__version__"]

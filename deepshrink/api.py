@@ -1,4 +1,4 @@
-"""The few public entry points: compress, evaluate, pack, load."""
+"""The few public entry points: compress, evaluate, pack, load; training_form (a method's model before training)."""
 from __future__ import annotations
 
 import copy
@@ -77,6 +77,26 @@ def compress(model: nn.Module, recipe, *, train_data=None, val_data=None, calib_
     if val_data is not None:
         metrics.update(evaluate(model, val_data, device=device))
     return CompressResult(model=model, method=entry.name, recipe=recipe, metrics=metrics, kind=handler.kind)
+
+
+def training_form(model: nn.Module, recipe, batch, overrides: list[str] | None = None) -> nn.Module | None:
+    """A copy of `model` in the form the recipe's method trains it, as `compress` builds it before its first
+    training step (the same layers selected, quantizers initialised from `batch`, train mode), untrained;
+    None for a method that trains no form of its own (layer-wise, pruning, fp32).
+
+    For measuring what a training step of a method costs, or probing its quantizers before training.
+
+    Example::
+
+        qat = deepshrink.training_form(model, "dorefa-w4a4", (images, labels))
+        loss = torch.nn.functional.cross_entropy(qat(images), labels)
+    """
+    recipe = load_recipe(recipe, overrides)
+    model = copy.deepcopy(model)
+    _decode_resident(model)
+    model = split_attention(model)  # as compress prepares the model, so the same layers are selected
+    handler = METHODS.get(recipe.method).handler_cls(recipe, select_layers(model, recipe))
+    return handler.training_form(model, batch)
 
 
 def _decode_resident(model: nn.Module) -> None:

@@ -94,6 +94,12 @@ class Method:
         """Inference form: compressed layers become packable modules holding EncodedWeights."""
         raise NotImplementedError
 
+    def training_form(self, model: nn.Module, batch) -> nn.Module | None:
+        """`model` (changed in place) as this method trains it, before the first training step, with anything
+        set from data set from `batch` (inputs, labels); None for a method that trains no form of its own.
+        What `deepshrink.training_form` returns: the model a training step of this method runs."""
+        return None
+
     def training_epochs(self) -> float:
         """Epochs of labelled training this recipe asks the method for (what a result row reports as its
         budget): `train.epochs` for methods that train through `ctx.fit`."""

@@ -6,12 +6,13 @@
 The block in README.md is delimited by `<!-- results:start -->` and `<!-- results:end -->`. It holds the
 quick suite (the demo), the fresh-seed tables (folders `cifar10-seedN`, mean ± std over seeds) and the
 run-time tables. Everything else - other suite folders and the probe tables of `qat_cifar10.jsonl`,
-`layerwise_cifar10.jsonl`, FBS, Co-Prune and Meta-Quant - goes to benchmarks/HISTORY.md, which the
-README links.
+`layerwise_cifar10.jsonl`, `pack_sizes.jsonl` (files of retired scripts: readme_train.py), FBS, Co-Prune and
+Meta-Quant - goes to benchmarks/HISTORY.md, which the README links.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,17 @@ from deepshrink.bench.seeds import mean_std, summarise
 from deepshrink.bench.stale import stale_keys
 from deepshrink.bench.results import RESULTS_FILE, RUNS_FILE, current_results, latest_by_key, read_results
 
+
+def _sibling(name: str):
+    """The module scripts/NAME.py, whatever the working directory and however this file was loaded."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+readme_train = _sibling("readme_train")
+readme_studies = _sibling("readme_studies")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 HISTORY = "HISTORY.md"  # beside results/, under benchmarks/
 SEED_PREFIXES = ("cifar10-seed",)
@@ -40,8 +52,12 @@ SUITES = [  # folder, heading; other folders with results follow in name order
                            "to the float network on CIFAR-10 images, not ImageNet"),
     ("lsq-act-init", "LSQ before training: the paper's activation step init against the least-error one (ResNet-20, "
                      "validation top-1 with train-mode BatchNorm, no fine-tuning)"),
+    ("resnet20-pack-sizes", "Packed sizes of the shared ResNet-20 per method, entropy-coded and with fp16 floats "
+                            "(the QAT rows trained 20 steps: their top-1 is not the method's, their size is)"),
+    ("resnet20-qat-step-time", "QAT training-step time against the float step, the shared ResNet-20"),
 ]
-CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0", "lsq-act-init")  # in the README, not the history
+CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0", "lsq-act-init", "resnet20-pack-sizes",
+           "resnet20-qat-step-time")  # in the README, not the history
 
 
 def section(results_root: Path, relative_to: Path) -> str:
@@ -56,7 +72,7 @@ def section(results_root: Path, relative_to: Path) -> str:
         out += ["(no suite results yet: run `deepshrink bench --suite quick --out benchmarks/results/quick`)", ""]
     out += fresh_seed_tables(results_root)
     out += seed_repository_tables(results_root)
-    for name in ("vit-cifar10", "efficientnet-lite0", "lsq-act-init"):
+    for name in CURRENT[1:]:
         if (results_root / name / RESULTS_FILE).is_file():
             out += suite_section(results_root / name, relative_to)
     out += runtime_tables(results_root)
@@ -78,6 +94,7 @@ def history(results_root: Path, relative_to: Path) -> str:
         out += suite_section(folder, relative_to)
     out += efficientnet_table(results_root)
     out += target_tables(results_root)
+    out += readme_train.pack_sizes_history(results_root)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -307,8 +324,9 @@ def target_tables(results_root: Path) -> list[str]:
             latest[(row["row"], row.get("epochs"), row.get("train_subset"), row.get("seed"), row.get("tag"))] = row
     if latest:
         out += ["### QAT on the shared ResNet-20 (CIFAR-10 JPEG), fine-tuned from it", "",
-                f"Full precision: {_num(fp)}% top-1. Rows by `benchmarks/qat_cifar10.py` (each row's command is "
-                "in `benchmarks/results/qat_cifar10.jsonl`); the table's budget is 8 epochs on the 50k images.", "",
+                f"Full precision: {_num(fp)}% top-1. " + readme_train.made_by("qat_cifar10.py") + "; each row's "
+                "command is in `benchmarks/results/qat_cifar10.jsonl`. The table's budget is 8 epochs on the 50k "
+                "images.", "",
                 "| row | bits W/A(/G) | epochs | budget | top-1 | drop | target drop | | note |",
                 "|---|---|---:|---|---:|---:|---:|---|---|"]
         for row in sorted(latest.values(),
@@ -325,8 +343,8 @@ def target_tables(results_root: Path) -> list[str]:
     layerwise = {r["row"]: r for r in read_results(results_root / "layerwise_cifar10.jsonl") if "top1" in r}
     if layerwise:
         out += ["### Layer-wise compression of the shared ResNet-20 with 1% of the training set", "",
-                "Rows by `benchmarks/layerwise_cifar10.py --only ROW` (500 calibration images, first conv and fc "
-                "in float; conv ratio = 32-bit size over compressed size of the compressed convs; "
+                readme_train.made_by("layerwise_cifar10.py", " --only ROW") + " (500 calibration images, first "
+                "conv and fc in float; conv ratio = 32-bit size over compressed size of the compressed convs; "
                 "rows without a target are the naive baselines).", "",
                 "| row | method | params | top-1 | drop | target drop | | conv ratio | seconds |",
                 "|---|---|---|---:|---:|---:|---|---:|---:|"]
@@ -356,7 +374,9 @@ def step_time_table(results_root: Path) -> list[str]:
         return []
     out = ["### QAT training-step time against the float step", "",
            f"`{report['command']}`: {report['step']}, batch {report['batch_size']}, {report['threads']} thread(s), "
-           f"median of {report['rounds']} interleaved rounds; target {report['target']}.", "",
+           f"median of {report['rounds']} interleaved rounds; target {report['target']}. "
+           + readme_train.made_by("qat_cifar10.py", " --step-time", suite="resnet20-qat-step-time")
+           + ".", "",
            "| model | median ms | x float | |", "|---|---:|---:|---|"]
     for name, ms in report["median_ms"].items():
         ratio = report["ratio_vs_fp"].get(name)
@@ -367,17 +387,7 @@ def step_time_table(results_root: Path) -> list[str]:
 
 def issue6_tables(results_root: Path) -> list[str]:
     """The FBS, Co-Prune, Meta-Quant and LSQ-init result files of removed scripts (scripts/readme_studies.py)."""
-    return _sibling("readme_studies").study_tables(results_root)
-
-
-def _sibling(name: str):
-    """A module beside this script, loaded from its file (scripts/ is not a package; any cwd works)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return readme_studies.study_tables(results_root)
 
 
 def write_block(readme: Path, text: str) -> None:

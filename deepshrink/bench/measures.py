@@ -2,11 +2,13 @@
 
     measures: [fidelity, peak_rss, layer_seconds]      # a suite's, or a row's (added to the suite's)
 
-A measure is a small function registered under a name. After a row has run, the bench reloads the row's
-packed file and calls each measure with a `MeasureContext` (that model, the suite's float base model, the
-suite's evaluation batches, the row's folder); the figures it returns go into the row's record in
-`results.jsonl` and become columns of `report.md`. A measure may also have a `start` hook that runs just
-before the row (`peak_rss` resets the memory high-water mark there).
+A measure is a small function registered under a name; one that takes settings lists them as a dataclass
+(validated when the suite loads) and is given them as a one-key mapping, e.g.
+`measures: [peak_rss, {train_step_seconds: {batch_size: 64}}]`; the measure reads them as `ctx.settings`.
+After a row has run, the bench reloads the row's packed file and calls each measure with a `MeasureContext`
+(that model, the suite's float base model, the suite's evaluation batches, the row's folder); the figures it
+returns go into the row's record in `results.jsonl` and become columns of `report.md`. A measure may also
+have a `start` hook that runs just before the row (`peak_rss` resets the memory high-water mark there).
 
 Measures observe a row; none changes what the row computes, so they are not part of the row key: adding
 a measure to a suite does not re-run finished rows, whose records then lack its figures (shown as "—").
@@ -24,6 +26,7 @@ Registered here:
 - `bits_per_weight`: the layer-wise driver's bits per weight over the compressed layers.
 - `load_average`: the machine's 1-minute load average at the row's start and end (a shared machine's
   times and memory figures read with it).
+- `train_step_seconds`, `pack_variants`: in `measures_train` (a training step's time; the file re-packed).
 
 The method studies' measures (`macs_executed`, `batch1_latency`, `train_bn_top1`, `val_curve`) are in
 `deepshrink.bench.measures_studies`, registered when this module is imported.
@@ -61,34 +64,56 @@ class Measure:
     figures: dict  # record field -> (report column heading, format pattern or function of the record)
     start: Callable[[], object] | None = None
     doc: str = ""
+    settings: type | None = None  # a dataclass of the measure's settings (None: it takes none)
 
 
 MEASURES: dict[str, Measure] = {}
 
 
-def register_measure(name: str, figures: dict, start: Callable[[], object] | None = None):
+def register_measure(name: str, figures: dict, start: Callable[[], object] | None = None,
+                     settings: type | None = None):
     """Register the decorated function as measure `name`; `figures` maps the record fields it writes to
-    (column heading, "{:.1f}"-style pattern or a function of the record giving the cell)."""
+    (column heading, "{:.1f}"-style pattern or a function of the record giving the cell); `settings` is the
+    dataclass of its settings, if it takes any (its defaults apply to what a suite leaves out)."""
 
     def wrap(func):
         summary = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
-        MEASURES[name] = Measure(name, func, dict(figures), start, summary)
+        MEASURES[name] = Measure(name, func, dict(figures), start, summary, settings)
         return func
 
     return wrap
 
 
-def check_measures(names, where: str) -> list[str]:
-    """`names` as a list of registered measure names, or a one-line UserError naming the bad one."""
+def check_measures(names, where: str) -> dict[str, dict]:
+    """`measures:` as {registered name: settings given}, each entry a name or a one-key mapping
+    {name: {setting: value}}; a one-line UserError naming the bad entry or setting."""
     if names is None:
-        return []
-    if isinstance(names, str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise UserError(f"{where}: `measures:` must be a list of names, e.g. [fidelity, peak_rss]; "
+        return {}
+    entries = [next(iter(n.items())) if isinstance(n, dict) and len(n) == 1 else (n, {}) for n in names] \
+        if isinstance(names, list) else None
+    if entries is None or not all(isinstance(n, str) and isinstance(s, dict) for n, s in entries):
+        raise UserError(f"{where}: `measures:` must be a list of names, e.g. [fidelity, peak_rss], or of one-key "
+                        f"mappings for settings, e.g. {{train_step_seconds: {{batch_size: 64}}}}; "
                         f"registered: {', '.join(sorted(MEASURES))}")
-    unknown = [n for n in names if n not in MEASURES]
+    unknown = [n for n, _ in entries if n not in MEASURES]
     if unknown:
         raise UserError(f"{where}: unknown measure(s) {unknown}; registered: {', '.join(sorted(MEASURES))}")
-    return list(dict.fromkeys(names))
+    for name, given in entries:
+        measure_settings(name, given, where)  # a bad setting fails here, when the suite loads
+    return dict(entries)
+
+
+def measure_settings(name: str, given: dict, where: str = "measures"):
+    """Measure `name`'s settings dataclass built from `given` (its defaults for the rest); None for a measure
+    that takes none. A one-line UserError names an unknown key or a bad value."""
+    from ..config import _build
+
+    cls = MEASURES[name].settings
+    if cls is None:
+        if given:
+            raise UserError(f"{where}: measure {name!r} takes no settings, got {sorted(given)}")
+        return None
+    return _build(cls, dict(given or {}), f"{where}: measure {name!r}")
 
 
 class MeasureContext:
@@ -106,6 +131,7 @@ class MeasureContext:
         self._val_batches = val_batches or eval_batches
         self._loaded = None
         self.started = started or {}
+        self.settings = None  # the settings of the measure being run (its dataclass), set by run_measures
 
     @property
     def model(self) -> torch.nn.Module:
@@ -139,10 +165,13 @@ def start_measures(names) -> dict:
 
 
 def run_measures(names, ctx: MeasureContext) -> dict:
-    """The figures of every named measure on one row. Measures with a `start` hook run last, so a
-    high-water mark covers the others' work too."""
+    """The figures of every named measure on one row (`names`: a list, or {name: settings} as
+    `check_measures` gives). Measures with a `start` hook run last, so a high-water mark covers the others'
+    work too."""
+    given = names if isinstance(names, dict) else dict.fromkeys(names, {})
     figures = {}
-    for name in sorted(names, key=lambda n: MEASURES[n].start is not None):
+    for name in sorted(given, key=lambda n: MEASURES[n].start is not None):
+        ctx.settings = measure_settings(name, given[name])
         figures.update(MEASURES[name].measure(ctx))
     return figures
 
@@ -269,3 +298,4 @@ def load_average(ctx: MeasureContext) -> dict:
     return {"load_average": [ctx.started.get("load_average"), _load_average()]}
 
 from . import measures_studies  # noqa: E402,F401 - registers FBS, LSQ-init and Meta-Quant measures
+from . import measures_train  # noqa: E402,F401 - registers train_step_seconds and pack_variants

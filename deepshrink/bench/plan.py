@@ -26,7 +26,7 @@ class PlannedRow:
     overrides: list = field(default_factory=list)
     recipe: dict | None = None  # the resolved recipe (Recipe.to_dict()); None for the full-precision row
     error: str | None = None
-    measures: list = field(default_factory=list)  # measure names (the suite's and the row's)
+    measures: dict = field(default_factory=dict)  # measure name -> settings (the suite's and the row's)
 
     @property
     def method(self) -> str:

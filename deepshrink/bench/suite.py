@@ -66,7 +66,7 @@ class RowSpec:
     label: str | None = None
     published: dict | None = None  # {drop, source}: overrides the built-in published table
     target_drop: float | None = None  # the most top-1 points this row may lose against full precision
-    measures: list = field(default_factory=list)  # measure names added to the suite's for this row
+    measures: dict = field(default_factory=dict)  # measure name -> settings, added to the suite's for this row
 
     def overrides(self) -> list[str]:
         """The `--set` list this row runs with: the budget as `train.*` overrides, then the row's own."""
@@ -88,7 +88,7 @@ class Suite:
     title: str = ""
     description: str = ""
     path: Path | None = None
-    measures: list = field(default_factory=list)  # measure names every row gets (bench.measures)
+    measures: dict = field(default_factory=dict)  # measure name -> settings, every row's (bench.measures)
     data_spec: SuiteData | None = None  # the whole `data:`; `data` keeps its name and root
 
     def identity(self) -> dict:
@@ -96,9 +96,10 @@ class Suite:
         data = self.data_spec.identity() if self.data_spec else {"name": self.data["name"]}
         return {"model": self.model, "data": data, "seed": self.seed}
 
-    def row_measures(self, spec: "RowSpec") -> list[str]:
-        """The measures of one row: the suite's, then the row's own."""
-        return list(dict.fromkeys([*self.measures, *spec.measures]))
+    def row_measures(self, spec: "RowSpec") -> dict[str, dict]:
+        """The measures of one row, name -> settings: the suite's, then the row's own (its settings win)."""
+        return {name: {**self.measures.get(name, {}), **spec.measures.get(name, {})}
+                for name in dict.fromkeys([*self.measures, *spec.measures])}
 
 
 class SuiteSkipped(UserError):

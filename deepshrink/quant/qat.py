@@ -97,6 +97,12 @@ class QATMethod(Method):
             ctx.fit(model, self.hooks())
         return model
 
+    def training_form(self, model: nn.Module, batch) -> nn.Module:
+        """The quantized training form `compress` trains: layers swapped, quantizers initialised from `batch`."""
+        self.prepare(model)
+        calibrate(model, [batch])
+        return model.train()
+
     def convert(self, model: nn.Module) -> nn.Module:
         for name, module in list(model.named_modules()):
             if isinstance(module, _QuantLayer):

@@ -140,7 +140,7 @@ def test_a_misspelt_study_measure_is_one_line():
 
 def test_the_shipped_study_suites_keep_the_scripts_settings():
     fbs = load_suite("fbs-cifar10")
-    assert fbs.measures[:2] == ["macs_executed", "batch1_latency"]
+    assert list(fbs.measures)[:2] == ["macs_executed", "batch1_latency"]
     rows = plan_rows(fbs, "b")
     assert all(r.error is None for r in rows)
     assert [r.recipe["train"]["epochs"] for r in rows[1:]] == [0, 2, 6, 14, 30]

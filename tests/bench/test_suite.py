@@ -55,7 +55,7 @@ def test_only_picks_rows_by_method_or_by_shipped_recipe_name():
     assert [r.label for r in by_recipe] == ["full precision", "DoReFa W1/A1", "DoReFa W8/A8"]
     assert [(r.recipe["params"]["weight_bits"], r.recipe["params"]["act_bits"]) for r in by_recipe[1:]] == \
         [(1, 1), (8, 8)]
-    assert len(plan_rows(suite, "base-id", only=["dorefa"])) == 7  # the reference and six DoReFa rows
+    assert len(plan_rows(suite, "base-id", only=["dorefa"])) == 9  # the reference and eight DoReFa rows
     with pytest.raises(UserError, match="no row of method, recipe or label"):
         plan_rows(suite, "base-id", only=["dorefa-w3a3"])
 

@@ -24,6 +24,7 @@ Registered here:
 - `bits_per_weight`: the layer-wise driver's bits per weight over the compressed layers.
 - `load_average`: the machine's 1-minute load average at the row's start and end (a shared machine's
   times and memory figures read with it).
+- `threads`, `per_layer_seconds`, `folder_io`: the ImageNet-size suites' (`bench/measures_scale.py`).
 
 Example::
 
@@ -258,3 +259,6 @@ def load_average(ctx: MeasureContext) -> dict:
     """The machine's 1-minute load average when the row started and when it ended: above the row's threads, other
     work shared the cores, and times and memory read accordingly."""
     return {"load_average": [ctx.started.get("load_average"), _load_average()]}
+
+
+from . import measures_scale  # noqa: E402,F401  (registers threads, per_layer_seconds, folder_io)

@@ -61,3 +61,16 @@ def train_base(suite: Suite, path: Path) -> None:
     Trainer(model, bundle.train, bundle.val, config, run_dir=run_dir, resume=last if last.is_file() else None,
             meta={"model": suite.model, "data": suite.data["name"], "purpose": "bench base"}).fit()
     save_checkpoint(model.state_dict(), path)
+
+
+def random_base(suite: Suite, path: Path) -> None:
+    """Save the suite's model with its own initial weights, drawn with the suite's seed (`base: {random: true}`),
+    as a state_dict at `path`. Built from `model:` alone: its `args` (e.g. num_classes) must suit the data."""
+    from ..engine import seed_everything
+    from ..engine.checkpoint import save_checkpoint
+    from ..pipeline import build_model
+
+    seed_everything(suite.seed)
+    model = build_model(suite.model["name"], suite.model["args"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model.state_dict(), path)

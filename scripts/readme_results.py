@@ -12,6 +12,7 @@ README links.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -39,7 +40,15 @@ SUITES = [  # folder, heading; other folders with results follow in name order
     ("efficientnet-lite0", "EfficientNet-Lite0 (ImageNet weights) through the layer-wise methods at 224x224: fidelity "
                            "to the float network on CIFAR-10 images, not ImageNet"),
 ]
-CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0")  # in the README, not the history
+CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0", "resnet50-imagenet-like", "resnet18-imagenet-like")  # README
+
+
+def _sibling(name: str):
+    """scripts/NAME.py, loaded by its path so that this script runs from any folder."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def section(results_root: Path, relative_to: Path) -> str:
@@ -58,6 +67,7 @@ def section(results_root: Path, relative_to: Path) -> str:
         if (results_root / name / RESULTS_FILE).is_file():
             out += suite_section(results_root / name, relative_to)
     out += runtime_tables(results_root)
+    out += _sibling("readme_scale").scale_tables(results_root, lambda folder: suite_section(folder, relative_to))
     out += [f"Every earlier figure (seed 0 and 1, chosen on the test set before the validation split existed), "
             f"every probe and the FBS, Co-Prune and Meta-Quant studies: [{HISTORY}]({_rel(results_root.parent / HISTORY, relative_to)}).", ""]
     return "\n".join(out).rstrip() + "\n"

@@ -14,6 +14,7 @@ from deepshrink.bench.data import build_bundle, describe
 from deepshrink.bench.generated import MARKER, ensure_folder, parse_generate
 from deepshrink.bench.report import render_markdown
 from deepshrink.bench.runner import random_base_path
+from deepshrink.bench.stale import planned_keys
 from deepshrink.cli import main
 from deepshrink.registry import create_model
 from deepshrink.data import LazyImageDataset, get_dataset
@@ -172,6 +173,7 @@ def test_a_tiny_generated_suite_runs_end_to_end(tmp_path):
     assert "generated folder of 12 + 4 JPEGs" in fp["data_note"]
     base = random_base_path(suite, out)
     assert base.is_file() and rtn["base"] == str(base)
+    assert planned_keys(suite, rtn["base"]) == {fp["key"], rtn["key"]}  # the stale-row check knows a random base
     state = torch.load(base, weights_only=True)
     torch.manual_seed(123)
     from deepshrink.bench.rows import random_base

@@ -227,8 +227,18 @@ def _prepared(data: SuiteData, draw: Draw, seed: int):
     return TensorImageDataset(images, full.targets[index], meta)
 
 
+def data_root(data: SuiteData, seed: int):
+    """Where the data set is read from: the generated folder (`generated.folder_for`), else `data.root` (None: the
+    data set's default places). Names the place only; `build_bundle` writes a generated folder first."""
+    if data.generate is None:
+        return data.root
+    from .generated import folder_for
+
+    return str(folder_for(data.generate, seed, data.root))
+
+
 def _root(data: SuiteData, seed: int):
-    """The data set's folder: the generated one (written first when it is not complete), else `data.root`."""
+    """`data_root`, with a generated folder written first when it is not complete."""
     if data.generate is None:
         return data.root
     from .generated import ensure_folder

@@ -32,12 +32,13 @@ def spec_from_row(task: RowTask):
     without one, such as the full-precision reference, runs its method's defaults), the base checkpoint,
     the row's own folder. The base is scored once, by the reference row, not by every row."""
     from ..spec import run_spec
+    from .data import data_root
 
     suite = task.suite
     recipe = task.row.recipe if task.row.recipe is not None else {"method": task.row.method}
+    root = data_root(suite.data_spec, task.seed) if suite.data_spec else suite.data.get("root")  # a generated folder
     return run_spec(recipe, model=suite.model["name"], model_args=suite.model["args"], base=task.base,
-                    data=suite.data["name"], data_root=suite.data.get("root"), out=task.out_dir,
-                    evaluate_base=False)
+                    data=suite.data["name"], data_root=root, out=task.out_dir, evaluate_base=False)
 
 
 def train_base(suite: Suite, path: Path) -> None:

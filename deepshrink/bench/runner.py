@@ -106,8 +106,12 @@ def trained_base_id(suite: Suite) -> str:
 
 def trained_base_path(suite: Suite, out_dir: Path) -> Path:
     """Where the base a suite trains itself is kept: its `base.cache` folder, else `out_dir/base/`."""
-    cache = Path(suite.base["cache"]).expanduser() if suite.base.get("cache") else Path(out_dir) / "base"
-    return cache / f"{suite.model['name']}-{suite.data['name']}-{trained_base_id(suite).split(':')[1]}.pt"
+    tag = trained_base_id(suite).split(":")[1]
+    return _base_folder(suite, out_dir) / f"{suite.model['name']}-{suite.data['name']}-{tag}.pt"
+
+
+def _base_folder(suite: Suite, out_dir: Path) -> Path:
+    return Path(suite.base["cache"]).expanduser() if suite.base.get("cache") else Path(out_dir) / "base"
 
 
 def random_base_id(suite: Suite) -> str:
@@ -117,8 +121,7 @@ def random_base_id(suite: Suite) -> str:
 
 def random_base_path(suite: Suite, out_dir: Path) -> Path:
     """Where a random base is kept: `base.cache`, else `out_dir/base/` (as a trained base)."""
-    cache = Path(suite.base["cache"]).expanduser() if suite.base.get("cache") else Path(out_dir) / "base"
-    return cache / f"{suite.model['name']}-random-{random_base_id(suite).split(':')[1]}.pt"
+    return _base_folder(suite, out_dir) / f"{suite.model['name']}-random-{random_base_id(suite).split(':')[1]}.pt"
 
 
 def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[Path, str]:

@@ -57,7 +57,7 @@ SUITES = [  # folder, heading; other folders with results follow in name order
     ("resnet20-qat-step-time", "QAT training-step time against the float step, the shared ResNet-20"),
 ]
 CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0", "lsq-act-init", "resnet20-pack-sizes",
-           "resnet20-qat-step-time")  # in the README, not the history
+           "resnet20-qat-step-time", "resnet50-imagenet-like", "resnet18-imagenet-like")  # in the README
 
 
 def section(results_root: Path, relative_to: Path) -> str:
@@ -76,6 +76,7 @@ def section(results_root: Path, relative_to: Path) -> str:
         if (results_root / name / RESULTS_FILE).is_file():
             out += suite_section(results_root / name, relative_to)
     out += runtime_tables(results_root)
+    out += _sibling("readme_scale").scale_tables(results_root, lambda folder: suite_section(folder, relative_to))
     out += [f"Every earlier figure (seed 0 and 1, chosen on the test set before the validation split existed), "
             f"every probe and the FBS, Co-Prune and Meta-Quant studies: [{HISTORY}]({_rel(results_root.parent / HISTORY, relative_to)}).", ""]
     return "\n".join(out).rstrip() + "\n"

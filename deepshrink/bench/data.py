@@ -23,6 +23,12 @@ row key (`SuiteData.identity`).
 
 A suite may instead keep the data set as `compress` uses it in another domain: `transform: invert` and
 `train_per_class: 100` (a target domain with few labelled images, `deepshrink.bench.domain`).
+
+A draw may also be a count, `{split: train, images: 1024}`: that many images drawn uniformly at random with
+the suite's seed (not stratified). An image folder too large to hold in memory (`data: {name: imagefolder}`,
+images above 128 pixels) is drawn the same way and decoded per item by loader workers; `input_size` then
+resizes the shorter side to 256/224 of it and crops the centre, as ImageNet's evaluation does. `generate:`
+writes such a folder first (`deepshrink.bench.generated`; `deepshrink/bench/suites/resnet50-imagenet-like.yaml`).
 """
 from __future__ import annotations
 
@@ -33,18 +39,23 @@ import torch
 from ..errors import UserError
 
 _KEYS = {"name", "root", "input_size", "mean", "std", "calib", "eval", "batch_size", "labels", "note",
-         "transform", "train_per_class"}
+         "transform", "train_per_class", "generate"}
 _DOMAIN = {"transform", "train_per_class"}  # a target domain of the data set as `compress` uses it (bench.domain)
-_CUSTOM = _KEYS - {"name", "root", "note"} - _DOMAIN  # any of these: the bench draws and prepares the images itself
+_CUSTOM = _KEYS - {"name", "root", "note", "generate"} - _DOMAIN  # any of these: the bench draws and prepares the images itself
 _SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
 class Draw:
-    """`per_class` images of each class from `split`, stratified, drawn with the suite's seed."""
+    """`per_class` images of each class from `split`, stratified, drawn with the suite's seed; or, with
+    `images`, that many images of `split` drawn uniformly at random with the suite's seed."""
 
     split: str
-    per_class: int
+    per_class: int | None
+    images: int | None = None
+
+    def identity(self) -> list:
+        return [self.split, self.per_class] + ([self.images] if self.images is not None else [])
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,7 @@ class SuiteData:
     note: str = ""
     transform: str | None = None  # an image transform applied to every split (bench.domain.IMAGE_TRANSFORMS)
     train_per_class: int | None = None  # labelled training images per class (the rest of the training part unused)
+    generate: object = None  # a bench.generated.GeneratedFolder: the image folder is written first
 
     @property
     def custom(self) -> bool:
@@ -81,17 +93,25 @@ class SuiteData:
             return {"name": self.name, "transform": self.transform, "train_per_class": self.train_per_class}
         if not self.custom:
             return {"name": self.name}
-        return {"name": self.name, "input_size": self.input_size, "mean": self.mean, "std": self.std,
-                "calib": [self.calib.split, self.calib.per_class], "eval": [self.eval.split, self.eval.per_class],
-                "batch_size": self.batch_size, "labels": self.labels}
+        identity = {"name": self.name, "input_size": self.input_size, "mean": self.mean, "std": self.std,
+                    "calib": self.calib.identity(), "eval": self.eval.identity(), "batch_size": self.batch_size,
+                    "labels": self.labels}
+        return {**identity, "generate": self.generate.identity()} if self.generate else identity
 
 
 def describe(data: SuiteData, calib_images: int, eval_images: int) -> str:
     """One line a report shows above its table: what the images are and how many, then the suite's note."""
     size = f", resized to {data.input_size}x{data.input_size}" if data.input_size else ""
-    text = (f"{calib_images} calibration images from {data.name} {data.calib.split} and {eval_images} evaluation "
-            f"images from {data.name} {data.eval.split} (stratified){size}"
-            + ("; no top-1: the data set's classes are not the model's." if not data.labels else "."))
+    how = "stratified" if data.calib.per_class and data.eval.per_class else "drawn at random with the suite's seed"
+    if data.generate:
+        size = f", shorter side to {round(data.input_size * 256 / 224)}, centre {data.input_size}x{data.input_size}" \
+            if data.input_size else ""
+        text = (f"{calib_images} calibration images ({data.calib.split}) and {eval_images} evaluation images "
+                f"({data.eval.split}) from {data.generate.describe()} ({how}){size}")
+    else:
+        text = (f"{calib_images} calibration images from {data.name} {data.calib.split} and {eval_images} evaluation "
+                f"images from {data.name} {data.eval.split} ({how}){size}")
+    text += "; no top-1: the data set's classes are not the model's." if not data.labels else "."
     return f"{text} {data.note}".strip()
 
 
@@ -102,8 +122,8 @@ def parse_data(raw, where: str) -> SuiteData:
     unknown = set(raw) - _KEYS
     if unknown:
         raise UserError(f"{where}: data: unknown key(s) {sorted(unknown)}; allowed: {sorted(_KEYS)}")
-    if set(raw) & _CUSTOM and not (raw.get("calib") and raw.get("eval")):
-        raise UserError(f"{where}: data: {sorted(set(raw) & _CUSTOM)} need both `calib:` and `eval:` "
+    if (set(raw) & _CUSTOM or raw.get("generate")) and not (raw.get("calib") and raw.get("eval")):
+        raise UserError(f"{where}: data: {sorted(set(raw) & (_CUSTOM | {'generate'}))} need both `calib:` and `eval:` "
                         "(e.g. calib: {split: train, per_class: 20}, eval: {split: test, per_class: 50})")
     size = raw.get("input_size")
     if size is not None and not _positive_int(size):
@@ -135,18 +155,29 @@ def parse_data(raw, where: str) -> SuiteData:
                      calib=_draw(raw.get("calib"), f"{where}: data.calib"),
                      eval=_draw(raw.get("eval"), f"{where}: data.eval"),
                      batch_size=batch, labels=labels, note=str(raw.get("note") or ""), transform=transform,
-                     train_per_class=per_class)
+                     train_per_class=per_class, generate=_generated(raw, where))
+
+
+def _generated(raw: dict, where: str):
+    from .generated import parse_generate
+
+    spec = parse_generate(raw.get("generate"), where)
+    if spec is not None and raw["name"] != "imagefolder":
+        raise UserError(f"{where}: data.generate writes an image folder: give `name: imagefolder`, got {raw['name']!r}")
+    return spec
 
 
 def _draw(raw, where: str) -> Draw | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or set(raw) != {"split", "per_class"}:
-        raise UserError(f"{where} must be {{split: train|test, per_class: N}}, got {raw!r}")
-    if raw["split"] not in _SPLITS or not _positive_int(raw["per_class"]):
-        raise UserError(f"{where}: split must be one of {list(_SPLITS)} and per_class a positive integer, "
+    if not isinstance(raw, dict) or set(raw) not in ({"split", "per_class"}, {"split", "images"}):
+        raise UserError(f"{where} must be {{split: train|test, per_class: N}} or {{split: train|test, images: N}}, "
                         f"got {raw!r}")
-    return Draw(raw["split"], raw["per_class"])
+    count = raw.get("per_class", raw.get("images"))
+    if raw["split"] not in _SPLITS or not _positive_int(count):
+        raise UserError(f"{where}: split must be one of {list(_SPLITS)} and per_class / images a positive integer, "
+                        f"got {raw!r}")
+    return Draw(raw["split"], raw.get("per_class"), raw.get("images"))
 
 
 def _positive_int(value) -> bool:
@@ -179,27 +210,60 @@ def build_bundle(data: SuiteData, seed: int):
 
 
 def _prepared(data: SuiteData, draw: Draw, seed: int):
-    """The drawn images of `draw.split`, resized to `input_size`, carrying the normalisation to apply."""
+    """The drawn images of `draw.split`, resized to `input_size`, carrying the normalisation to apply. A data set
+    decoded per item stays so: the draw is a list of files, each resized and centre-cropped as it is read."""
     import dataclasses
 
-    from ..data import TensorImageDataset, get_dataset, stratified_indices
+    from ..data import LazyImageDataset, TensorImageDataset, get_dataset, stratified_indices
+
+    full = get_dataset(data.name, draw.split, root=_root(data, seed))
+    if not isinstance(full, (TensorImageDataset, LazyImageDataset)):
+        raise UserError(f"data set {data.name!r} is neither held in memory nor an image folder read per item")
+    if draw.images is not None:
+        if draw.images > len(full):
+            raise UserError(f"data: a draw of {draw.images} images from {data.name} {draw.split}, which holds "
+                            f"{len(full)}; draw fewer")
+        generator = torch.Generator().manual_seed(int(seed))
+        index = torch.randperm(len(full), generator=generator)[:draw.images].sort().values
+    else:
+        index = stratified_indices(full.targets, full.num_classes, per_class=draw.per_class, seed=seed)
+    meta = full.meta
+    if data.mean is not None:
+        if len(data.mean) != full.in_channels:
+            raise UserError(f"data.mean has {len(data.mean)} values, {data.name} images have {full.in_channels} "
+                            "channels")
+        meta = dataclasses.replace(meta, mean=data.mean, std=data.std)
+    meta = dataclasses.replace(meta, augment="none")
+    if isinstance(full, LazyImageDataset):  # read per item: shorter side to 256/224 of the size, centre crop
+        chosen = full.select(index)
+        drawn = LazyImageDataset(chosen._read, chosen.targets, meta, data.input_size or full.image_size)
+        drawn.root = full.root
+        return drawn
     from ..data.transforms import resize
 
-    full = get_dataset(data.name, draw.split, root=data.root)
-    if not isinstance(full, TensorImageDataset):
-        raise UserError(f"data set {data.name!r} is decoded per image; custom suite data needs one held in "
-                        "memory (MNIST ... STL-10, CIFAR-10 JPEG)")
-    index = stratified_indices(full.targets, full.num_classes, per_class=draw.per_class, seed=seed)
     images = full.images[index]  # (N, C, H, W) uint8
     if data.input_size:
         images = resize(images, (data.input_size, data.input_size))  # (N, C, S, S) uint8, bilinear
-    meta = full.meta
-    if data.mean is not None:
-        if len(data.mean) != images.shape[1]:
-            raise UserError(f"data.mean has {len(data.mean)} values, {data.name} images have {images.shape[1]} "
-                            "channels")
-        meta = dataclasses.replace(meta, mean=data.mean, std=data.std)
-    return TensorImageDataset(images, full.targets[index], dataclasses.replace(meta, augment="none"))
+    return TensorImageDataset(images, full.targets[index], meta)
+
+
+def data_root(data: SuiteData, seed: int):
+    """Where the data set is read from: the generated folder (`generated.folder_for`), else `data.root` (None: the
+    data set's default places). Names the place only; `build_bundle` writes a generated folder first."""
+    if data.generate is None:
+        return data.root
+    from .generated import folder_for
+
+    return str(folder_for(data.generate, seed, data.root))
+
+
+def _root(data: SuiteData, seed: int):
+    """`data_root`, with a generated folder written first when it is not complete."""
+    if data.generate is None:
+        return data.root
+    from .generated import ensure_folder
+
+    return ensure_folder(data.generate, seed, data.root)
 
 
 class NoTraining:

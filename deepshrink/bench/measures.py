@@ -26,6 +26,7 @@ Registered here:
 - `bits_per_weight`: the layer-wise driver's bits per weight over the compressed layers.
 - `load_average`: the machine's 1-minute load average at the row's start and end (a shared machine's
   times and memory figures read with it).
+- `threads`, `per_layer_seconds`, `folder_io`: the ImageNet-size suites' (`bench/measures_scale.py`).
 - `train_step_seconds`, `pack_variants`: in `measures_train` (a training step's time; the file re-packed).
 
 The method studies' measures (`macs_executed`, `batch1_latency`, `train_bn_top1`, `val_curve`) are in
@@ -299,3 +300,4 @@ def load_average(ctx: MeasureContext) -> dict:
 
 from . import measures_studies  # noqa: E402,F401 - registers FBS, LSQ-init and Meta-Quant measures
 from . import measures_train  # noqa: E402,F401 - registers train_step_seconds and pack_variants
+from . import measures_scale  # noqa: E402,F401  (registers threads, per_layer_seconds, folder_io)

@@ -45,6 +45,7 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
     """The suite's rows in run order: the full-precision reference, then the listed rows, then (with
     `all_methods`) a default row for every registered method the suite does not list.
 
+    A row of method `fp32` in the suite stands in for the automatic reference row (its label, its measures).
     `only` keeps the rows of those methods, shipped recipe names or labels (the full-precision row is always
     kept: every drop is measured against it); `epochs` replaces every row's fine-tune budget; `methods` is the
     list of registered method names (default: the registry's).
@@ -53,7 +54,9 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
         from ..registry import list_methods
 
         methods = list_methods()
-    specs = [RowSpec(BASELINE, label="full precision")] + list(suite.rows)
+    # a suite may list the full-precision row itself, to give it a label or measures of its own
+    listed = next((s for s in suite.rows if s.method == BASELINE), None)
+    specs = [listed or RowSpec(BASELINE, label="full precision")] + [s for s in suite.rows if s is not listed]
     if suite.all_methods:
         listed = {s.method for s in specs}
         specs += [RowSpec(m) for m in methods if m not in listed]

@@ -32,12 +32,13 @@ def spec_from_row(task: RowTask):
     without one, such as the full-precision reference, runs its method's defaults), the base checkpoint,
     the row's own folder. The base is scored once, by the reference row, not by every row."""
     from ..spec import run_spec
+    from .data import data_root
 
     suite = task.suite
     recipe = task.row.recipe if task.row.recipe is not None else {"method": task.row.method}
+    root = data_root(suite.data_spec, task.seed) if suite.data_spec else suite.data.get("root")  # a generated folder
     return run_spec(recipe, model=suite.model["name"], model_args=suite.model["args"], base=task.base,
-                    data=suite.data["name"], data_root=suite.data.get("root"), out=task.out_dir,
-                    evaluate_base=False)
+                    data=suite.data["name"], data_root=root, out=task.out_dir, evaluate_base=False)
 
 
 def train_base(suite: Suite, path: Path) -> None:
@@ -60,4 +61,17 @@ def train_base(suite: Suite, path: Path) -> None:
     last = run_dir / "last.pt"
     Trainer(model, bundle.train, bundle.val, config, run_dir=run_dir, resume=last if last.is_file() else None,
             meta={"model": suite.model, "data": suite.data["name"], "purpose": "bench base"}).fit()
+    save_checkpoint(model.state_dict(), path)
+
+
+def random_base(suite: Suite, path: Path) -> None:
+    """Save the suite's model with its own initial weights, drawn with the suite's seed (`base: {random: true}`),
+    as a state_dict at `path`. Built from `model:` alone: its `args` (e.g. num_classes) must suit the data."""
+    from ..engine import seed_everything
+    from ..engine.checkpoint import save_checkpoint
+    from ..pipeline import build_model
+
+    seed_everything(suite.seed)
+    model = build_model(suite.model["name"], suite.model["args"])
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model.state_dict(), path)

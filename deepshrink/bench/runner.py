@@ -106,18 +106,40 @@ def trained_base_id(suite: Suite) -> str:
 
 def trained_base_path(suite: Suite, out_dir: Path) -> Path:
     """Where the base a suite trains itself is kept: its `base.cache` folder, else `out_dir/base/`."""
-    cache = Path(suite.base["cache"]).expanduser() if suite.base.get("cache") else Path(out_dir) / "base"
-    return cache / f"{suite.model['name']}-{suite.data['name']}-{trained_base_id(suite).split(':')[1]}.pt"
+    tag = trained_base_id(suite).split(":")[1]
+    return _base_folder(suite, out_dir) / f"{suite.model['name']}-{suite.data['name']}-{tag}.pt"
+
+
+def _base_folder(suite: Suite, out_dir: Path) -> Path:
+    return Path(suite.base["cache"]).expanduser() if suite.base.get("cache") else Path(out_dir) / "base"
+
+
+def random_base_id(suite: Suite) -> str:
+    """The identity of a random base (`base: {random: true}`): the model and the seed its weights are drawn with."""
+    return "random:" + stable_hash({"model": suite.model, "seed": suite.seed})
+
+
+def random_base_path(suite: Suite, out_dir: Path) -> Path:
+    """Where a random base is kept: `base.cache`, else `out_dir/base/` (as a trained base)."""
+    return _base_folder(suite, out_dir) / f"{suite.model['name']}-random-{random_base_id(suite).split(':')[1]}.pt"
 
 
 def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[Path, str]:
-    """The base checkpoint (given, from the suite, or trained once and cached in `base.cache` or `out_dir/base/`)
-    and its id. A base whose training was cut off resumes from its last checkpoint (`train_base`)."""
+    """The base checkpoint (given, from the suite, drawn at random or trained once, and cached in `base.cache` or
+    `out_dir/base/`) and its id. A base whose training was cut off resumes from its last checkpoint (`train_base`)."""
     path = base_checkpoint(suite, base)
     if path is not None:
         if not path.is_file():
             raise UserError(f"base checkpoint {path} does not exist; give --base with a state_dict file")
         return path, "sha256:" + file_digest(path)
+    if suite.base.get("random"):
+        from .rows import random_base
+
+        path = random_base_path(suite, out_dir)
+        if not path.is_file():
+            log(f"[bench] drawing the random base {suite.model['name']} (seed {suite.seed}) -> {path}")
+            random_base(suite, path)
+        return path, random_base_id(suite)
     if not suite.base.get("train"):
         raise UserError(f"suite {suite.name!r} has no base checkpoint and no `base.train:`; "
                         "give --base CHECKPOINT (a state_dict of the suite's model)")

@@ -21,7 +21,7 @@ from .suite import SuiteSkipped, base_checkpoint, file_digest, load_suite
 def planned_keys(suite, base: str | None) -> set[str] | None:
     """The keys the current code gives the suite's rows, for its base (None when the base cannot be identified)."""
     from .plan import plan_rows
-    from .runner import trained_base_id
+    from .runner import random_base_id, trained_base_id
 
     recorded = base if base and "/base/" not in base else None  # the records' base, unless one the suite trained
     try:
@@ -34,6 +34,8 @@ def planned_keys(suite, base: str | None) -> set[str] | None:
         base_id = "sha256:" + file_digest(path)
     elif suite.base.get("train"):
         base_id = trained_base_id(suite)
+    elif suite.base.get("random"):
+        base_id = random_base_id(suite)
     else:
         return None
     return {row.key for row in plan_rows(suite, base_id)}

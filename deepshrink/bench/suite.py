@@ -22,6 +22,8 @@ A suite (see `deepshrink/bench/suites/quick.yaml`)::
         label: DoReFa W2/A2
         measures: [fidelity]                      # added to the suite's for this row
 
+`base: {random: true}` starts every row from the model's own initial weights drawn with the suite's seed (kept
+in `base.cache` or OUT/base/): for suites that measure time and memory where no trained network exists.
 `data:` may also say how the images are drawn and prepared (size, normalisation, counts, labels that are
 not the model's: `deepshrink.bench.data`) or describe a target domain (`transform: invert`, `train_per_class`:
 `deepshrink.bench.domain`), and `base.checkpoint:` may name a file inside an installed
@@ -155,9 +157,13 @@ def load_suite(source) -> Suite:
         raise UserError(f"{where}: `rows:` must be a non-empty list of {{method: ...}} (or set all_methods: true)")
     budget = _check_budget(data.get("budget") or {}, f"{where}: budget")
     base = data.get("base") or {}
-    if not isinstance(base, dict) or set(base) - {"checkpoint", "train", "cache"}:
-        raise UserError(f"{where}: `base:` takes `checkpoint:` (a state_dict file), `train:` (TrainConfig) and "
-                        "`cache:` (a folder for the trained base)")
+    if not isinstance(base, dict) or set(base) - {"checkpoint", "train", "cache", "random"}:
+        raise UserError(f"{where}: `base:` takes `checkpoint:` (a state_dict file), `train:` (TrainConfig), "
+                        "`random: true` (the model's own initial weights, seeded) and `cache:` (a folder for the "
+                        "trained or drawn base)")
+    if "random" in base and (base["random"] is not True or base.get("checkpoint") or base.get("train")):
+        raise UserError(f"{where}: base.random must be `true`, alone (no checkpoint: or train:): the model's own "
+                        f"initial weights drawn with the suite's seed, for time and memory figures; got {base!r}")
     if base.get("cache") is not None and not isinstance(base["cache"], str):
         raise UserError(f"{where}: base.cache must be a folder path, got {base['cache']!r}")
     checkpoint = base.get("checkpoint")

@@ -50,13 +50,15 @@ def list_rows(suite, args) -> int:
 
     from ..bench.plan import plan_rows
     from ..bench.results import RESULTS_FILE, latest_by_key, read_results
-    from ..bench.runner import resolve_base, trained_base_id, trained_base_path
+    from ..bench.runner import random_base_id, resolve_base, trained_base_id, trained_base_path
 
     from ..bench.suite import SuiteSkipped
 
     untrained = not (args.base or suite.base.get("checkpoint")) and suite.base.get("train") and \
         not trained_base_path(suite, args.out).is_file()
-    if untrained:  # the rows' keys name such a base by its settings: they are known before it is trained
+    if suite.base.get("random") and not args.base:  # known from the model and seed, nothing to draw yet
+        base_id = random_base_id(suite)
+    elif untrained:  # the rows' keys name such a base by its settings: they are known before it is trained
         base_id = trained_base_id(suite)
         print(f"base: not trained yet ({trained_base_path(suite, args.out)}); the first run of the suite trains it")
     else:

@@ -6,7 +6,9 @@ A measure is a small function registered under a name. After a row has run, the 
 packed file and calls each measure with a `MeasureContext` (that model, the suite's float base model, the
 suite's evaluation batches, the row's folder); the figures it returns go into the row's record in
 `results.jsonl` and become columns of `report.md`. A measure may also have a `start` hook that runs just
-before the row (`peak_rss` resets the memory high-water mark there).
+before the row (`peak_rss` resets the memory high-water mark there), and settings with defaults that a suite
+changes in `measure_settings:` (`measure_settings: {speed: {batches: [1, 64], threads: [1, 2]}}`); like the
+measures themselves, settings are not in the row key.
 
 Measures observe a row; none changes what the row computes, so they are not part of the row key: adding
 a measure to a suite does not re-run finished rows, whose records then lack its figures (shown as "—").
@@ -37,7 +39,7 @@ import json
 import math
 import os
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -58,18 +60,22 @@ class Measure:
     figures: dict  # record field -> (report column heading, format pattern or function of the record)
     start: Callable[[], object] | None = None
     doc: str = ""
+    settings: dict = field(default_factory=dict)  # setting -> default; a suite's `measure_settings:` changes them
+    check: Callable[[dict, str], None] | None = None  # further rules on the settings: raises a one-line UserError
 
 
 MEASURES: dict[str, Measure] = {}
 
 
-def register_measure(name: str, figures: dict, start: Callable[[], object] | None = None):
+def register_measure(name: str, figures: dict, start: Callable[[], object] | None = None,
+                     settings: dict | None = None, check: Callable[[dict, str], None] | None = None):
     """Register the decorated function as measure `name`; `figures` maps the record fields it writes to
-    (column heading, "{:.1f}"-style pattern or a function of the record giving the cell)."""
+    (column heading, "{:.1f}"-style pattern or a function of the record giving the cell); `settings` maps
+    each setting to its default (its type is the setting's: see `check_measure_settings`)."""
 
     def wrap(func):
         summary = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
-        MEASURES[name] = Measure(name, func, dict(figures), start, summary)
+        MEASURES[name] = Measure(name, func, dict(figures), start, summary, dict(settings or {}), check)
         return func
 
     return wrap
@@ -88,20 +94,75 @@ def check_measures(names, where: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_measure_settings(raw, used: list[str], where: str) -> dict:
+    """A suite's `measure_settings:` as {measure: {setting: value}} with every default filled in, or a one-line
+    UserError. Each value has its default's type: true/false; a positive integer; a number >= 0; a non-empty
+    list of positive integers; any other list (non-empty where the default is; the measure's `check` says more)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: `measure_settings:` must map measure names to settings, e.g. "
+                        "{speed: {batches: [1, 64]}}")
+    out = {}
+    for name, given in raw.items():
+        measure = MEASURES.get(name)
+        if measure is None or name not in used:
+            raise UserError(f"{where}: measure_settings names {name!r}, which no row measures; measured: "
+                            f"{', '.join(used) or 'none'}")
+        if not isinstance(given, dict):
+            raise UserError(f"{where}: measure_settings.{name} must be a mapping of settings, e.g. "
+                            f"{{{next(iter(measure.settings), 'setting')}: ...}}; allowed: {sorted(measure.settings)}")
+        if set(given) - set(measure.settings):
+            raise UserError(f"{where}: measure_settings.{name}: unknown setting(s) "
+                            f"{sorted(set(given) - set(measure.settings))}; allowed: {sorted(measure.settings) or 'none'}")
+        for key, value in given.items():
+            _check_setting(value, measure.settings[key], f"{where}: measure_settings.{name}.{key}")
+        out[name] = {**measure.settings, **given}
+        if measure.check is not None:
+            measure.check(out[name], f"{where}: measure_settings.{name}")
+    return out
+
+
+def _check_setting(value, default, where: str) -> None:
+    def positive_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = positive_int(value), "a positive integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        want = "a number >= 0"
+    elif isinstance(default, list) and default and all(positive_int(v) for v in default):
+        ok = isinstance(value, list) and bool(value) and all(positive_int(v) for v in value)
+        want = "a non-empty list of positive integers"
+    else:
+        ok = isinstance(value, type(default)) and (not isinstance(value, list) or bool(value) or not default)
+        want = f"a {'non-empty ' if default else ''}{type(default).__name__} like {default!r}"
+    if not ok:
+        raise UserError(f"{where} must be {want}, got {value!r}")
+
+
 class MeasureContext:
     """What a measure reads: the row's packed file reloaded, the float base model and its logits, the
-    evaluation batches, the row's folder and its `start` results. Each is made on first use (a measure
-    that reads none of them costs nothing); the runner shares the base model, its logits and the batches
-    between the rows of a run."""
+    evaluation batches, the row's folder and its `start` results; the calibration batches, whether the
+    evaluation labels are the model's classes (`labels`) and the suite's measure settings. Each is made on
+    first use (a measure that reads none of them costs nothing); the runner shares the base model, its
+    logits and the batches between the rows of a run."""
 
     def __init__(self, model: Callable[[], torch.nn.Module], row_dir, base_model: Callable[[], torch.nn.Module],
                  eval_batches: Callable[[], object], base_logits: Callable[[], torch.Tensor] | None = None,
-                 started: dict | None = None):
+                 started: dict | None = None, calib_batches: Callable[[], object] | None = None,
+                 labels: bool = True, settings: dict | None = None):
         self.row_dir = Path(row_dir)
         self._model, self._base_model, self._eval_batches, self._base_logits = model, base_model, eval_batches, \
             base_logits
+        self._calib_batches = calib_batches
         self._loaded = None
         self.started = started or {}
+        self.labels = labels
+        self._settings = settings or {}
 
     @property
     def model(self) -> torch.nn.Module:
@@ -118,6 +179,14 @@ class MeasureContext:
     def eval_batches(self):
         """The suite's evaluation images: an iterable of (inputs, labels) batches."""
         return self._eval_batches()
+
+    def calib_batches(self):
+        """The suite's calibration images, (inputs, labels) batches; None when the runner gives none."""
+        return self._calib_batches() if self._calib_batches else None
+
+    def settings(self, measure: str) -> dict:
+        """Measure `measure`'s settings: its defaults, with what the suite's `measure_settings:` changes."""
+        return {**MEASURES[measure].settings, **self._settings.get(measure, {})}
 
     def base_logits(self) -> torch.Tensor:
         """The base model's logits on the evaluation images, (N, classes)."""
@@ -258,3 +327,4 @@ def load_average(ctx: MeasureContext) -> dict:
     """The machine's 1-minute load average when the row started and when it ended: above the row's threads, other
     work shared the cores, and times and memory read accordingly."""
     return {"load_average": [ctx.started.get("load_average"), _load_average()]}
+

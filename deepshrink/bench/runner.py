@@ -230,8 +230,10 @@ class _SharedInputs:
     def context(self, row_dir: Path, started: dict) -> MeasureContext:
         from .. import api
 
+        spec = self.suite.data_spec
         return MeasureContext(lambda: api.load(row_dir / "model.dsz"), row_dir, self.base_model, self.eval_batches,
-                              self.base_logits, started)
+                              self.base_logits, started, calib_batches=lambda: self.bundle().calib,
+                              labels=spec.labels if spec is not None else True, settings=self.suite.measure_settings)
 
 
 def _refresh_report(out_dir: Path, log) -> None:

@@ -14,6 +14,7 @@ A suite (see `deepshrink/bench/suites/quick.yaml`)::
     budget: {epochs: 1}                           # default fine-tune budget of every row (train.*)
     all_methods: true                             # add a default row for every method not listed
     measures: [peak_rss]                          # named figures beyond accuracy (bench.measures)
+    measure_settings: {speed: {threads: [1, 2]}}  # a measure's settings (not in the row key)
     rows:
       - method: dorefa
         recipe: dorefa                            # built-in recipe name, a path, or an inline mapping
@@ -44,12 +45,12 @@ import yaml
 from ..config import TrainConfig
 from ..errors import UserError
 from .data import SuiteData, parse_data
-from .measures import check_measures
+from .measures import check_measure_settings, check_measures
 
 SUITE_DIR = Path(__file__).parent / "suites"
 BASELINE = "fp32"  # the method name of the full-precision reference row
 _SUITE_KEYS = {"name", "title", "description", "model", "data", "base", "seed", "budget", "all_methods", "rows",
-               "measures"}
+               "measures", "measure_settings"}
 _ROW_KEYS = {"method", "recipe", "set", "budget", "label", "published", "target_drop", "measures"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -88,6 +89,7 @@ class Suite:
     description: str = ""
     path: Path | None = None
     measures: list = field(default_factory=list)  # measure names every row gets (bench.measures)
+    measure_settings: dict = field(default_factory=dict)  # {measure: {setting: value}}, defaults filled in
     data_spec: SuiteData | None = None  # the whole `data:`; `data` keeps its name and root
 
     def identity(self) -> dict:
@@ -171,13 +173,16 @@ def load_suite(source) -> Suite:
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"{where}: seed must be an integer, got {seed!r}")
+    parsed_rows = [_parse_row(r, i, where) for i, r in enumerate(rows)]
+    used = list(dict.fromkeys([*measures, *(m for row in parsed_rows for m in row.measures)]))
+    measure_settings = check_measure_settings(data.get("measure_settings"), used, where)
     return Suite(name=str(data.get("name") or (path.stem if path else "suite")),
                  model={"name": data["model"]["name"], "args": dict(data["model"].get("args") or {})},
                  data={"name": data_spec.name, "root": data_spec.root},
                  base=base, seed=seed, budget=budget, all_methods=bool(data.get("all_methods", False)),
-                 rows=[_parse_row(r, i, where) for i, r in enumerate(rows)],
+                 rows=parsed_rows,
                  title=str(data.get("title") or ""), description=str(data.get("description") or ""),
-                 path=path, measures=measures, data_spec=data_spec)
+                 path=path, measures=measures, measure_settings=measure_settings, data_spec=data_spec)
 
 
 def _parse_row(raw, index: int, where: str) -> RowSpec:

@@ -328,3 +328,5 @@ def load_average(ctx: MeasureContext) -> dict:
     work shared the cores, and times and memory read accordingly."""
     return {"load_average": [ctx.started.get("load_average"), _load_average()]}
 
+
+from . import measures_bits, measures_runtime  # noqa: E402,F401 - bit_kernels; speed, resident_memory, engine_agreement

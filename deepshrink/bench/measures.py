@@ -27,6 +27,9 @@ Registered here:
 - `load_average`: the machine's 1-minute load average at the row's start and end (a shared machine's
   times and memory figures read with it).
 
+Registered in their own modules, imported at the end of this one: `speed`, `resident_memory` and
+`engine_agreement` (measures_runtime.py), `bit_kernels` (measures_bits.py).
+
 Example::
 
     @register_measure("max_logit", figures={"max_logit": ("max logit", "{:.2f}")})

@@ -149,14 +149,15 @@ def speed(ctx: MeasureContext) -> dict:
     references = [TorchX86Int8PTQ() if name == X86 else get_engine(name) for name in settings["references"]]
     skipped.update({f"base: {e.name}": e.unavailable_reason() for e in references if e.unavailable_reason()})
     others = [("base", ctx.base, e) for e in references if e.unavailable_reason() is None]
+    engine = row_engine([e.name for e in engines])
+    if engine not in [e.name for e in engines]:
+        raise UserError(f"speed: the row's run-time engine {engine} is not among {wanted}; add it to "
+                        "measure_settings.speed.engines")
     calibration = calibration_images(ctx, settings["calibration"])
     test = ctx.eval_batches if settings["top1"] and ctx.labels else None
     rows = [r.as_dict() for r in measure(model, engines, settings["batches"], settings["threads"], input_shape(ctx),
                                          settings["rounds"], calibration, test, others=others)]
-    engine = row_engine([e.name for e in engines])
     mine = [r for r in rows if r.get("model", "") == "" and r["engine"] == engine]
-    if not mine:
-        raise UserError(f"speed: the row's engine {engine} was not measured; add it to measure_settings.speed.engines")
     out = {"speed_rows": rows, "speed_engine": engine, "speed_skipped": skipped,
            "engine_ms": {f"{r['batch']}×{r['threads']}": r["median_ms"] for r in mine},
            "engine_resident_bytes": mine[0]["resident_bytes"],

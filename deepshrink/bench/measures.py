@@ -100,7 +100,7 @@ def check_measures(names, where: str) -> list[str]:
 def check_measure_settings(raw, used: list[str], where: str) -> dict:
     """A suite's `measure_settings:` as {measure: {setting: value}} with every default filled in, or a one-line
     UserError. Each value has its default's type: true/false; a positive integer; a number >= 0; a non-empty
-    list of positive integers; any other list (non-empty where the default is; the measure's `check` says more)."""
+    list of positive integers; any other list (the measure's `check` says more)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -141,8 +141,7 @@ def _check_setting(value, default, where: str) -> None:
         ok = isinstance(value, list) and bool(value) and all(positive_int(v) for v in value)
         want = "a non-empty list of positive integers"
     else:
-        ok = isinstance(value, type(default)) and (not isinstance(value, list) or bool(value) or not default)
-        want = f"a {'non-empty ' if default else ''}{type(default).__name__} like {default!r}"
+        ok, want = isinstance(value, type(default)), f"a {type(default).__name__} like {default!r}"
     if not ok:
         raise UserError(f"{where} must be {want}, got {value!r}")
 

@@ -241,9 +241,9 @@ def run_resident_copies(path, copies: int, mode: str, shape) -> dict:
 
 
 def _check_resident(settings: dict, where: str) -> None:
-    bad = [m for m in settings["modes"] if m not in MODES]
-    if bad:
-        raise UserError(f"{where}.modes: unknown mode(s) {bad}; allowed: {list(MODES)}")
+    modes = settings["modes"]
+    if not modes or any(m not in MODES for m in modes):
+        raise UserError(f"{where}.modes must list one or more of {list(MODES)}, got {modes!r}")
 
 
 def _rss_cell(record: dict) -> str:

@@ -161,7 +161,9 @@ def _suite(settings) -> dict:
     ({"speed": {"rounds": 2.5}}, "measure_settings.speed.rounds must be a positive integer"),
     ({"speed": {"engines": ["onnxruntime-int9"]}}, "unknown engine(s) ['onnxruntime-int9']; registered:"),
     ({"speed": {"references": ["torch-eager"]}}, "references: unknown reference(s) ['torch-eager']"),
-    ({"resident_memory": {"modes": ["frozen", "mmap"]}}, "modes: unknown mode(s) ['mmap']"),
+    ({"resident_memory": {"modes": ["frozen", "mmap"]}}, "modes must list one or more of ['resident', 'decode', "
+                                                          "'frozen'], got ['frozen', 'mmap']"),
+    ({"resident_memory": {"modes": []}}, "modes must list one or more of"),
     ({"bit_kernels": {"shapes": [[64]]}}, "shapes must be a list of [channels, size] pairs"),
     ([1, 64], "`measure_settings:` must map measure names to settings"),
 ])
@@ -190,3 +192,28 @@ def test_measure_settings_fill_defaults_and_leave_row_keys_alone():
     tuned = load_suite(_suite({"speed": {"threads": [1, 2]}}))
     assert tuned.measure_settings["speed"]["threads"] == [1, 2] and tuned.measure_settings["speed"]["batches"] == [1, 64]
     assert [r.key for r in plan_rows(tuned, "sha256:0")] == [r.key for r in plan_rows(plain, "sha256:0")]
+
+
+def test_the_runner_hands_a_measure_its_settings_and_the_suites_calibration_images(tmp_path):
+    from deepshrink.bench import run_suite
+    from deepshrink.bench.results import read_results
+
+    torch.manual_seed(0)
+    model = deepshrink.create_model("resnet20", num_classes=10, in_channels=1, shortcut="B").eval()
+    torch.save(model.state_dict(), tmp_path / "base.pt")
+
+    def pack_base(task):  # every row: the base packed as it is
+        task.out_dir.mkdir(parents=True, exist_ok=True)
+        deepshrink.pack(model, task.out_dir / "model.dsz")
+        return {"top1": 10.0}
+
+    suite = load_suite({"name": "wired", "model": {"name": "resnet20", "args": {"shortcut": "B"}},
+                        "data": {"name": "digits"}, "measures": ["speed"], "rows": [{"method": "fp32", "label": "again"}],
+                        "measure_settings": {"speed": {"batches": [2], "rounds": 1, "engines": ["torch-eager"],
+                                                       "references": [], "calibration": 7, "top1": False}}})
+    summary = run_suite(suite, tmp_path / "out", base=tmp_path / "base.pt", row_runner=pack_base, log=lambda _: None)
+    assert summary["failed"] == 0
+    record = read_results(tmp_path / "out" / "results.jsonl")[0]
+    assert [(r["engine"], r["batch"]) for r in record["speed_rows"]] == [("torch-eager", 2)]
+    assert record["speed_setup"]["calibration_images"] == 7 and record["speed_setup"]["rounds"] == 1
+    assert "top1" not in record["speed_rows"][0] and record["speed_engine"] == "torch-eager"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -34,6 +33,11 @@ def _sibling(name: str):
 
 readme_train = _sibling("readme_train")
 readme_studies = _sibling("readme_studies")
+_runtime = _sibling("readme_runtime")  # the run-time tables
+runtime_tables, integer_summary, speed_table, bits_table = (_runtime.runtime_tables, _runtime.integer_summary,
+                                                            _runtime.speed_table, _runtime.bits_table)
+_json, _num = _runtime._json, _runtime._num
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 HISTORY = "HISTORY.md"  # beside results/, under benchmarks/
 SEED_PREFIXES = ("cifar10-seed",)
@@ -56,8 +60,10 @@ SUITES = [  # folder, heading; other folders with results follow in name order
                             "(the QAT rows trained 20 steps: their top-1 is not the method's, their size is)"),
     ("resnet20-qat-step-time", "QAT training-step time against the float step, the shared ResNet-20"),
 ]
-CURRENT = ("quick", "vit-cifar10", "efficientnet-lite0", "lsq-act-init", "resnet20-pack-sizes",
-           "resnet20-qat-step-time", "resnet50-imagenet-like", "resnet18-imagenet-like")  # in the README
+# in the README as suite tables; the scale and run-time suites have tables of their own (readme_scale, readme_runtime)
+README_SUITES = ("vit-cifar10", "efficientnet-lite0", "lsq-act-init", "resnet20-pack-sizes", "resnet20-qat-step-time")
+CURRENT = ("quick", *README_SUITES, "resnet50-imagenet-like", "resnet18-imagenet-like", _runtime.SPEED_SUITE,
+           _runtime.BITS_SUITE)  # in the README, not the history
 
 
 def section(results_root: Path, relative_to: Path) -> str:
@@ -72,7 +78,7 @@ def section(results_root: Path, relative_to: Path) -> str:
         out += ["(no suite results yet: run `deepshrink bench --suite quick --out benchmarks/results/quick`)", ""]
     out += fresh_seed_tables(results_root)
     out += seed_repository_tables(results_root)
-    for name in CURRENT[1:]:
+    for name in README_SUITES:
         if (results_root / name / RESULTS_FILE).is_file():
             out += suite_section(results_root / name, relative_to)
     out += runtime_tables(results_root)
@@ -211,106 +217,8 @@ def efficientnet_table(results_root: Path) -> list[str]:
         [("##" + line if line.startswith("#") else line) for line in lines[1:]] + [""]
 
 
-def runtime_tables(results_root: Path) -> list[str]:
-    """The run-time result files (speed of the engines per model, the bit kernels), when present."""
-    return integer_summary(_json(results_root / "speed_resnet20.json"),
-                           _json(results_root / "speed_resnet20_latency_t1.json")) + \
-        speed_table(_json(results_root / "speed_resnet20.json"), "every engine") + \
-        speed_table(_json(results_root / "speed_xnor_resnet20.json"), "an XNOR-Net on the bit kernels") + \
-        bits_table(_json(results_root / "bits_kernels.json"))
-
-
-INTEGER_TARGETS = {"speedup_vs_torch_fp32": {"batch1": 5.0, "batch64": 3.5}, "speedup_vs_onnxruntime_fp32": 2.0,
-                   "speed_vs_onnxruntime_int8_ptq": 0.9}
-
-
-def _against(value, target) -> str:
-    return "" if value is None else f"{value:.2f}" + ("" if value >= target else " **missed**")
-
-
-def integer_summary(speed: dict | None, latency: dict | None) -> list[str]:
-    """One row per compressed model: file, top-1 from the file and on the integer engine, the engine's
-    1-thread latency and its ratios to the float references and to ONNX Runtime's own int8 PTQ, each
-    against issue 21's target (latency from the quiet 40-round rerun when there is one)."""
-    if not speed or not speed.get("models"):
-        return []
-    timed = (latency or speed)["models"]
-    out = ["### Run time: the integer engine (`onnxruntime-int8`) on the shared ResNet-20, compressed", "",
-           f"Top-1 from `{speed.get('command', '')}`; latency from `{(latency or speed).get('command', '')}` "
-           f"({speed.get('cpu', '?')}, torch {speed.get('torch', '?')}, onnxruntime {speed.get('onnxruntime', '?')}; "
-           "1 thread, median of interleaved rounds, warm-up excluded). Targets (issue 21): >= 5x / 3.5x PyTorch fp32 "
-           "at batch 1 / 64, >= 2x ONNX Runtime fp32, >= 0.9x ONNX Runtime's own int8 PTQ; top-1 within 0.1 point "
-           "of the file for W4A4 and below, 0.3 for weight-only models with 8-bit activations. Weight-only models "
-           "(L-DNQ, TTQ, BWN) run with 8-bit activations calibrated on 512 training images.", "",
-           "| model | file | top-1 file | top-1 int8 engine | batch 1 ms | vs PyTorch fp32 | vs ORT fp32 | vs ORT int8 PTQ "
-           "| batch 64 ms | vs PyTorch fp32 | vs ORT fp32 | vs ORT int8 PTQ |", "|---|---:|" + "---:|" * 10]
-    for name, model in speed["models"].items():
-        accuracy = model.get("targets", {})
-        figures = timed.get(name, model).get("targets", {})
-        rows = {(r["engine"], r["batch"]): r for r in timed.get(name, model)["rows"] if r["threads"] == 1}
-        cells = []
-        for batch in ("batch1", "batch64"):
-            ratios = figures.get(batch, {})
-            mine = rows.get(("onnxruntime-int8", int(batch[5:])), {}).get("median_ms")
-            cells += [_num(mine, ".3f"),
-                      _against(ratios.get("speedup_vs_torch_fp32"), INTEGER_TARGETS["speedup_vs_torch_fp32"][batch]),
-                      _against(ratios.get("speedup_vs_onnxruntime_fp32"), INTEGER_TARGETS["speedup_vs_onnxruntime_fp32"]),
-                      _against(ratios.get("speed_vs_onnxruntime_int8_ptq"), INTEGER_TARGETS["speed_vs_onnxruntime_int8_ptq"])]
-        out.append(f"| {name} | {model.get('file_bytes', 0):,} B | {_num(accuracy.get('top1_file'))} | "
-                   f"{_num(accuracy.get('top1_integer_engine'))} ({accuracy.get('top1_delta', 0):+.2f}) | " + " | ".join(cells) + " |")
-    out.append("")
-    return out
-
-
-def speed_table(speed: dict | None, what: str = "") -> list[str]:
-    """Per model and engine: median latency at each batch and thread count, resident bytes, top-1."""
-    if not speed or not speed.get("models"):
-        return []
-    shapes = sorted({(r["batch"], r["threads"]) for m in speed["models"].values() for r in m["rows"]},
-                    key=lambda bt: (bt[1], bt[0]))
-    head = " | ".join(f"batch {b}, {t} thr. ms" for b, t in shapes)
-    out = [f"### Run time: the shared ResNet-20, compressed, on each engine ({what})", "",
-           f"`{speed.get('command', '')}` ({speed.get('cpu', '?')}, torch {speed.get('torch', '?')}, onnxruntime "
-           f"{speed.get('onnxruntime', '?')}; median of {speed.get('rounds', '?')} interleaved rounds, warm-up "
-           "excluded; resident: bytes the engine keeps for the model; top-1 on the 10,000 test images).", "",
-           f"| model | file | engine | {head} | resident | top-1 |", "|---|---:|---|" + "---:|" * (len(shapes) + 2)]
-    for name, model in speed["models"].items():
-        engines = list(dict.fromkeys(r["engine"] for r in model["rows"]))
-        for engine in engines:
-            rows = {(r["batch"], r["threads"]): r for r in model["rows"] if r["engine"] == engine}
-            cells = " | ".join(_num(rows.get(bt, {}).get("median_ms"), ".3f") for bt in shapes)
-            any_row = next(iter(rows.values()))
-            out.append(f"| {name} | {model.get('file_bytes', 0):,} B | {engine} | {cells} | "
-                       f"{any_row.get('resident_bytes', 0):,} | {_num(any_row.get('top1'))} |")
-    out.append("")
-    return out
-
-
-def bits_table(bits: dict | None) -> list[str]:
-    """Per layer shape: PyTorch fp32, ONNX Runtime int8 and the binary kernels on each code path."""
-    if not bits or not bits.get("layers"):
-        return []
-    out = ["### Run time: binary and ternary layers on packed bits", "",
-           f"`{bits.get('command', '')}` (batch {bits.get('batch', '?')}, {bits.get('threads', '?')} thread, median "
-           f"of {bits.get('rounds', '?')} interleaved rounds, microseconds; speed-up against PyTorch fp32 / ONNX "
-           "Runtime int8 QLinearConv of the same shape).", "",
-           "| layer | kernel | µs | vs torch fp32 | vs ORT int8 |", "|---|---|---:|---:|---:|"]
-    for layer, figures in bits["layers"].items():
-        medians, speedups = figures.get("median_us", {}), figures.get("speedup", {})
-        for kernel, micros in medians.items():
-            ratio = speedups.get(kernel, {})
-            out.append(f"| {layer} | {kernel} | {_num(micros, '.1f')} | {_num(ratio.get('vs torch-fp32'))} | "
-                       f"{_num(ratio.get('vs ort-int8'))} |")
-    out.append("")
-    return out
-
-
 def _met(row: dict) -> str:
     return "" if row.get("met") is None else ("met" if row["met"] else "**missed**")
-
-
-def _num(value, fmt: str = ".2f") -> str:
-    return "" if value is None else format(value, fmt)
 
 
 def target_tables(results_root: Path) -> list[str]:
@@ -362,10 +270,6 @@ def target_tables(results_root: Path) -> list[str]:
                        f"{_num(row.get('conv_ratio'))} | {_num(row.get('compress_seconds'), '.1f')} |")
         out.append("")
     return out + step_time_table(results_root) + issue6_tables(results_root)
-
-
-def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def step_time_table(results_root: Path) -> list[str]:

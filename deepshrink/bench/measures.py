@@ -2,13 +2,15 @@
 
     measures: [fidelity, peak_rss, layer_seconds]      # a suite's, or a row's (added to the suite's)
 
-A measure is a small function registered under a name; one that takes settings lists them as a dataclass
-(validated when the suite loads) and is given them as a one-key mapping, e.g.
-`measures: [peak_rss, {train_step_seconds: {batch_size: 64}}]`; the measure reads them as `ctx.settings`.
-After a row has run, the bench reloads the row's packed file and calls each measure with a `MeasureContext`
-(that model, the suite's float base model, the suite's evaluation batches, the row's folder); the figures it
-returns go into the row's record in `results.jsonl` and become columns of `report.md`. A measure may also
-have a `start` hook that runs just before the row (`peak_rss` resets the memory high-water mark there).
+A measure is a small function registered under a name; one that takes settings declares them, as a dataclass
+(validated when the suite loads) or as a mapping of defaults whose types are the settings' (`_check_setting`,
+plus the measure's own `check`), and is given them as a one-key mapping, e.g.
+`measures: [peak_rss, {train_step_seconds: {batch_size: 64}}, {speed: {batches: [1, 64]}}]`; the measure reads
+them as `ctx.settings` (the dataclass, or a dict with every default filled in). After a row has run, the
+bench reloads the row's packed file and calls each measure with a `MeasureContext` (that model, the suite's
+float base model, the suite's evaluation batches, the row's folder); the figures it returns go into the
+row's record in `results.jsonl` and become columns of `report.md`. A measure may also have a `start` hook
+that runs just before the row (`peak_rss` resets the memory high-water mark there).
 
 Measures observe a row; none changes what the row computes, so they are not part of the row key: adding
 a measure to a suite does not re-run finished rows, whose records then lack its figures (shown as "—").
@@ -32,6 +34,9 @@ Registered here:
 The method studies' measures (`macs_executed`, `batch1_latency`, `train_bn_top1`, `val_curve`) are in
 `deepshrink.bench.measures_studies`, registered when this module is imported.
 
+Registered in their own modules, imported at the end of this one: `speed`, `resident_memory` and
+`engine_agreement` (measures_runtime.py), `bit_kernels` (measures_bits.py).
+
 Example::
 
     @register_measure("max_logit", figures={"max_logit": ("max logit", "{:.2f}")})
@@ -44,7 +49,7 @@ import json
 import math
 import os
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -65,21 +70,23 @@ class Measure:
     figures: dict  # record field -> (report column heading, format pattern or function of the record)
     start: Callable[[], object] | None = None
     doc: str = ""
-    settings: type | None = None  # a dataclass of the measure's settings (None: it takes none)
+    settings: type | dict | None = None  # a dataclass of its settings, or {setting: default}; None: it takes none
+    check: Callable[[dict, str], None] | None = None  # further rules on mapping settings: a one-line UserError
 
 
 MEASURES: dict[str, Measure] = {}
 
 
 def register_measure(name: str, figures: dict, start: Callable[[], object] | None = None,
-                     settings: type | None = None):
+                     settings: type | dict | None = None, check: Callable[[dict, str], None] | None = None):
     """Register the decorated function as measure `name`; `figures` maps the record fields it writes to
     (column heading, "{:.1f}"-style pattern or a function of the record giving the cell); `settings` is the
-    dataclass of its settings, if it takes any (its defaults apply to what a suite leaves out)."""
+    dataclass of its settings, or a mapping of each setting to its default (its type is the setting's:
+    `_check_setting`), if it takes any; `check(settings, where)` adds rules to a mapping's."""
 
     def wrap(func):
         summary = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
-        MEASURES[name] = Measure(name, func, dict(figures), start, summary, settings)
+        MEASURES[name] = Measure(name, func, dict(figures), start, summary, settings, check)
         return func
 
     return wrap
@@ -105,34 +112,68 @@ def check_measures(names, where: str) -> dict[str, dict]:
 
 
 def measure_settings(name: str, given: dict, where: str = "measures"):
-    """Measure `name`'s settings dataclass built from `given` (its defaults for the rest); None for a measure
-    that takes none. A one-line UserError names an unknown key or a bad value."""
+    """Measure `name`'s settings built from `given` (its defaults for the rest): its dataclass, or a dict for
+    a measure that declares a mapping of defaults; None for a measure that takes none. A one-line UserError names an unknown key or a bad value."""
     from ..config import _build
 
-    cls = MEASURES[name].settings
+    measure = MEASURES[name]
+    cls, given, where = measure.settings, dict(given or {}), f"{where}: measure {name!r}"
     if cls is None:
         if given:
-            raise UserError(f"{where}: measure {name!r} takes no settings, got {sorted(given)}")
+            raise UserError(f"{where} takes no settings, got {sorted(given)}")
         return None
-    return _build(cls, dict(given or {}), f"{where}: measure {name!r}")
+    if isinstance(cls, type):
+        return _build(cls, given, where)
+    if set(given) - set(cls):
+        raise UserError(f"{where}: unknown setting(s) {sorted(set(given) - set(cls))}; allowed: {sorted(cls)}")
+    for key, value in given.items():
+        _check_setting(value, cls[key], f"{where}: {key}")
+    settings = {**cls, **given}
+    if measure.check is not None:
+        measure.check(settings, where)
+    return settings
+
+
+def _check_setting(value, default, where: str) -> None:
+    def positive_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = positive_int(value), "a positive integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        want = "a number >= 0"
+    elif isinstance(default, list) and default and all(positive_int(v) for v in default):
+        ok = isinstance(value, list) and bool(value) and all(positive_int(v) for v in value)
+        want = "a non-empty list of positive integers"
+    else:
+        ok, want = isinstance(value, type(default)), f"a {type(default).__name__} like {default!r}"
+    if not ok:
+        raise UserError(f"{where} must be {want}, got {value!r}")
 
 
 class MeasureContext:
     """What a measure reads: the row's packed file reloaded, the float base model and its logits, the
-    evaluation batches, the row's folder and its `start` results. Each is made on first use (a measure
-    that reads none of them costs nothing); the runner shares the base model, its logits and the batches
-    between the rows of a run."""
+    evaluation batches, the row's folder and its `start` results; the calibration batches, whether the
+    evaluation labels are the model's classes (`labels`) and the suite's measure settings. Each is made on
+    first use (a measure that reads none of them costs nothing); the runner shares the base model, its
+    logits and the batches between the rows of a run."""
 
     def __init__(self, model: Callable[[], torch.nn.Module], row_dir, base_model: Callable[[], torch.nn.Module],
                  eval_batches: Callable[[], object], base_logits: Callable[[], torch.Tensor] | None = None,
-                 started: dict | None = None, val_batches: Callable[[], object] | None = None):
+                 started: dict | None = None, val_batches: Callable[[], object] | None = None,
+                 calib_batches: Callable[[], object] | None = None, labels: bool = True):
         self.row_dir = Path(row_dir)
         self._model, self._base_model, self._eval_batches, self._base_logits = model, base_model, eval_batches, \
             base_logits
         self._val_batches = val_batches or eval_batches
+        self._calib_batches = calib_batches
         self._loaded = None
         self.started = started or {}
-        self.settings = None  # the settings of the measure being run (its dataclass), set by run_measures
+        self.labels = labels  # whether the evaluation labels are the model's classes
+        self.settings = None  # the settings of the measure being run, set by run_measures
 
     @property
     def model(self) -> torch.nn.Module:
@@ -154,6 +195,10 @@ class MeasureContext:
         """The validation images (held out of the training split): what a measure reads when its figure is a
         score that must not look at the test set (the suite's evaluation draw when it draws its own images)."""
         return self._val_batches()
+
+    def calib_batches(self):
+        """The suite's calibration images, (inputs, labels) batches; None when the runner gives none."""
+        return self._calib_batches() if self._calib_batches else None
 
     def base_logits(self) -> torch.Tensor:
         """The base model's logits on the evaluation images, (N, classes)."""
@@ -301,3 +346,4 @@ def load_average(ctx: MeasureContext) -> dict:
 from . import measures_studies  # noqa: E402,F401 - registers FBS, LSQ-init and Meta-Quant measures
 from . import measures_train  # noqa: E402,F401 - registers train_step_seconds and pack_variants
 from . import measures_scale  # noqa: E402,F401  (registers threads, per_layer_seconds, folder_io)
+from . import measures_bits, measures_runtime  # noqa: E402,F401 - bit_kernels; speed, resident_memory, engine_agreement

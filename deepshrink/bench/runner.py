@@ -267,8 +267,11 @@ class _SharedInputs:
     def context(self, row_dir: Path, started: dict) -> MeasureContext:
         from .. import api
 
+        spec = self.suite.data_spec
         return MeasureContext(lambda: api.load(row_dir / "model.dsz"), row_dir, self.base_model, self.eval_batches,
-                              self.base_logits, started, val_batches=self.val_batches)
+                              self.base_logits, started, val_batches=self.val_batches,
+                              calib_batches=lambda: self.bundle().calib,
+                              labels=spec.labels if spec is not None else True)
 
 
 def _refresh_report(out_dir: Path, log) -> None:

@@ -13,7 +13,8 @@ A suite (see `deepshrink/bench/suites/quick.yaml`)::
     seed: 0
     budget: {epochs: 1}                           # default fine-tune budget of every row (train.*)
     all_methods: true                             # add a default row for every method not listed
-    measures: [peak_rss]                          # named figures beyond accuracy (bench.measures)
+    measures: [peak_rss, {speed: {threads: [1, 2]}}]  # named figures beyond accuracy, a measure's settings
+                                                  # as a one-key mapping (bench.measures; not in the row key)
     rows:
       - method: dorefa
         recipe: dorefa                            # built-in recipe name, a path, or an inline mapping
@@ -182,11 +183,12 @@ def load_suite(source) -> Suite:
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"{where}: seed must be an integer, got {seed!r}")
+    parsed_rows = [_parse_row(r, i, where) for i, r in enumerate(rows)]
     return Suite(name=str(data.get("name") or (path.stem if path else "suite")),
                  model={"name": data["model"]["name"], "args": dict(data["model"].get("args") or {})},
                  data={"name": data_spec.name, "root": data_spec.root},
                  base=base, seed=seed, budget=budget, all_methods=bool(data.get("all_methods", False)),
-                 rows=[_parse_row(r, i, where) for i, r in enumerate(rows)],
+                 rows=parsed_rows,
                  title=str(data.get("title") or ""), description=str(data.get("description") or ""),
                  path=path, measures=measures, data_spec=data_spec)
 

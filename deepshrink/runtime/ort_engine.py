@@ -10,8 +10,8 @@
   QLinearConv / QLinearAdd (MLAS u8s8 kernels; VNNI where the CPU has it).
 
 Why ONNX Runtime rather than PyTorch's x86 quantized engine: measured side by side in
-benchmarks/results/speed_resnet20*.json (row `torch-x86-int8-ptq`: FX graph-mode static PTQ of the
-same float network). At batch 1 PyTorch pays its per-op dispatch on every quantized op and is several
+benchmarks/results/speed_resnet20.json (row `torch-x86-int8-ptq`: FX graph-mode static PTQ of the
+same float network; `torch_engine.TorchX86Int8PTQ`, a reference of the suite resnet20-speed). At batch 1 PyTorch pays its per-op dispatch on every quantized op and is several
 times slower; at batch 64 the two are within ~10%. ONNX Runtime also takes the codes as they are
 (int8 initialisers behind DequantizeLinear), where PyTorch's flow derives weights from its observers. Sessions run one inference at a time (sequential execution, one inter-op
 thread) on `threads` intra-op threads that do not spin between calls, so that engines measured in

@@ -149,7 +149,8 @@ def quantizer_noise(model: nn.Module, steps: float, seed: int = 0):
 
     The yardstick for an engine that cannot follow the file's arithmetic bit for bit: in a low-bit
     network a code flipped by a tiny error flips others downstream, so the file's own predictions move
-    under noise far below one rounding step (benchmarks/engine_agreement.py).
+    under noise far below one rounding step (the `engine_agreement` bench measure,
+    deepshrink/bench/measures_runtime.py).
     """
     generator = torch.Generator().manual_seed(seed)
     handles = []

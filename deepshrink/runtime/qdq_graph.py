@@ -28,8 +28,8 @@ its activations at every quantized conv, and a code flipped by a tiny error flip
 so each departure from the PyTorch arithmetic that the engine must make (int32 biases, 8-bit residual
 streams, int8 weights for float layers), even alone, changes as many predictions as Gaussian noise of
 1% of a step on the file's own quantizer inputs (`qdq.quantizer_noise`): read the engine's top-1
-against the spread of such perturbed copies of the file, which benchmarks/engine_agreement.py measures
-beside it (results/engine_agreement.json).
+against the spread of such perturbed copies of the file, which the `engine_agreement` bench measure
+(deepshrink/bench/measures_runtime.py; the suite resnet20-speed) measures beside it.
 
 Example::
 

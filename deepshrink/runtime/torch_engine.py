@@ -113,3 +113,57 @@ class TorchFrozen(Engine):
 
     def prepare(self, model, example, threads=1, calibration=None):
         return FrozenRunner(model, threads)
+
+
+class _X86Runner(TorchRunner):
+    """A module quantized for PyTorch's x86 engine; the engine is selected for each call and then restored."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = "x86"
+        try:
+            return super().__call__(x)
+        finally:
+            torch.backends.quantized.engine = previous
+
+    def resident_bytes(self) -> int:
+        state = self.model.state_dict()
+        return sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+
+
+class TorchX86Int8PTQ(Engine):
+    """PyTorch's own x86 int8 engine on the float network (FX graph-mode static PTQ with the x86 qconfig over
+    the calibration images): the alternative to ONNX Runtime that the integer engine was chosen over.
+
+    Not registered: it quantizes a float network its own way, so it stands beside the float base, not a
+    compressed model; the bench's `speed` measure times it on the base (`references: [..., torch-x86-int8-ptq]`)."""
+
+    name = "torch-x86-int8-ptq"
+    reference = True
+
+    def unavailable_reason(self):
+        if "x86" not in torch.backends.quantized.supported_engines:
+            return "this PyTorch has no x86 quantized engine"
+        return None
+
+    def prepare(self, model, example, threads=1, calibration=None):
+        import warnings
+
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        images = example if calibration is None else calibration
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = "x86"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # FX's deprecation notices
+                prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"),
+                                      example_inputs=(images[:1],))
+                with torch.no_grad():
+                    for start in range(0, len(images), 64):
+                        prepared(images[start:start + 64])
+                quantized = convert_fx(prepared)
+        finally:
+            torch.backends.quantized.engine = previous
+        return _X86Runner(quantized, threads)

@@ -129,6 +129,40 @@ def test_runtime_tables_show_every_engine_and_kernel(tmp_path, script):
     text = "\n".join(script.speed_table(speed) + script.bits_table(bits))
     assert "| ldnq-l3 | 90,590 B | onnxruntime-int8 | 0.380 | 314,671 | 84.35 |" in text
     assert "| layer3 64->64 8x8 | avx512 conv | 6.0 | 13.86 | 3.22 |" in text
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "speed_resnet20.json").write_text(json.dumps(speed))
+    (results / "bits_kernels.json").write_text(json.dumps(bits))
+    text = "\n".join(script.runtime_tables(results))  # no suite results yet: the retired scripts' files, named
+    assert "written by `benchmarks/speed_resnet20.py` (removed; last in commit 41d8e64)" in text
+    assert "written by `benchmarks/bits_kernels.py` (removed; last in commit 1914cca)" in text
+    assert "| ldnq-l3 | 90,590 B | onnxruntime-int8 | 0.380 | 314,671 | 84.35 |" in text
+
+
+def test_runtime_tables_read_the_speed_suite_once_it_has_results(tmp_path, script):
+    results = tmp_path / "results"
+    folder = results / "resnet20-speed"
+    folder.mkdir(parents=True)
+    (results / "speed_resnet20.json").write_text(json.dumps({"command": "old script", "models": {"x": {"rows": []}}}))
+    setup = {"cpu": "AMD EPYC", "torch": "2.13", "onnxruntime": "1.32", "rounds": 20, "calibration_images": 450}
+    rows = [{"engine": "onnxruntime-int8", "batch": b, "threads": 1, "median_ms": ms, "resident_bytes": 314671,
+             "top1": 84.35} for b, ms in ((1, 0.35), (64, 19.4))]
+    rows += [{"engine": "torch-fp32", "batch": b, "threads": 1, "median_ms": ms, "resident_bytes": 1096336,
+              "top1": 86.58, "model": "base"} for b, ms in ((1, 2.8), (64, 70.0))]
+    ldnq = {"key": "l", "method": "ldnq", "label": "L-DNQ 3 levels", "status": "ok", "top1": 84.3, "bytes": 90590,
+            "speed_rows": rows, "speed_setup": setup, "speed_engine": "onnxruntime-int8", "engine_top1": 84.35,
+            "speedup_vs_torch_fp32": {"batch1": 8.0, "batch64": 3.61},
+            "speed_vs_onnxruntime_int8_ptq": {"batch1": 0.85, "batch64": 1.0}}
+    (folder / "results.jsonl").write_text(json.dumps(ldnq) + "\n")
+    (folder / "runs.jsonl").write_text(json.dumps({"command": "deepshrink bench --suite resnet20-speed"}) + "\n")
+    text = "\n".join(script.runtime_tables(results))
+    assert "old script" not in text and "removed; last in commit 41d8e64" not in text
+    assert "Top-1 from `deepshrink bench --suite resnet20-speed`" in text and "calibrated on 450 training" in text
+    assert "| L-DNQ 3 levels | 90,590 B | 84.30 | 84.35 (+0.05) | 0.350 | 8.00 |  | 0.85 **missed** | 19.400 | " \
+           "3.61 |  | 1.00 |" in text
+    assert "| float base (the suite's checkpoint) | — | torch-fp32 | 2.800 | 70.000 | 1,096,336 | 86.58 |" in text
+    assert "| L-DNQ 3 levels | 90,590 B | onnxruntime-int8 | 0.350 | 19.400 | 314,671 | 84.35 |" in text
+    assert "resnet20-speed" not in script.history(results, tmp_path)  # its tables are the README's
 
 
 def test_seed_repository_tables_put_our_rows_beside_the_seeds(tmp_path, script):

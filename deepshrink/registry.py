@@ -12,21 +12,40 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import UserError
 
 T = TypeVar("T")
 
-# Packages whose import registers methods/models; imported lazily on first lookup so that
-# `import deepshrink` stays cheap and a broken method module cannot break unrelated commands.
-_PLUGIN_PACKAGES = {
-    "model": ["deepshrink.models"],
-    "method": ["deepshrink.methods", "deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.layerwise",
-               "deepshrink.prune"],
-    "packable module": ["deepshrink.nn", "deepshrink.quant", "deepshrink.quant.metaquant", "deepshrink.prune",
-                        "deepshrink.layerwise"],
-}
+# Where the modules that register things are declared: each package names itself as a Python entry point
+# (pyproject.toml, `[project.entry-points."deepshrink.methods"]` and the like) and is imported on the first
+# lookup, so that `import deepshrink` stays cheap and a broken method module cannot break unrelated commands.
+# deepshrink's own packages are declared there like any other package's: a package that adds methods, models
+# or packable modules declares itself the same way, and nothing here lists them.
+ENTRY_POINT_GROUPS = {"model": "deepshrink.models", "method": "deepshrink.methods",
+                      "packable module": "deepshrink.packable_modules"}
+_PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def declared_modules(group: str) -> list[str]:
+    """The modules declared under entry-point `group` by every installed distribution. Where deepshrink
+    itself runs from a source tree whose metadata is missing or older than its pyproject.toml (not
+    installed, or installed before a package was added), its own declarations are read from that file."""
+    from importlib.metadata import entry_points
+
+    modules = [ep.module for ep in entry_points(group=group)]
+    if _PYPROJECT.is_file():
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: the installed metadata alone
+            return list(dict.fromkeys(modules))
+        with _PYPROJECT.open("rb") as file:
+            project = tomllib.load(file).get("project", {})
+        if project.get("name") == "deepshrink":  # not some other project's file that happens to sit there
+            modules += [value.split(":")[0] for value in project.get("entry-points", {}).get(group, {}).values()]
+    return list(dict.fromkeys(modules))
 
 
 class Registry(Generic[T]):
@@ -41,7 +60,7 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
-        for package in _PLUGIN_PACKAGES.get(self.kind, []):
+        for package in declared_modules(ENTRY_POINT_GROUPS[self.kind]) if self.kind in ENTRY_POINT_GROUPS else []:
             try:
                 importlib.import_module(package)
             except ModuleNotFoundError as exc:

@@ -1,4 +1,5 @@
 """Two DDP processes (torchrun, gloo on CPU) follow the single-process run with the same global batch."""
+import json
 import os
 import socket
 import subprocess
@@ -53,11 +54,12 @@ def test_compress_under_torchrun_trains_data_parallel_and_equals_one_process(tmp
     torch.testing.assert_close(ddp(x), single(x), rtol=1e-4, atol=1e-4)
 
 
-RANK_THREADS = """import os, sys
+RANK_THREADS = """import json, os, sys
 from deepshrink.cli import main
 code = main(sys.argv[1:])
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("gloo threads left on rank", os.environ["RANK"], sorted(n for n in names if "gloo" in n))
+with open(os.path.join(os.environ["THREADS_OUT"], "rank" + os.environ["RANK"] + ".json"), "w") as file:
+    json.dump(sorted(n for n in names if "gloo" in n), file)  # a file per rank: their stdout lines interleave
 sys.exit(code)
 """
 
@@ -76,8 +78,9 @@ def test_no_gloo_thread_outlives_a_torchrun_compress(tmp_path):
                            "--master_addr=127.0.0.1", f"--master_port={port}", str(script), "compress", "--method", "fp32",
                            "--model", "resnet20", "--model-args", "in_channels=1", "--data", "digits",
                            "--out", str(tmp_path / "run")],
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+                               "THREADS_OUT": str(tmp_path)},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("gloo threads")) == [
-        "gloo threads left on rank 0 []", "gloo threads left on rank 1 []"]
+    left = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)}
+    assert left == {0: [], 1: []}  # e.g. ['gloo_tcp_loop', 'pt_gloo_runloop', 'pt_gloo_runloop'] before the fix

@@ -1,7 +1,10 @@
-"""A toy registered method and a stub row runner, so runner tests never train anything."""
+"""A toy registered method and a stub row runner, so runner tests never train anything; the README
+generator's scripts loaded as modules."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +71,18 @@ def toy_suite(toy_methods):
 def stub_runner():
     """The stub row runner class: StubRunner(fail={labels}, interrupt_at=call number)."""
     return _StubRunner
+
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """`load_script(name)`: scripts/NAME.py as a module (scripts/ is not a package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,7 +2,6 @@
 scripts' files, naming the script and the last commit that had it."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -13,11 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("readme_results", REPO / "scripts" / "readme_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("readme_results")
 
 
 FOLDER = {"command": "python benchmarks/imagefolder_scale.py --root R", "machine": "x86_64, 2 cores", "images": 100000,
@@ -72,12 +68,10 @@ def test_the_suites_results_replace_the_retired_tables(tmp_path, script):
     assert "resnet50-imagenet-like" not in script.history(results, tmp_path)  # in the README, not the history
 
 
-def test_the_recorded_commits_are_the_last_that_had_each_script():
+def test_the_recorded_commits_are_the_last_that_had_each_script(load_script):
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout: the scripts' history is not here")
-    spec = importlib.util.spec_from_file_location("readme_scale", REPO / "scripts" / "readme_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("readme_scale")
     for name, commit in module.RETIRED.items():
         log = subprocess.run(["git", "log", "--format=%h", "--", f"benchmarks/{name}"], cwd=REPO, text=True,
                              capture_output=True).stdout.split()

@@ -2,7 +2,6 @@
 the script's last commit and the suite that replaced it."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -13,11 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def studies():
-    spec = importlib.util.spec_from_file_location("readme_studies", REPO / "scripts" / "readme_studies.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def studies(load_script):
+    return load_script("readme_studies")
 
 
 def test_each_removed_script_is_gone_and_its_commit_had_it(studies):
@@ -46,10 +42,8 @@ def test_the_lsq_init_and_coprune_files_become_tables(tmp_path, studies):
     assert "+1.50 points" in text and "FBS" not in text  # no FBS file, no FBS section
 
 
-def test_the_lsq_init_suite_is_in_the_readme_not_the_history(tmp_path):
-    spec = importlib.util.spec_from_file_location("readme_results", REPO / "scripts" / "readme_results.py")
-    readme = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(readme)
+def test_the_lsq_init_suite_is_in_the_readme_not_the_history(tmp_path, load_script):
+    readme = load_script("readme_results")
     folder = tmp_path / "results" / "lsq-act-init"
     folder.mkdir(parents=True)
     rows = [{"key": "fp", "method": "fp32", "label": "full precision", "status": "ok", "top1": 86.0, "bytes": 1000,

@@ -2,7 +2,6 @@
 commit, and the README generator reads the suites that replaced them."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -12,16 +11,9 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def train():
-    return _load("readme_train")
+def train(load_script):
+    return load_script("readme_train")
 
 
 def test_each_retired_script_is_named_with_its_last_commit_and_is_gone(train):
@@ -50,8 +42,8 @@ def test_pack_sizes_history_is_a_table_of_the_old_file(tmp_path, train):
     assert train.pack_sizes_history(tmp_path / "none") == []
 
 
-def test_history_and_readme_read_the_retired_files_and_the_new_suites(tmp_path):
-    script = _load("readme_results")
+def test_history_and_readme_read_the_retired_files_and_the_new_suites(tmp_path, load_script):
+    script = load_script("readme_results")
     results = tmp_path / "results"
     results.mkdir()
     (results / "qat_cifar10.jsonl").write_text(json.dumps({"row": "bwn", "epochs": 8.0, "top1": 85.5}) + "\n")

@@ -10,11 +10,16 @@ however compact the codes are. A `FrozenModel` keeps only
 - the model's torch.fx graph as a list of instructions, and for each leaf module its class, its plain
   attributes (shared between modules that have the same ones) and where its tensors lie in the buffer.
 
-On each call every leaf module is rebuilt for the duration of that call (its class's `__new__`, its
-attributes, tensors as views into the buffer, no copy) and run by its class's own `forward`, so the
-frozen model computes exactly what the loaded one does, with the same code: outputs are bit for bit
-equal. The price is rebuilding ~80 small objects per call (see `deepshrink speed`, engine
-`torch-frozen`). It is inference-only and on the CPU: no gradients, no `.train()`, no `state_dict`,
+Between calls the program and the tensor table are held as one compressed byte string (pickled in this
+process from the model it was given, zlib level 1): ~2.6 KB for a binary ResNet-20 against ~36 KB as Python
+objects. Nothing else is ever unpickled here: the bytes are made by `FrozenModel.__init__` and cannot be
+handed in. A model whose attributes cannot be pickled (a lambda, say) keeps its program as objects.
+
+On each call the program is expanded (~0.2 ms for a ResNet-20) and every leaf module is rebuilt for the
+duration of that call (its class's `__new__`, its attributes, tensors as views into the buffer, no
+copy) and run by its class's own `forward`, so the frozen model computes exactly what the loaded one
+does, with the same code: outputs are bit for bit equal. The price is that work on every call (see
+`deepshrink speed`, engine `torch-frozen`). It is inference-only and on the CPU: no gradients, no `.train()`, no `state_dict`,
 no `.to(device)`; a weight shared by two modules is stored twice.
 
 Example::
@@ -30,6 +35,8 @@ import dataclasses
 import gc
 import functools
 import math
+import pickle
+import zlib
 from array import array
 
 import torch
@@ -179,16 +186,15 @@ def _field_names(cls) -> tuple[str, ...]:
 class _Thaw:
     """Rebuilds frozen values for one call; tensors are views into the model's buffer."""
 
-    __slots__ = ("model",)
+    __slots__ = ("buffer", "offsets", "dtypes", "shapes")
 
-    def __init__(self, model: "FrozenModel"):
-        self.model = model
+    def __init__(self, buffer: torch.Tensor, offsets: array, dtypes: bytes, shapes: tuple):
+        self.buffer, self.offsets, self.dtypes, self.shapes = buffer, offsets, dtypes, shapes
 
     def tensor(self, index: int) -> torch.Tensor:
-        model = self.model
-        offset, dtype, shape = model.offsets[index], _DTYPES[model.dtypes[index]], model.shapes[index]
+        offset, dtype, shape = self.offsets[index], _DTYPES[self.dtypes[index]], self.shapes[index]
         nbytes = math.prod(shape) * dtype.itemsize
-        return model.buffer[offset:offset + nbytes].view(dtype).view(shape)
+        return self.buffer[offset:offset + nbytes].view(dtype).view(shape)
 
     def value(self, value):
         if isinstance(value, _Ref):
@@ -229,12 +235,21 @@ class FrozenModel:
     Raises UserError naming the construct when torch.fx cannot trace the model, or a module has hooks.
     """
 
-    __slots__ = ("buffer", "offsets", "dtypes", "shapes", "program", "output", "__weakref__")
+    __slots__ = ("buffer", "_code", "__weakref__")
 
     def __init__(self, model: nn.Module):
         from ..packing.graph import trace
 
-        self.program, self.output = trace(model, lambda graph: self._compile(model, graph))
+        code = trace(model, lambda graph: self._compile(model, graph))
+        try:
+            self._code = zlib.compress(pickle.dumps(code, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        except (pickle.PicklingError, TypeError, AttributeError):  # e.g. a lambda among a module's attributes
+            self._code = code
+
+    def program(self) -> tuple:
+        """(instructions, output, tensor offsets, dtypes, shapes), expanded from the bytes it is held as."""
+        code = self._code
+        return pickle.loads(zlib.decompress(code)) if isinstance(code, bytes) else code  # our own bytes only
 
     def _compile(self, root: nn.Module, graph: fx.Graph):
         freezer, modules, slots, program, output = _Freezer(), {}, {}, [], None
@@ -257,8 +272,8 @@ class FrozenModel:
             done = tuple(slots[n].index for n in freed.get(node, ())) or ()
             # (op, target, kwargs, slots freed after it, *args): one tuple an instruction
             program.append((node.op, target, _args(node.kwargs, slots) or None, done, *_args(node.args, slots)))
-        self.buffer, self.offsets, self.dtypes, self.shapes = freezer.table()
-        return tuple(program), output
+        self.buffer, offsets, dtypes, shapes = freezer.table()
+        return tuple(program), output, offsets, dtypes, shapes
 
     def compacted(self) -> "FrozenModel":
         """A copy allocated afresh, after the caller dropped the model it was frozen from.
@@ -266,7 +281,7 @@ class FrozenModel:
         Why: freezing runs while the loaded module tree and the load's scratch fill the heap, so the
         frozen model's small objects land scattered among them; once those are freed, the holes keep
         whole heap pages resident. Copied after that, the objects sit together (RSS per loaded
-        ResNet-20: ~2.3x its file before, ~1.45x after; benchmarks/results/resident_memory_*.json)."""
+        ResNet-20: ~2.3x its file before, ~1.45x after, before the program was held as bytes)."""
         from ..packing.format import release_scratch
 
         gc.collect()
@@ -279,10 +294,11 @@ class FrozenModel:
         return self.buffer.numel()
 
     def __call__(self, *inputs):
-        thaw, values, modules = _Thaw(self), {}, {}
+        program, output, *table = self.program()
+        thaw, values, modules = _Thaw(self.buffer, *table), {}, {}
         placeholders = iter(inputs)
         with torch.inference_mode():
-            for index, (op, target, kwargs, done, *args) in enumerate(self.program):
+            for index, (op, target, kwargs, done, *args) in enumerate(program):
                 if op == "placeholder":
                     values[index] = next(placeholders)
                     continue
@@ -301,10 +317,10 @@ class FrozenModel:
                     values[index] = getattr(args[0], target)(*args[1:], **kwargs)
                 for slot in done:  # free activations as soon as nothing reads them
                     values.pop(slot, None)
-            return _resolve(self.output, values)
+            return _resolve(output, values)
 
     def __repr__(self) -> str:
-        return f"FrozenModel({len(self.program)} instructions, {self.nbytes:,} bytes of tensors)"
+        return f"FrozenModel({len(self.program()[0])} instructions, {self.nbytes:,} bytes of tensors)"
 
 
 def _get_attr(root: nn.Module, target: str):

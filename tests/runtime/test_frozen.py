@@ -52,6 +52,25 @@ def test_frozen_model_keeps_no_module_and_no_tensor_but_its_buffer(w4a4_digits):
     assert tensor_nbytes(loaded) <= frozen.nbytes <= tensor_nbytes(loaded) + 7 * n_tensors
 
 
+def test_frozen_model_holds_only_its_buffer_and_bytes_between_calls(w4a4_digits, digits_test):
+    # no per-layer Python objects stay resident: the program is expanded for a call and dropped after it
+    _, path = w4a4_digits
+    frozen = deepshrink.load(path, frozen=True)
+    with torch.no_grad():
+        frozen(digits_test[0][:4])
+    assert [type(o) for o in _reachable(frozen)] == [FrozenModel, torch.Tensor]
+    assert "instructions" in repr(frozen)
+
+
+def test_frozen_model_with_an_attribute_pickle_cannot_take_keeps_its_program_and_matches():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    model[0].note = lambda: "a user's callback"  # a leaf module's attribute: the program cannot be pickled
+    frozen, x = FrozenModel(model), torch.randn(2, 3, 6, 6)
+    assert len(_reachable(frozen)) > 2  # the program stays as objects
+    with torch.no_grad():
+        assert torch.equal(frozen(x), model(x))
+
+
 def test_frozen_model_of_a_user_model_with_functions_and_methods_matches_it():
     class Net(nn.Module):
         def __init__(self):

@@ -2,11 +2,11 @@
 
     measures: [fidelity, peak_rss, layer_seconds]      # a suite's, or a row's (added to the suite's)
 
-A measure is a small function registered under a name; one that takes settings declares them, as a dataclass
-(validated when the suite loads) or as a mapping of defaults whose types are the settings' (`_check_setting`,
-plus the measure's own `check`), and is given them as a one-key mapping, e.g.
+A measure is a small function registered under a name; one that takes settings declares them as a mapping
+of defaults whose types are the settings' (checked when the suite loads by `_check_setting`, plus the
+measure's own `check`), and is given them as a one-key mapping, e.g.
 `measures: [peak_rss, {train_step_seconds: {batch_size: 64}}, {speed: {batches: [1, 64]}}]`; the measure reads
-them as `ctx.settings` (the dataclass, or a dict with every default filled in). After a row has run, the
+them as `ctx.settings` (a dict with every default filled in). After a row has run, the
 bench reloads the row's packed file and calls each measure with a `MeasureContext` (that model, the suite's
 float base model, the suite's evaluation batches, the row's folder); the figures it returns go into the
 row's record in `results.jsonl` and become columns of `report.md`. A measure may also have a `start` hook
@@ -70,19 +70,19 @@ class Measure:
     figures: dict  # record field -> (report column heading, format pattern or function of the record)
     start: Callable[[], object] | None = None
     doc: str = ""
-    settings: type | dict | None = None  # a dataclass of its settings, or {setting: default}; None: it takes none
-    check: Callable[[dict, str], None] | None = None  # further rules on mapping settings: a one-line UserError
+    settings: dict | None = None  # {setting: default}; None: it takes none
+    check: Callable[[dict, str], None] | None = None  # further rules on its settings: a one-line UserError
 
 
 MEASURES: dict[str, Measure] = {}
 
 
 def register_measure(name: str, figures: dict, start: Callable[[], object] | None = None,
-                     settings: type | dict | None = None, check: Callable[[dict, str], None] | None = None):
+                     settings: dict | None = None, check: Callable[[dict, str], None] | None = None):
     """Register the decorated function as measure `name`; `figures` maps the record fields it writes to
-    (column heading, "{:.1f}"-style pattern or a function of the record giving the cell); `settings` is the
-    dataclass of its settings, or a mapping of each setting to its default (its type is the setting's:
-    `_check_setting`), if it takes any; `check(settings, where)` adds rules to a mapping's."""
+    (column heading, "{:.1f}"-style pattern or a function of the record giving the cell); `settings` maps
+    each setting to its default (its type is the setting's: `_check_setting`), if it takes any;
+    `check(settings, where)` adds rules of its own."""
 
     def wrap(func):
         summary = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
@@ -112,23 +112,20 @@ def check_measures(names, where: str) -> dict[str, dict]:
 
 
 def measure_settings(name: str, given: dict, where: str = "measures"):
-    """Measure `name`'s settings built from `given` (its defaults for the rest): its dataclass, or a dict for
-    a measure that declares a mapping of defaults; None for a measure that takes none. A one-line UserError names an unknown key or a bad value."""
-    from ..config import _build
-
+    """Measure `name`'s settings: `given` over its defaults, as a dict; None for a measure that takes none.
+    A one-line UserError names an unknown key or a bad value."""
     measure = MEASURES[name]
-    cls, given, where = measure.settings, dict(given or {}), f"{where}: measure {name!r}"
-    if cls is None:
+    defaults, given, where = measure.settings, dict(given or {}), f"{where}: measure {name!r}"
+    if defaults is None:
         if given:
             raise UserError(f"{where} takes no settings, got {sorted(given)}")
         return None
-    if isinstance(cls, type):
-        return _build(cls, given, where)
-    if set(given) - set(cls):
-        raise UserError(f"{where}: unknown setting(s) {sorted(set(given) - set(cls))}; allowed: {sorted(cls)}")
+    if set(given) - set(defaults):
+        raise UserError(f"{where}: unknown setting(s) {sorted(set(given) - set(defaults))}; allowed: "
+                        f"{sorted(defaults)}")
     for key, value in given.items():
-        _check_setting(value, cls[key], f"{where}: {key}")
-    settings = {**cls, **given}
+        _check_setting(value, defaults[key], f"{where}: {key}")
+    settings = {**defaults, **given}
     if measure.check is not None:
         measure.check(settings, where)
     return settings

@@ -2,7 +2,8 @@
 
 Registered here (see `deepshrink.bench.measures` for how a suite asks for them):
 - `train_step_seconds`: one training step of the row's method against the float model's, interleaved in one
-  process. Settings: `{train_step_seconds: {batch_size: 128, rounds: 20, warmup: 3, threads: null}}`.
+  process. Settings: `{train_step_seconds: {batch_size: 128, rounds: 20, warmup: 3, threads: 1}}` (threads
+  left out: the bench process's own).
 - `pack_variants`: the row's file re-packed with the entropy stage and base-3 ternary codes (bytes, and the
   Shannon bound of its code streams), and once more with its float tensors in fp16 (bytes, and that file's
   top-1 on the suite's evaluation images).
@@ -18,7 +19,6 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -28,30 +28,12 @@ from .measures import MeasureContext, register_measure
 ROW_RECIPE = "recipe.yaml"  # the resolved recipe pipeline.run_compress writes into the row's folder
 
 
-@dataclass
-class TrainStepSettings:
-    """`train_step_seconds`'s settings: images per step, timed rounds, untimed rounds first, torch threads
-    (None: the bench process's own)."""
-
-    batch_size: int = 128
-    rounds: int = 20
-    warmup: int = 3
-    threads: int | None = None
-
-    def __post_init__(self):
-        for name in ("batch_size", "rounds", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"train_step_seconds: {name} must be an integer >= 1, got {value!r}")
-        if self.warmup < 0:
-            raise UserError(f"train_step_seconds: warmup must be an integer >= 0, got {self.warmup!r}")
-
-
 def _ms(field: str):
     return lambda record: "—" if record.get(field) is None else f"{1e3 * record[field]:.1f} ms"
 
 
-@register_measure("train_step_seconds", settings=TrainStepSettings,
+# images per step, timed rounds, untimed rounds first, torch threads (0, the default: the process's own)
+@register_measure("train_step_seconds", settings={"batch_size": 128, "rounds": 20, "warmup": 3, "threads": 0},
                   figures={"train_step_seconds": ("train step", _ms("train_step_seconds")),
                            "float_train_step_seconds": ("float step", _ms("float_train_step_seconds")),
                            "train_step_vs_float": ("x float step", "{:.2f}")})
@@ -69,8 +51,8 @@ def train_step_seconds(ctx: MeasureContext) -> dict:
     path = ctx.row_dir / ROW_RECIPE
     if not path.is_file():
         return {}
-    settings = ctx.settings or TrainStepSettings()
-    inputs, labels = _first_images(ctx.eval_batches(), settings.batch_size)
+    settings = ctx.settings
+    inputs, labels = _first_images(ctx.eval_batches(), settings["batch_size"])
     device = next(ctx.base.parameters()).device
     inputs, labels = inputs.to(device), labels.to(device)
     quantized = api.training_form(ctx.base, load_recipe(str(path)), (inputs, labels))
@@ -80,16 +62,16 @@ def train_step_seconds(ctx: MeasureContext) -> dict:
     with torch.no_grad():  # labels within the model's classes (a suite's labels need not be its classes)
         labels = labels % models["float"](inputs[:1]).shape[1]
     threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads or threads)
+    torch.set_num_threads(settings["threads"] or threads)
     try:
-        times = _interleaved_steps(models, inputs, labels, settings.warmup, settings.rounds)
+        times = _interleaved_steps(models, inputs, labels, settings["warmup"], settings["rounds"])
         used = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)
     method, base = statistics.median(times["method"]), statistics.median(times["float"])
     return {"train_step_seconds": round(method, 7), "float_train_step_seconds": round(base, 7),
             "train_step_vs_float": round(method / base, 3), "train_step_batch": int(inputs.shape[0]),
-            "train_step_rounds": settings.rounds, "train_step_threads": used}
+            "train_step_rounds": settings["rounds"], "train_step_threads": used}
 
 
 def _first_images(batches, count: int) -> tuple[torch.Tensor, torch.Tensor]:

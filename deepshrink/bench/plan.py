@@ -46,8 +46,9 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
     `all_methods`) a default row for every registered method the suite does not list.
 
     A row of method `fp32` in the suite stands in for the automatic reference row (its label, its measures).
-    `only` keeps the rows of those methods, shipped recipe names or labels (the full-precision row is always
-    kept: every drop is measured against it); `epochs` replaces every row's fine-tune budget; `methods` is the
+    `only` keeps the rows of those methods, shipped recipe names or labels (a list, or text separated by
+    commas, e.g. "lsq,dorefa-w8a8"; text that is one row's whole label, commas and all, is that row); the
+    full-precision row is always kept: every drop is measured against it; `epochs` replaces every row's fine-tune budget; `methods` is the
     list of registered method names (default: the registry's).
     """
     if methods is None:
@@ -61,6 +62,9 @@ def plan_rows(suite: Suite, base_id: str, *, only=None, epochs=None, methods=Non
         listed = {s.method for s in specs}
         specs += [RowSpec(m) for m in methods if m not in listed]
     if only:
+        if isinstance(only, str):  # --only's text: comma-separated, unless it is one label that has commas
+            whole = only.strip().lower()
+            only = [only] if any(whole in _names(s) for s in specs) else only.split(",")
         wanted = {m.strip().lower() for m in only if m.strip()}
         unknown = wanted - {name for s in specs for name in _names(s)}
         if unknown:

@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="results folder (created; reused to resume)")
     p.add_argument("--base", help="full-precision checkpoint every row starts from (overrides the suite's)")
     p.add_argument("--only", help="comma-separated methods, shipped recipe names or row labels to run, e.g. lsq or "
-                                  "dorefa-w8a8 (the full-precision row always runs)")
+                                  "dorefa-w8a8, or one row's whole label even if it has commas (the "
+                                  "full-precision row always runs)")
     p.add_argument("--epochs", type=float, default=None, help="fine-tune epochs for every row (overrides the "
                                                               "suite's budgets; changes the rows' identity)")
     p.add_argument("--seed", type=int, default=None,
@@ -34,7 +35,7 @@ def run(args) -> int:
     suite = load_suite(args.suite)
     if args.seed is not None:
         suite = dataclasses.replace(suite, seed=args.seed)
-    only = args.only.split(",") if args.only else None
+    only = args.only or None
     if args.list:
         return list_rows(suite, args)
     summary = run_suite(suite, args.out, base=args.base, only=only, epochs=args.epochs,
@@ -68,7 +69,7 @@ def list_rows(suite, args) -> int:
             _log(f"[bench] {exc}")
             return 0
     latest = latest_by_key(read_results(Path(args.out) / RESULTS_FILE))
-    rows = plan_rows(suite, base_id, only=args.only.split(",") if args.only else None, epochs=args.epochs)
+    rows = plan_rows(suite, base_id, only=args.only or None, epochs=args.epochs)
     for i, row in enumerate(rows, 1):
         status = latest.get(row.key, {}).get("status", "to run")
         print(f"{i:3d}. [{status:7s}] {row.label:32s} {row.method:10s} key {row.key}"

@@ -58,6 +58,11 @@ def test_only_picks_rows_by_method_or_by_shipped_recipe_name():
     assert len(plan_rows(suite, "base-id", only=["dorefa"])) == 9  # the reference and eight DoReFa rows
     with pytest.raises(UserError, match="no row of method, recipe or label"):
         plan_rows(suite, "base-id", only=["dorefa-w3a3"])
+    # --only's text: split on commas, unless it is one row's whole label (commas in it too)
+    assert [r.label for r in plan_rows(suite, "base-id", only="PQ 12x, 1% data")] == ["full precision",
+                                                                                     "PQ 12x, 1% data"]
+    assert [r.label for r in plan_rows(suite, "base-id", only="dorefa-w8a8,twn")] == ["full precision",
+                                                                                   "TWN ternary", "DoReFa W8/A8"]
 
 
 def test_vit_suite_pairs_each_layerwise_method_with_its_baseline_and_keeps_the_ends_float():

@@ -272,6 +272,13 @@ def _apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
+def method_default(method: str):
+    """What `--method NAME` (and a bench row naming only its method) runs: the built-in recipe named after
+    the method where deepshrink ships one, which is that method's best recipe by validation accuracy
+    (README, "Defaults"), else the method's own defaults."""
+    return str(RECIPE_DIR / f"{method}.yaml") if method in list_recipes() else {"method": method}
+
+
 def list_recipes() -> list[str]:
     """Names of the built-in recipes shipped in deepshrink/recipes/."""
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))

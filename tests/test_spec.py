@@ -13,6 +13,7 @@ import yaml
 import deepshrink
 from deepshrink.bench.plan import plan_rows
 from deepshrink.bench.rows import spec_from_row
+from deepshrink.config import RECIPE_DIR
 from deepshrink.bench.runner import RowTask
 from deepshrink.bench.suite import load_suite
 from deepshrink.cli import build_parser, main
@@ -57,6 +58,18 @@ def test_a_method_name_a_recipe_name_and_a_file_resolve_by_one_rule(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("method: lobs\nparams: {sparsity: 0.3}\n")
     assert run_spec(str(path), model="lenet5", data="digits", out=tmp_path).recipe.params == {"sparsity": 0.3}
+
+
+def test_method_on_the_cli_runs_what_the_method_name_does_in_the_api_and_the_bench(tmp_path, monkeypatch):
+    # --method NAME: the built-in recipe named after the method (its best by validation), else its defaults;
+    # a file of that name in the working folder does not shadow it
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bwn").write_text("method: bwn\ntrain: {epochs: 1}\n")
+    flags = ["--model", "lenet300", "--model-args", "input_size=8", "--data", "digits", "-o", str(tmp_path / "r")]
+    builtin = run_spec(str(RECIPE_DIR / "bwn.yaml"), model="lenet300", model_args=MODEL_ARGS, data="digits",
+                       out=tmp_path / "r")
+    assert _cli_spec(["--method", "bwn", *flags]).recipe == builtin.recipe
+    assert _cli_spec(["--method", "magnitude", *flags]).recipe.params == {}
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -114,10 +114,12 @@ def _plan(suite: Suite, spec: RowSpec, base_id: str, epochs, methods) -> Planned
 
 
 def default_recipe(method: str):
-    """The method's built-in recipe when deepshrink ships one named after it, else its defaults."""
-    from ..config import list_recipes
+    """The method's built-in recipe when deepshrink ships one named after it, else its defaults
+    (`config.method_default`, by name: a row's `recipe_source` stays readable)."""
+    from ..config import method_default
 
-    return method if method in list_recipes() else {"method": method}
+    source = method_default(method)
+    return method if isinstance(source, str) else source
 
 
 def _label_of(spec: RowSpec) -> str:

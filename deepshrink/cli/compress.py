@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                        description="Compress --model (optionally loaded from --base) on --data with a recipe; "
                                    "writes RUN/model.dsz, RUN/metrics.json, RUN/recipe.yaml and the training run.")
     p.add_argument("--recipe", help="recipe YAML file or built-in recipe name (see `deepshrink recipes`)")
-    p.add_argument("--method", help="method name shorthand (its default parameters), instead of --recipe")
+    p.add_argument("--method", help="method name, instead of --recipe: the built-in recipe of that name if there "
+                                     "is one (the method's best by validation), else its default parameters")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set weight_bits=4 --set train.epochs=2")
     p.add_argument("--model", help="registered model name (see `deepshrink info --help`); default: the one "
@@ -74,14 +75,16 @@ def run(args) -> int:
 
 def spec_from_args(args):
     """The run `deepshrink compress` flags describe (`deepshrink.spec.run_spec` validates it): --recipe
-    FILE|NAME, or --method NAME with its default parameters; --model and --data default to what --base
+    FILE|NAME, or --method NAME: the built-in recipe named after the method if there is one (its best by
+    validation), else its default parameters; --model and --data default to what --base
     records."""
+    from ..config import method_default
     from ..errors import UserError
     from ..spec import run_spec
 
     if bool(args.recipe) == bool(args.method):
         raise UserError("give exactly one of --recipe FILE|NAME or --method NAME")
-    return run_spec(args.recipe or {"method": args.method}, overrides=args.overrides, model=args.model,
+    return run_spec(args.recipe or method_default(args.method), overrides=args.overrides, model=args.model,
                     model_args=args.model_args, base=args.base, data=args.data, data_root=args.data_root,
                     download=args.download, train_subset=args.train_subset, out=args.out, device=args.device,
                     resume=args.resume)

@@ -30,13 +30,14 @@ def summarise(folders: list[Path]) -> list[dict]:
                 continue
             row = rows.setdefault(record.get("label") or record.get("method"), {
                 "method": record.get("method"), "seeds": [], "top1": [], "drop": [], "val_top1": [],
-                "target_drop": record.get("target_drop")})
+                "target_drop": record.get("target_drop"), "val_by_seed": {}})
             row["seeds"].append(record.get("seed"))
             row["top1"].append(record["top1"])
             if base is not None:
                 row["drop"].append(base["top1"] - record["top1"])
             if isinstance(record.get("val_top1"), (int, float)):
                 row["val_top1"].append(record["val_top1"])
+                row["val_by_seed"][record.get("seed")] = record["val_top1"]
     return [{"label": label, **row} for label, row in rows.items()]
 
 
@@ -65,3 +66,24 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f} (one seed)"
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+PAPER = " (paper recipe)"  # the label suffix of a row that runs a method's paper-faithful settings
+
+
+def recipe_choices(rows: list[dict]) -> list[dict]:
+    """Each shipped default beside its paper-faithful recipe: the summary rows labelled L and
+    "L (paper recipe)", compared on mean validation top-1 over the seeds both have run (the test set
+    plays no part). `default_wins` is None while either has no run."""
+    by_label = {row["label"]: row for row in rows}
+    choices = []
+    for label, row in by_label.items():
+        if not label.endswith(PAPER) or label[:-len(PAPER)] not in by_label:
+            continue
+        default = by_label[label[:-len(PAPER)]]
+        seeds = sorted(set(default["val_by_seed"]) & set(row["val_by_seed"]), key=str)
+        means = [statistics.fmean(r["val_by_seed"][s] for s in seeds) if seeds else None for r in (default, row)]
+        choices.append({"label": default["label"], "method": default["method"], "seeds": seeds,
+                        "default_val": means[0], "paper_val": means[1],
+                        "default_wins": None if not seeds else means[0] >= means[1]})
+    return choices

@@ -155,15 +155,15 @@ def choice_table(rows: list[dict]) -> list[str]:
     choices = recipe_choices(rows)
     if not choices:
         return []
-    out = ["Defaults chosen on validation: each row above that has a paper-recipe twin runs the recipe "
-           "`deepshrink compress --method NAME` (or the recipe's name) runs; the twin runs the paper's own "
-           "settings, at the same budget. The higher mean validation top-1 over the seeds both ran is the "
-           "default; the test set plays no part.", "",
+    out = ["Defaults chosen on validation: a row above with a twin labelled \"(paper recipe)\" runs the "
+           "method's default recipe NAME (what `deepshrink compress --method NAME` or `--recipe NAME` runs); the "
+           "twin runs the paper's own settings (recipe NAME-paper) at the same budget. The default is whichever "
+           "has the higher mean validation top-1 over the seeds both ran; the test set plays no part.", "",
            "| row | method | seeds | default: val top-1 | paper recipe: val top-1 | default is |",
            "|---|---|---|---:|---:|---|"]
     for c in choices:
         verdict = "not compared yet" if c["default_wins"] is None else (
-            "the better (kept)" if c["default_wins"] else "**the worse: swap it**")
+            "the better" if c["default_wins"] else "**the worse**")
         out.append(f"| {c['label']} | {c['method']} | {', '.join(map(str, c['seeds'])) or '—'} | "
                    f"{_num(c['default_val'])} | {_num(c['paper_val'])} | {verdict} |")
     return out + [""]

@@ -20,7 +20,7 @@ from deepshrink.bench.report import label_free, markdown_table
 from deepshrink.bench.seeds import markdown as seeds_markdown
 from deepshrink.bench.seeds import mean_std, recipe_choices, summarise
 from deepshrink.bench.stale import stale_keys
-from deepshrink.bench.results import RESULTS_FILE, RUNS_FILE, current_results, latest_by_key, read_results
+from deepshrink.bench.results import BASE_FILE, RESULTS_FILE, RUNS_FILE, current_results, latest_by_key, read_results
 
 
 def _sibling(name: str):
@@ -197,6 +197,7 @@ def seed_repository_tables(results_root: Path) -> list[str]:
                 else "**missed**")
             out.append(f"| ResNet-{depth} | {levels} | {seed_drop[depth]['drop'] if levels == 7 else '—'} | "
                        f"{_drops(ours)} | {_drops(naive)} | {_num(target, 'g')} | {met} |")
+    out += [""] + [line for depth in (32, 56) for line in _trained_base(results_root / f"cifar10-resnet{depth}")]
     out += ["", "DoReFa-Net (pytorch-quantize: ResNet-20 trained from scratch, 100 epochs, float 93.45%) against "
             "the cifar10 suite's 8-epoch fine-tunes of the shared ResNet-20 at the fresh seeds above.", "",
             "| bits W/A | seed's drop | our row | our test top-1 | our drop | target | |",
@@ -214,6 +215,17 @@ def seed_repository_tables(results_root: Path) -> list[str]:
         out.append(f"| {weight_bits}/{act_bits} | {seed['drop'] if seed else '—'} | {label} | {top1} | "
                    f"{_drops(ours)} | {_num(target, 'g')} | {met} |")
     return out + [""]
+
+
+def _trained_base(folder: Path) -> list[str]:
+    """One line on the base a suite trained: its accuracy (the suite's full-precision row) and checkpoint."""
+    base = _json(folder / BASE_FILE)
+    fp = next((r for r in latest_by_key(current_results(folder)).values() if r.get("method") == "fp32"
+               and r.get("status") == "ok"), None) if (folder / RESULTS_FILE).is_file() else None
+    if not base or not fp:
+        return []
+    return [f"- {folder.name}: base `{base['checkpoint']}` (sha256 `{base['sha256'][:16]}…`, not committed: the "
+            f"suite trains it on its first run) at {fp['top1']:.2f}% test, {fp['val_top1']:.2f}% val."]
 
 
 def _mean(values: list[float]) -> float:

@@ -20,6 +20,7 @@ from pathlib import Path
 RESULTS_FILE = "results.jsonl"
 PLAN_FILE = "plan.json"  # the keys of the suite's rows as last run; older rows in results.jsonl are not shown
 RUNS_FILE = "runs.jsonl"  # one record per `deepshrink bench` invocation: command, wall time, rows run
+BASE_FILE = "base.json"  # the base checkpoint every row started from: its id, file name and sha256
 FIGURES = ("top1", "top5", "bytes", "ratio", "macs", "bops", "compress_seconds", "epochs")
 
 

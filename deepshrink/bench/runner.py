@@ -10,6 +10,7 @@ add their figures to its record; a failing measure fails the row (it is retried 
 from __future__ import annotations
 
 import fcntl
+import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .. import __version__
 from ..errors import UserError
 from .measures import MeasureContext, run_measures, start_measures
 from .plan import PlannedRow, plan_rows
-from .results import PLAN_FILE, RESULTS_FILE, RUNS_FILE, append_result, finished_keys, read_results
+from .results import BASE_FILE, PLAN_FILE, RESULTS_FILE, RUNS_FILE, append_result, finished_keys, read_results
 from .suite import Suite, SuiteSkipped, base_checkpoint, file_digest, stable_hash
 
 # figures scored against the data set's labels: dropped from the rows of a suite whose labels are not the model's
@@ -63,6 +64,7 @@ def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
     with _exclusive(out_dir):
         t0 = time.perf_counter()  # includes training the base, when the suite does
         base_path, base_id = resolve_base(suite, out_dir, base, base_trainer or train_base, log)
+        _record_base(out_dir, base_path, base_id)
         inputs = _SharedInputs(suite, base_path, base_id, out_dir)
         rows = plan_rows(suite, base_id, only=only, epochs=epochs, methods=methods)
         # the suite's current rows (all of them, not only --only's): the report shows these and hides rows
@@ -153,6 +155,15 @@ def resolve_base(suite: Suite, out_dir: Path, base, base_trainer, log) -> tuple[
         base_trainer(suite, path)
         log(f"[bench] base trained in {_duration(time.perf_counter() - start)}")
     return path, base_id
+
+
+def _record_base(out_dir: Path, path: Path, base_id: str) -> None:
+    """OUT/base.json: which checkpoint the rows started from (its sha256), so results name their base even
+    where the checkpoint itself is not committed (a base the suite trained, kept in a cache folder)."""
+    record = {"id": base_id, "checkpoint": path.name, "sha256": file_digest(path), "bytes": path.stat().st_size}
+    target = out_dir / BASE_FILE
+    if not target.is_file() or json.loads(target.read_text()) != record:
+        target.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _run_one(suite: Suite, row: PlannedRow, inputs: "_SharedInputs", out_dir: Path, row_runner, command) -> dict:

@@ -21,9 +21,11 @@ from .suite import SuiteSkipped, base_checkpoint, file_digest, load_suite
 def planned_keys(suite, base: str | None) -> set[str] | None:
     """The keys the current code gives the suite's rows, for its base (None when the base cannot be identified)."""
     from .plan import plan_rows
-    from .runner import random_base_id, trained_base_id
+    from .runner import random_base_id, trained_base_id, trained_base_path
 
-    recorded = base if base and "/base/" not in base else None  # the records' base, unless one the suite trained
+    # the records' base, unless one the suite drew or trained itself (in OUT/base/, or its `base.cache` folder)
+    own = suite.base.get("train") and base and Path(base).name == trained_base_path(suite, Path(".")).name
+    recorded = base if base and "/base/" not in base and not own else None
     try:
         path = base_checkpoint(suite) if suite.base.get("checkpoint") else base_checkpoint(suite, recorded)
     except SuiteSkipped:  # its base's package is not installed here

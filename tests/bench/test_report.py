@@ -79,6 +79,20 @@ def test_stale_keys_compare_committed_rows_with_the_current_plan(tmp_path):
     assert stale_keys(_write(tmp_path, seeded)) == set()  # a --seed run is judged at its own seed
 
 
+def test_rows_on_a_base_the_suite_trained_into_its_cache_folder_are_not_stale(tmp_path):
+    from deepshrink.bench.plan import plan_rows
+    from deepshrink.bench.runner import trained_base_id, trained_base_path
+    from deepshrink.bench.stale import stale_keys
+    from deepshrink.bench.suite import load_suite
+
+    suite = load_suite("cifar10-resnet32")  # `base.cache: ~/.cache/deepshrink/bases`, trained when absent
+    row = plan_rows(suite, trained_base_id(suite))[1]
+    cached = str(trained_base_path(suite, tmp_path))  # where the suite keeps it: not under OUT/base/
+    assert "/base/" not in cached
+    records = [{"key": row.key, "suite": suite.name, "status": "ok", "top1": 85.0, "base": cached}]
+    assert stale_keys(_write(tmp_path, records)) == set()
+
+
 def test_report_without_any_usable_row(tmp_path):
     report, plot = write_report(_write(tmp_path, [FAILED, BARE]))
     assert "Failed rows (1)" in report.read_text()

@@ -1,6 +1,7 @@
 """run_suite: resume without recomputing, failures recorded while the suite goes on, base trained once."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -125,6 +126,10 @@ def test_a_suite_can_keep_its_trained_base_outside_the_results_folder(tmp_path, 
     suite = toy_suite(base={"train": {"epochs": 2}, "cache": str(tmp_path / "bases")})
     run_suite(load_suite(suite), tmp_path / "out", row_runner=stub_runner(), base_trainer=trainer, log=lambda m: None)
     assert trained[0].parent == tmp_path / "bases" and not (tmp_path / "out" / "base").exists()
+    # the results name the checkpoint they started from, though it is not in the results folder
+    recorded = json.loads((tmp_path / "out" / "base.json").read_text())
+    assert recorded["sha256"] == hashlib.sha256(b"weights").hexdigest() and recorded["bytes"] == 7
+    assert recorded["checkpoint"] == trained[0].name and recorded["id"].startswith("trained:")
     with pytest.raises(UserError, match="base.cache must be a folder path"):
         load_suite(toy_suite(base={"train": {"epochs": 2}, "cache": 3}))
 

@@ -8,8 +8,8 @@ TTQ's `scale_lr` (default off: one learning rate for every parameter, as the pap
 W_p and W_n a learning rate of their own. Their gradients are sums over thousands of weights (0.1-1.7
 per batch on the shared ResNet-20, against scales of 0.03-0.2), so SGD at the rate that suits the
 latent weights (0.01, as TWN) moves a scale by 10-30% per step; with a rate of its own (2e-5) TTQ
-trains by SGD, and ends more accurate than under Adam (the `ttq-kd` recipe; measured on the shared
-ResNet-20: benchmarks/results/qat_cifar10.jsonl, `ttq` rows tagged `sgd-t0.1-kd` against `t0.1-kd`).
+trains by SGD, and ends more accurate than under Adam (the `ttq` recipe, the method's default; measured on the
+shared ResNet-20: benchmarks/results/qat_cifar10.jsonl, `ttq` rows tagged `sgd-t0.1-kd` against `t0.1-kd`).
 
 Example::
 

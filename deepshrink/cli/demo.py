@@ -41,7 +41,7 @@ def run(args) -> int:
     from .bench import _command, _log, print_table
 
     print(INTRO.format(out=args.out), flush=True)
-    summary = run_suite(load_suite("quick"), args.out, only=args.only.split(",") if args.only else None,
+    summary = run_suite(load_suite("quick"), args.out, only=args.only or None,
                         command=_command(args, "demo"), log=_log)
     print_table(args.out, summary)
     print()

@@ -20,6 +20,7 @@ import dataclasses
 import fnmatch
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,9 +308,15 @@ def select_layers(model: nn.Module, recipe: Recipe) -> dict[str, dict]:
                 skip = override.skip
         if not skip:
             chosen[name] = params
-    unmatched = [o.pattern for o in recipe.layers if not any(fnmatch.fnmatchcase(n, o.pattern) for n in names)]
-    if unmatched:
+    unmatched = [o for o in recipe.layers if not any(fnmatch.fnmatchcase(n, o.pattern) for n in names)]
+    # a pattern that only keeps layers float, on a model without such layers, has nothing to do (a recipe for
+    # ResNets' downsample projections on a LeNet); one that changes settings and matches nothing is a mistake
+    settings = [o.pattern for o in unmatched if o.params or not o.skip]
+    if settings:
         raise UserError(
-            f"layer pattern(s) {unmatched} match no Conv2d/Linear layer; layers are: {', '.join(names)}"
+            f"layer pattern(s) {settings} match no Conv2d/Linear layer; layers are: {', '.join(names)}"
         )
+    if unmatched:
+        warnings.warn(f"layer pattern(s) {[o.pattern for o in unmatched]} to keep in float match no Conv2d/Linear "
+                      f"layer of this model: every layer is compressed as usual", UserWarning, stacklevel=2)
     return chosen

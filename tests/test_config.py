@@ -34,6 +34,16 @@ def test_overrides_apply_in_order_and_can_skip_or_include():
 def test_pattern_matching_nothing_is_an_error_listing_layers():
     with pytest.raises(UserError, match="match no Conv2d/Linear layer.*block.0"):
         select_layers(Net(), Recipe(method="x", layers=[{"pattern": "layer9.*"}]))
+    with pytest.raises(UserError, match=r"\['layer9.\*'\] match no Conv2d/Linear layer"):
+        select_layers(Net(), Recipe(method="x", layers=[{"pattern": "layer9.*", "params": {"bits": 4}}]))
+
+
+def test_a_pattern_only_keeping_layers_float_that_matches_nothing_warns_and_compresses_every_layer():
+    # e.g. xnor's `*.downsample.*` (ResNets' projections stay float) on a network without projections
+    with pytest.warns(UserWarning, match=r"\['\*.downsample.\*'\] to keep in float match no Conv2d/Linear"):
+        chosen = select_layers(Net(), Recipe(method="x", params={"bits": 2},
+                                             layers=[{"pattern": "*.downsample.*", "skip": True}]))
+    assert chosen == select_layers(Net(), Recipe(method="x", params={"bits": 2}))
 
 
 def test_set_overrides_use_dotted_paths_and_default_to_method_params():

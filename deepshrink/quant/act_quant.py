@@ -227,7 +227,7 @@ class XNORActivation(Packable, nn.Module):
 
     `scaling_map=False` leaves K out (output y, the weights' alpha kept), as Bi-Real Net does (XNOR-Net++
     learns its scales instead of computing K): a BatchNorm after the layer already rescales each
-    channel. Not the paper's layer; measured in deepshrink/recipes/xnor-kd.yaml.
+    channel. Not the paper's layer; measured in deepshrink/recipes/xnor.yaml (the default; xnor-paper has K).
     """
 
     bits = 1

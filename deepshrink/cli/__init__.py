@@ -6,9 +6,11 @@ and sets `func=run` (run(args) -> int exit status). User errors exit with status
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from ..errors import UserError
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with quiet(getattr(args, "quiet", False)):
+        with quiet(getattr(args, "quiet", False)), _one_line_warnings(args.command):
             return int(args.func(args) or 0)
     except UserError as exc:
         print(f"deepshrink {args.command}: error: {exc}", file=sys.stderr)
@@ -87,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit finds no broken pipe
         return 0
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Our warnings as one line each, "deepshrink CMD: warning: ...", not Python's file:line and source line."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *rest, **kw: (
+        f"deepshrink {command}: warning: {message}\n" if issubclass(category, UserWarning)
+        else previous(message, category, *rest, **kw))
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 def _resume_hint(args) -> str:

@@ -155,3 +155,16 @@ def test_compress_without_a_model_names_both_ways_to_give_one(tmp_path, capsys):
     line = _one_line_error(["compress", "--method", "bwn", "--data", "digits", "--out", str(tmp_path / "r")], capsys)
     assert "--model NAME" in line and "--base CKPT written by `deepshrink train`" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_the_cli_prints_its_warnings_as_one_line_naming_the_command():
+    import warnings
+
+    from deepshrink.cli import _one_line_warnings
+
+    with _one_line_warnings("compress"):
+        line = warnings.formatwarning("layer pattern(s) ['*.downsample.*'] match nothing", UserWarning, "x.py", 3)
+        other = warnings.formatwarning("old", DeprecationWarning, "x.py", 3)
+    assert line == "deepshrink compress: warning: layer pattern(s) ['*.downsample.*'] match nothing\n"
+    assert "DeprecationWarning" in other  # not ours: Python's own format
+    assert "UserWarning" in warnings.formatwarning("m", UserWarning, "x.py", 3)  # restored on exit

@@ -36,7 +36,7 @@ def test_a_learning_run_is_never_stopped():
 
 def test_a_diverging_compress_exits_2_with_one_line_and_writes_no_model(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["compress", "--method", "bwn", "--model", "lenet300", "--model-args", "input_size=8",
+    code = main(["compress", "--recipe", "bwn-paper", "--model", "lenet300", "--model-args", "input_size=8",
                  "--data", "digits", "--out", str(out), "--set", "train.epochs=3", "--set", "train.lr=10000",
                  "--set", "train.batch_size=16"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -114,12 +114,11 @@ def _plan(suite: Suite, spec: RowSpec, base_id: str, epochs, methods) -> Planned
 
 
 def default_recipe(method: str):
-    """The method's built-in recipe when deepshrink ships one named after it, else its defaults
-    (`config.method_default`, by name: a row's `recipe_source` stays readable)."""
-    from ..config import method_default
+    """The method's built-in recipe when deepshrink ships one named after it, else its defaults (by name,
+    where `config.method_default` gives the CLI the file's path)."""
+    from ..config import list_recipes
 
-    source = method_default(method)
-    return method if isinstance(source, str) else source
+    return method if method in list_recipes() else {"method": method}
 
 
 def _label_of(spec: RowSpec) -> str:

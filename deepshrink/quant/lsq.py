@@ -3,8 +3,10 @@
 v_hat = round(clip(v / s, -Q_N, Q_P)) * s (Eq. 1-2), step gradient Eq. 3 scaled by 1/sqrt(N Q_P)
 (Sec. 2.2), step initialised to 2<|v|>/sqrt(Q_P) (weights from the float weights, activations from
 the first batch). Weights are signed; activations unsigned unless negative inputs are seen.
-Deviation, off by default: `act_init: mse` starts each activation step at the least-error step on
-the first batch instead (the paper's init clips too much at 2-3 bits; see act_quant.lsq_mse_step).
+Deviation: `act_init: mse` starts each activation step at the least-error step on the first batch
+instead (the paper's init clips too much at 2-3 bits; see act_quant.lsq_mse_step). Off in the bare
+method settings; on in the built-in `lsq-w2a2` recipe, which was chosen on validation over the paper's
+settings (`lsq-w2a2-paper`).
 
 Example::
 

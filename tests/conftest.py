@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def unpack_cifar10_jpeg() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers unpack once
         if not done.exists():
             tmp = CACHE / "cifar10-jpeg.partial"
+            for stale in (tmp, target):  # a cut-off unpack, or a folder unpacked by hand without the marker
+                if stale.exists():
+                    shutil.rmtree(stale)
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
             inner = [p for p in tmp.iterdir() if p.is_dir()]

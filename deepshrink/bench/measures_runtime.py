@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..runtime.qdq import pairs_saturate
 from .measures import MeasureContext, register_measure
 
 REFERENCES = ["torch-fp32", "onnxruntime-fp32", "onnxruntime-int8-ptq"]  # what the float base runs on by default
@@ -29,6 +30,8 @@ X86 = "torch-x86-int8-ptq"  # PyTorch's own int8 PTQ of the base: a reference th
 RATIOS = {"speedup_vs_torch_fp32": "torch-fp32", "speedup_vs_onnxruntime_fp32": "onnxruntime-fp32",
           "speed_vs_onnxruntime_int8_ptq": "onnxruntime-int8-ptq"}  # issue 21's figures: reference / engine
 MODES = ("resident", "decode", "frozen")
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq", "amx_int8")  # what
+# the kernels dispatch on: the bit kernels' paths, ONNX Runtime's VNNI or 16-bit pair sums
 
 
 def calibration_images(ctx: MeasureContext, count: int) -> torch.Tensor | None:
@@ -63,7 +66,9 @@ def machine() -> dict:
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
                platform.processor() or "unknown")
-    return {"cpu": cpu, "torch": torch.__version__, "onnxruntime": ort,
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return {"cpu": cpu, "isa": [f for f in ISA_FLAGS if f in flags], "int8_pairs_saturate": pairs_saturate(),
+            "torch": torch.__version__, "onnxruntime": ort,
             "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "load_average": [round(v, 2) for v in os.getloadavg()]}
 

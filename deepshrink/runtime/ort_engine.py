@@ -3,7 +3,9 @@
 - `onnxruntime-fp32` (reference): the uncompressed network (`float_reference`) exported to ONNX.
 - `onnxruntime-int8-ptq` (reference): ONNX Runtime's own static quantization of that float network
   (`quantize_static`: QDQ, per-channel int8 weights, uint8 activations, MinMax ranges over the
-  calibration images) - what a user gets in two calls, the baseline the integer engine must match.
+  calibration images) - what a user gets in two calls, the baseline the integer engine must match. On
+  an x86 CPU without VNNI it passes `reduce_range=True` (7-bit weights), as ONNX Runtime's documentation
+  advises there: its u8s8 kernels add pairs in 16 bits and saturate with full-range int8 weights.
 - `onnxruntime-int8`: the integer engine for the compressed model itself (deepshrink/runtime/qdq_graph.py):
   its codes pass through as int8, its activations sit on the grids it trained with, other activations
   are 8-bit with MinMax ranges over the calibration images; ONNX Runtime fuses the QDQ graph into
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from .engines import Engine, Runner, register_engine
+from .qdq import pairs_saturate
 from .qdq_graph import build_integer_graph, export_float, integer_obstacle
 from .torch_engine import float_reference
 
@@ -121,16 +124,18 @@ class _Reader:
         return next(self.batches, None)
 
 
-def ptq_graph(float_graph: bytes, images: torch.Tensor) -> bytes:
-    """`onnxruntime.quantization.quantize_static` of a float graph: QDQ, per-channel int8 weights,
-    uint8 activations, MinMax ranges over `images`."""
+def ptq_graph(float_graph: bytes, images: torch.Tensor, reduce_range: bool | None = None) -> bytes:
+    """`onnxruntime.quantization.quantize_static` of a float graph: QDQ, per-channel int8 weights (7-bit
+    with `reduce_range`, by default where this CPU's pairs saturate), uint8 activations, MinMax ranges
+    over `images`."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(float_graph)
         quantize_static(str(source), str(target), _Reader(images), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=pairs_saturate() if reduce_range is None else reduce_range)
         return target.read_bytes()
 
 

@@ -10,7 +10,9 @@ into QLinearConv / QLinearAdd (MLAS u8s8 kernels, VNNI on AVX-512 CPUs).
    the conv in float.
 3. Layers the method left in float (e.g. DoReFa's first conv and last fc; an encoding with
    `float_values`) get int8 per-channel symmetric weights (max |w| / 127), as ONNX Runtime's own
-   quantizer writes them.
+   quantizer writes them; on an x86 CPU without VNNI (`qdq.pairs_saturate`) 7-bit ones (max |w| / 64,
+   ONNX Runtime's `reduce_range`), and every method's codes must stay within `qdq.weight_limit` of their
+   input grid, so that MLAS's 16-bit pair sums cannot saturate.
 4. Activations: a tensor read by a trained quantizer is rounded to that quantizer's grid right where
    it is produced (Q with the grid's scale and zero point, then a uint8 Clip when the grid is narrower
    than uint8: 4 bits clip at 15); every other input and output of a conv, linear or Add gets 8-bit
@@ -46,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.compressed import CompressedConv2d, CompressedLinear
-from .qdq import activation_grid, weight_integer_form
+from .qdq import activation_grid, pairs_saturate, weight_integer_form, weight_limit
 from .qdq_rewrite import MARKER, OPSET, Rewrite, calibrate
 
 
@@ -81,26 +83,35 @@ class _Int8Weight(torch.autograd.Function):
         return g.op("DequantizeLinear", q, scale, zero, axis_i=0)
 
 
-def integer_obstacle(model: nn.Module) -> str | None:
-    """None when every compressed layer has int8 codes and a uint8 input grid; else the first obstacle."""
+def _limit(module: nn.Module, saturating: bool) -> int:
+    """`weight_limit` for this layer's input: its trained grid, else an 8-bit calibrated one."""
+    grid = None if module.input_quant is None else activation_grid(module.input_quant)
+    return weight_limit(255 if grid is None or isinstance(grid, str) else grid.qmax, saturating)
+
+
+def integer_obstacle(model: nn.Module, saturating: bool | None = None) -> str | None:
+    """None when every compressed layer has int8 codes (within `weight_limit` where `saturating`, by default
+    this CPU's `pairs_saturate()`) and a uint8 input grid; else the first obstacle."""
+    saturating = pairs_saturate() if saturating is None else saturating
     for name, module in model.named_modules():
         if not isinstance(module, (CompressedConv2d, CompressedLinear)):
             continue
-        if not module.encoded.encoding.float_values:  # float values are rounded in step 3
-            form = weight_integer_form(module.encoded)
-            if isinstance(form, str):
-                return f"{name}: {form}"
         if module.input_quant is not None:
             if hasattr(module.input_quant, "scale_output"):
                 return f"{name}: {type(module.input_quant).__name__} rescales the layer's output"
             grid = activation_grid(module.input_quant)
             if isinstance(grid, str):
                 return f"{name}: {grid}"
+        if not module.encoded.encoding.float_values:  # float values are rounded in step 3
+            form = weight_integer_form(module.encoded, _limit(module, saturating))
+            if isinstance(form, str):
+                return f"{name}: {form}"
     return None
 
 
-def _integer_forward(module: nn.Module):
-    form = None if module.encoded.encoding.float_values else weight_integer_form(module.encoded)
+def _integer_forward(module: nn.Module, saturating: bool):
+    form = None if module.encoded.encoding.float_values else weight_integer_form(
+        module.encoded, _limit(module, saturating))
     grid = None if module.input_quant is None else activation_grid(module.input_quant)
 
     def forward(x):
@@ -114,15 +125,17 @@ def _integer_forward(module: nn.Module):
     return forward
 
 
-def export_marked(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
-    """Step 1: the model as ONNX with int8 weight DequantizeLinear nodes and ActQuant markers."""
-    obstacle = integer_obstacle(model)
+def export_marked(model: nn.Module, example: torch.Tensor, saturating: bool | None = None) -> onnx.ModelProto:
+    """Step 1: the model as ONNX with int8 weight DequantizeLinear nodes and ActQuant markers (codes within
+    `weight_limit` where `saturating`, by default this CPU's `pairs_saturate()`)."""
+    saturating = pairs_saturate() if saturating is None else saturating
+    obstacle = integer_obstacle(model, saturating)
     if obstacle:
         raise ValueError(obstacle)
     patched = [m for m in model.modules() if isinstance(m, (CompressedConv2d, CompressedLinear))]
     markers = {MARKER[0]: 1} if any(m.input_quant is not None for m in patched) else {}
     for module in patched:
-        module.forward = _integer_forward(module)
+        module.forward = _integer_forward(module, saturating)
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
@@ -148,9 +161,11 @@ def export_float(model: nn.Module, example: torch.Tensor) -> bytes:
 
 
 def build_integer_graph(model: nn.Module, example: torch.Tensor, calibration: torch.Tensor,
-                        batch_size: int = 64) -> onnx.ModelProto:
-    """Steps 1-5: the QDQ graph of `model`, 8-bit points calibrated on `calibration` (N, C, H, W)."""
-    rewrite = Rewrite(export_marked(model, example))
+                        batch_size: int = 64, saturating: bool | None = None) -> onnx.ModelProto:
+    """Steps 1-5: the QDQ graph of `model`, 8-bit points calibrated on `calibration` (N, C, H, W);
+    `saturating` (default: this CPU's `pairs_saturate()`): keep every u8 x s8 pair sum inside int16."""
+    saturating = pairs_saturate() if saturating is None else saturating
+    rewrite = Rewrite(export_marked(model, example, saturating), saturating)
     rewrite.fold_batchnorm()
     rewrite.quantize_float_weights()
     probe, points = rewrite.build(ranges=None)

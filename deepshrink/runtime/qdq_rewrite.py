@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .qdq import Grid, minmax_grid
+from .qdq import Grid, minmax_grid, pairs_saturate, weight_limit
 
 MARKER = ("deepshrink", "ActQuant")  # (domain, op) of a trained activation quantizer in the export
 CALIBRATED = "calibrated"  # the need of an 8-bit point whose grid comes from calibration
@@ -35,7 +35,9 @@ def _grid(marker) -> Grid:
 class Rewrite:
     """The exported graph as a node list plus numpy initialisers (Constant nodes become initialisers)."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, saturating: bool | None = None):
+        """`saturating` (default: this CPU's `qdq.pairs_saturate()`): float layers get 7-bit weights."""
+        self.saturating = pairs_saturate() if saturating is None else saturating
         graph = model.graph
         self.inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.nodes = []
@@ -111,19 +113,20 @@ class Rewrite:
 
     # ----------------------------------------------------------------------------- step 3: float layers
     def quantize_float_weights(self) -> list[str]:
-        """int8 per-channel symmetric weights for Conv/Gemm nodes that read a float initialiser."""
-        names = []
+        """int8 per-channel symmetric weights for Conv/Gemm nodes that read a float initialiser: max |w| maps
+        to 127, or where pairs saturate to `weight_limit()` (64: 2 x 255 x 64 <= 32767, any 8-bit input)."""
+        names, limit = [], weight_limit(255, self.saturating)
         for node in [n for n in self.nodes if n.op_type in ("Conv", "Gemm")]:
             weight = self.inits.get(node.input[1])
             if weight is None or weight.dtype != np.float32:
                 continue
             axis = 0 if node.op_type == "Conv" or _attr(node, "transB", 0) else 1
             others = tuple(d for d in range(weight.ndim) if d != axis)
-            scale = np.abs(weight).max(axis=others) / 127
+            scale = np.abs(weight).max(axis=others) / limit
             scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
             shape = [1] * weight.ndim
             shape[axis] = -1
-            codes = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+            codes = np.clip(np.round(weight / scale.reshape(shape)), -limit, limit).astype(np.int8)
             out = self._fresh(node.input[1] + "_dq")
             self.nodes.append(helper.make_node(
                 "DequantizeLinear", [self._const("codes", codes), self._const("scale", scale),
@@ -244,7 +247,7 @@ class Rewrite:
         saturates there, compute the same; a layer already wider (an int8 float layer) stays as it is."""
         if _attr(dequantize, "axis", 1) != 0 or dequantize.input[0] in self._widened:
             return
-        limit = min(127, 32767 // (2 * max(1, input_grid.qmax)))
+        limit = weight_limit(input_grid.qmax, saturating=True)  # exact on every CPU, VNNI or not
         codes = self.inits[dequantize.input[0]].astype(np.int16)
         peak = np.abs(codes).reshape(len(codes), -1).max(axis=1)  # (out,)
         if peak.max() > limit:

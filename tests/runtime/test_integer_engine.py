@@ -10,25 +10,15 @@ from onnx import numpy_helper
 
 from deepshrink.nn import CompressedConv2d, CompressedLinear
 from deepshrink.runtime import get_engine
-from deepshrink.runtime.qdq import activation_grid, quantizer_noise, weight_integer_form
+from deepshrink.runtime.qdq import activation_grid, pairs_saturate, quantizer_noise, weight_integer_form
 from deepshrink.runtime.qdq_graph import build_integer_graph, export_marked
 from deepshrink.runtime.qdq_rewrite import Rewrite
 
 
-def _cpu_has_vnni() -> bool:
-    """True where the CPU has VNNI (AVX-512 or AVX): ONNX Runtime's u8s8 kernels then add uint8 x int8
-    products in 32 bits. Without it they add pairs in 16 bits, which saturate for full-range int8 weights."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        return True  # not Linux: nothing known, run the tests as facts
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
-# Known gap (README, "Int8 on CPUs without VNNI"): the engine does not yet choose 7-bit weights on such CPUs.
-SATURATES = pytest.mark.xfail(not _cpu_has_vnni(), strict=False,
-                              reason="int8 u8s8 kernels saturate on CPUs without VNNI; 7-bit weights not built yet")
+# Share of the 360 digits test images whose prediction the engine keeps. Without VNNI the float layers' weights
+# are 7-bit (`pairs_saturate`), which moves one or two more: measured 97.2% / 98.1% with 8-bit weights and
+# 96.9% / 97.5% with 7-bit ones (ONNX Runtime's unfused reading of the two graphs, same model).
+AGREE_W4A4, AGREE_WEIGHT_ONLY = (0.965, 0.97) if pairs_saturate() else (0.97, 0.98)
 
 
 def _compressed_layers(model):
@@ -54,6 +44,55 @@ def _same_codes_up_to_a_power_of_two(stored: np.ndarray, codes: np.ndarray) -> b
         if ratio != 2 ** round(np.log2(ratio)):
             return False
     return True
+
+
+def _pair_sums(graph) -> dict[str, int]:
+    """{conv/gemm node: the largest sum of two uint8 x int8 products it can form (2 x max input code x
+    max |weight code|)}, read off the QDQ graph: an input clipped to a trained grid reaches its Clip's
+    maximum, any other uint8 input 255."""
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    producers = {out: node for node in graph.graph.node for out in node.output}
+    sums = {}
+    for node in graph.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        weight, x = producers[node.input[1]], producers[node.input[0]]
+        assert weight.op_type == x.op_type == "DequantizeLinear", node.name  # every one integer
+        source = producers.get(x.input[0])
+        qmax = int(inits[source.input[2]]) if source is not None and source.op_type == "Clip" else 255
+        sums[node.name] = 2 * qmax * int(np.abs(inits[weight.input[0]].astype(np.int32)).max())
+    return sums
+
+
+@pytest.mark.parametrize("fixture", ["w4a4_digits", "weight_only_digits"])
+def test_no_pair_sum_exceeds_int16_where_the_cpu_adds_pairs_in_16_bits(fixture, request, digits_calibration):
+    """On x86 without VNNI, MLAS's u8s8 kernels saturate a pair sum beyond 32767: the graph for such a
+    CPU keeps every one inside (7-bit float-layer weights); for a VNNI CPU the float layers use all 8 bits."""
+    model, _ = request.getfixturevalue(fixture)
+    narrow = _pair_sums(build_integer_graph(model, digits_calibration[:1], digits_calibration, saturating=True))
+    wide = _pair_sums(build_integer_graph(model, digits_calibration[:1], digits_calibration, saturating=False))
+    assert len(narrow) == len(wide) >= 21 and max(narrow.values()) <= 32767
+    assert max(wide.values()) == 2 * 255 * 127  # the float stem, 8-bit image codes x full int8 weights
+
+
+def test_fused_integer_kernels_compute_what_the_graph_says_on_this_cpu(w4a4_digits, weight_only_digits, digits_test,
+                                                                         digits_calibration):
+    """ONNX Runtime's fused QLinearConv / QLinearAdd run the graph (built for this CPU, `pairs_saturate`)
+    as its unfused float reading does: no saturated sum. Forced to full int8 weights on a CPU without
+    VNNI, the fused kernels saturate and ~3-7% of the digits' predictions move."""
+    images, _ = digits_test
+    for model, _ in (w4a4_digits, weight_only_digits):
+        graph = build_integer_graph(model, images[:1], digits_calibration).SerializeToString()
+        outputs = []
+        for level in (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                      onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL):
+            options = onnxruntime.SessionOptions()
+            options.graph_optimization_level = level
+            session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+            outputs.append(session.run(["output"], {"input": images.numpy()})[0])
+        fused, unfused = outputs
+        assert (fused.argmax(1) == unfused.argmax(1)).mean() >= 0.99
+        assert np.abs(fused - unfused).mean() <= 0.02 * np.abs(unfused).mean()
 
 
 def test_codes_reach_the_graph_unchanged(w4a4_digits, digits_calibration):
@@ -89,20 +128,18 @@ def test_trained_grids_alone_reproduce_the_packed_model(w4a4_digits, digits_test
     assert close.mean() >= 0.95
 
 
-@SATURATES
 def test_w4a4_engine_agrees_with_the_packed_model(w4a4_digits, digits_test, digits_calibration):
     model, _ = w4a4_digits
     images, labels = digits_test
     runner = get_engine("onnxruntime-int8").prepare(model, images[:1], threads=1, calibration=digits_calibration)
     got, want = runner(images), _logits(model, images)
-    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.97
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= AGREE_W4A4
     file_top1 = (want.argmax(1) == labels).float().mean()
     assert file_top1 >= 0.85  # a model that learned the digits, so that agreement means something
     assert abs((got.argmax(1) == labels).float().mean() - file_top1) <= 0.015  # 360 images: 5 at most
     assert (got - want).abs().mean() <= 0.15 * want.abs().mean()
 
 
-@SATURATES
 def test_w4a4_engine_departs_from_the_file_as_little_as_the_file_under_noise(w4a4_digits, digits_test,
                                                                             digits_calibration):
     """Each rounding the engine cannot do as PyTorch does (int32 biases, the 8-bit residual stream) flips
@@ -141,7 +178,6 @@ def test_quantizer_noise_is_that_fraction_of_a_step_and_leaves_the_file_as_it_wa
     assert torch.equal(_logits(model, images), want)  # the hooks are gone
 
 
-@SATURATES
 def test_weight_only_engine_with_8bit_activations_agrees(weight_only_digits, digits_test, digits_calibration):
     model, _ = weight_only_digits
     images, labels = digits_test
@@ -149,7 +185,7 @@ def test_weight_only_engine_with_8bit_activations_agrees(weight_only_digits, dig
     assert len(_compressed_layers(model)) == 20
     runner = get_engine("onnxruntime-int8").prepare(model, images[:1], threads=1, calibration=digits_calibration)
     got, want = runner(images), _logits(model, images)
-    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.98
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= AGREE_WEIGHT_ONLY
     assert abs((got.argmax(1) == labels).float().mean() - (want.argmax(1) == labels).float().mean()) <= 0.015
     assert (got - want).abs().mean() <= 0.05 * want.abs().mean()
 

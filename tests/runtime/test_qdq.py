@@ -6,7 +6,8 @@ import torch
 from deepshrink.nn import EncodedWeight
 from deepshrink.quant.act_quant import (DoReFaActivation, LSQActivation, PACTActivation, ScaledDoReFaActivation,
                                         XNORActivation)
-from deepshrink.runtime.qdq import SCALE_TOLERANCE, Grid, activation_grid, minmax_grid, weight_integer_form
+from deepshrink.runtime.qdq import (SCALE_TOLERANCE, Grid, activation_grid, minmax_grid, saturates, weight_integer_form,
+                                   weight_limit)
 
 SHAPE = (6, 4, 3, 3)
 
@@ -54,6 +55,39 @@ def test_ttq_two_scales_become_one_int8_grid_within_the_tolerance():
         assert torch.allclose(q.float() * scale.reshape(-1, 1, 1, 1), weight, rtol=tolerance, atol=0)
 
 
+def test_ttq_ratio_stays_within_a_saturating_cpus_limit():
+    """Without VNNI, p, n <= 64 (8-bit inputs): the worst ratio's scales move by at most twice as much."""
+    encoded = EncodedWeight("ternary", SHAPE, codes=_codes(-1, 1).to(torch.int8),
+                            params={"pos_scale": torch.tensor([0.0487]), "neg_scale": torch.tensor([0.0485])})
+    q, scale = weight_integer_form(encoded, limit=64)
+    assert int(q.abs().max()) <= 64
+    assert torch.allclose(q.float() * scale.reshape(-1, 1, 1, 1), encoded.dequantize(),
+                          rtol=SCALE_TOLERANCE * 127 / 64, atol=0)
+
+
+def test_weight_limit_keeps_every_uint8_int8_pair_sum_inside_int16():
+    for qmax in (1, 3, 15, 127, 255):
+        limit = weight_limit(qmax, saturating=True)
+        assert 2 * qmax * limit <= 32767 and (limit == 127 or 2 * qmax * (limit + 1) > 32767)
+        assert weight_limit(qmax, saturating=False) == 127
+    assert weight_limit(255, saturating=True) == 64  # ONNX Runtime's reduce_range: 7-bit weights
+
+
+def test_codes_beyond_a_saturating_limit_are_refused_saying_why():
+    assert torch.equal(weight_integer_form(EXACT["uniform4_dorefa"], limit=64)[0],
+                       weight_integer_form(EXACT["uniform4_dorefa"])[0])  # |q| <= 15: unchanged
+    reason = weight_integer_form(EXACT["uniform8"], limit=64)
+    assert isinstance(reason, str) and "VNNI" in reason and "64" in reason
+
+
+@pytest.mark.parametrize("machine, flags, expected", [
+    ("x86_64", ["sse2", "avx2", "fma"], True), ("x86_64", ["avx2", "avx512f", "avx512bw"], True),
+    ("x86_64", ["avx2", "avx512f", "avx512_vnni"], False), ("x86_64", ["avx2", "avx_vnni"], False),
+    ("AMD64", None, True), ("aarch64", ["asimd"], False), ("arm64", None, False)])
+def test_pairs_saturate_on_x86_without_vnni_only(machine, flags, expected):
+    assert saturates(machine, flags) is expected
+
+
 def test_pow2_levels_are_the_integers_0_1_2_4():
     q, _ = weight_integer_form(EXACT["pow2_l7"])
     assert sorted(q.unique().tolist()) == [-4, -2, -1, 0, 1, 2, 4]
@@ -61,7 +95,7 @@ def test_pow2_levels_are_the_integers_0_1_2_4():
 
 @pytest.mark.parametrize("encoded, words", [
     (EncodedWeight("ternary", SHAPE, codes=_codes(-1, 1).to(torch.int8),
-                   params={"pos_scale": torch.tensor([1.0]), "neg_scale": torch.tensor([1e-3])}), "no int8 ratio"),
+                   params={"pos_scale": torch.tensor([1.0]), "neg_scale": torch.tensor([1e-3])}), "no ratio of integers"),
     (EncodedWeight("pow2", SHAPE, codes=_codes(-8, 8).to(torch.int16), levels=17, params={"alpha": _scale()}),
      "beyond int8"),
     (EncodedWeight("pq", SHAPE, codes=torch.zeros(6, 4, dtype=torch.long),

@@ -56,4 +56,4 @@ def test_an_engine_that_cannot_run_the_model_is_refused_with_its_reason(tmp_path
     deepshrink.pack(model.eval(), tmp_path / "ttq.dsz")
     status = main(["speed", str(tmp_path / "ttq.dsz"), "--engine", "onnxruntime-int8", "--input-shape", "1", "8", "8"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and "fc2" in err[0] and "no int8 ratio" in err[0]
+    assert status == 2 and len(err) == 1 and "fc2" in err[0] and "no ratio of integers" in err[0]

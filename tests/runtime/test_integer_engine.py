@@ -16,9 +16,10 @@ from deepshrink.runtime.qdq_rewrite import Rewrite
 
 
 # Share of the 360 digits test images whose prediction the engine keeps. Without VNNI the float layers' weights
-# are 7-bit (`pairs_saturate`), which moves one or two more: measured 97.2% / 98.1% with 8-bit weights and
-# 96.9% / 97.5% with 7-bit ones (ONNX Runtime's unfused reading of the two graphs, same model).
-AGREE_W4A4, AGREE_WEIGHT_ONLY = (0.965, 0.97) if pairs_saturate() else (0.97, 0.98)
+# are 7-bit (`pairs_saturate`), which moves a few more: measured with ONNX Runtime's unfused reading of the
+# same model, 97.2% / 98.1% with 8-bit weights against 96.9% / 97.5% with 7-bit ones; the weight-only model
+# trained on one thread (CI) keeps 96.9%. Saturated 8-bit weights on such a CPU keep 94.4% / 91.4%.
+AGREE_W4A4, AGREE_WEIGHT_ONLY = (0.96, 0.96) if pairs_saturate() else (0.97, 0.98)
 
 
 def _compressed_layers(model):

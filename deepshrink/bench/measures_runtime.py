@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..runtime.qdq import pairs_saturate
+from ..runtime.qdq import cpu_flags, pairs_saturate
 from .measures import MeasureContext, register_measure
 
 REFERENCES = ["torch-fp32", "onnxruntime-fp32", "onnxruntime-int8-ptq"]  # what the float base runs on by default
@@ -66,7 +66,7 @@ def machine() -> dict:
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
                platform.processor() or "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    flags = cpu_flags() or ()
     return {"cpu": cpu, "isa": [f for f in ISA_FLAGS if f in flags], "int8_pairs_saturate": pairs_saturate(),
             "torch": torch.__version__, "onnxruntime": ort,
             "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -56,15 +56,18 @@ X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
 @lru_cache(maxsize=1)
+def cpu_flags() -> tuple[str, ...] | None:
+    """This CPU's flags from /proc/cpuinfo, or None where they cannot be read (not Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((tuple(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), None)
+
+
 def pairs_saturate() -> bool:
     """True on an x86 CPU without VNNI (neither AVX512-VNNI nor AVX-VNNI), this machine's `saturates`."""
-    cpuinfo = Path("/proc/cpuinfo")
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("flags")), None)
-    except OSError:
-        flags = None
-    return saturates(platform.machine(), flags)
+    return saturates(platform.machine(), cpu_flags())
 
 
 def saturates(machine: str, flags: list[str] | None) -> bool:

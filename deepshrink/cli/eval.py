@@ -4,6 +4,7 @@
         --data-root ~/.cache/deepshrink/cifar10-jpeg
     deepshrink eval model.dsz --data-root ...            # the data set the file records
     deepshrink eval runs/resnet20/best.pt                 # a `deepshrink train` checkpoint records its model too
+    deepshrink eval model.int8.onnx                       # a `deepshrink export` file, run by ONNX Runtime
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint or packed model on a data set",
-                       description="Evaluate FILE.dsz (rebuilt by deepshrink.load) or a .pt checkpoint on the test "
+    p = sub.add_parser("eval", help="evaluate a checkpoint, packed model or exported ONNX file on a data set",
+                       description="Evaluate FILE.dsz (rebuilt by deepshrink.load), FILE.onnx (written by "
+                                   "`deepshrink export`, run by ONNX Runtime) or a .pt checkpoint on the test "
                                    "split of --data. --model and --data default to what the file records (a "
-                                   ".dsz, or a checkpoint written by `deepshrink train`); a plain state_dict "
-                                   "needs --model.")
-    p.add_argument("file", nargs="?", help="a packed .dsz file or a .pt checkpoint")
+                                   ".dsz or .onnx, or a checkpoint written by `deepshrink train`); a plain "
+                                   "state_dict needs --model.")
+    p.add_argument("file", nargs="?", help="a packed .dsz file, an exported .onnx file or a .pt checkpoint")
     p.add_argument("--model", help="registered model name, for a .pt checkpoint that does not record it")
     p.add_argument("--model-args", action="append", default=[], metavar="K=V", help="e.g. shortcut=B")
     p.add_argument("--checkpoint", help="plain state_dict or deepshrink checkpoint (.pt)")
@@ -59,6 +61,12 @@ def load_model_for_eval(args, num_classes: int, in_channels: int):
                         "train` wrote it)")
     if not Path(args.file).is_file():
         raise UserError(f"{args.file} does not exist")
+    if Path(args.file).suffix == ".onnx":
+        from ..runtime.onnx_file import OnnxModel
+
+        if args.device not in (None, "cpu"):
+            raise UserError(f"an ONNX file runs on ONNX Runtime's CPU kernels here; drop --device {args.device}")
+        return OnnxModel(args.file), args.file
     from ..api import load
 
     return load(args.file), args.file
@@ -79,6 +87,10 @@ def run(args) -> int:
         fill_from_checkpoint(args, checkpoint)
     elif not args.data and args.file and Path(args.file).suffix == ".dsz" and Path(args.file).is_file():
         from ..packing.format import recorded_data
+
+        args.data = recorded_data(args.file).get("name")
+    elif not args.data and args.file and Path(args.file).suffix == ".onnx" and Path(args.file).is_file():
+        from ..runtime.onnx_file import recorded_data
 
         args.data = recorded_data(args.file).get("name")
     if args.split == "test":

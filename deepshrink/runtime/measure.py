@@ -117,17 +117,23 @@ def _name(label: str, engine: str) -> str:
     return f"{label}: {engine}" if label else engine
 
 
-def speed_data(name: str, root=None, calibration: int = 512, download: bool = False):
-    """(calibration images (N, C, H, W), a callable giving the test split's (images, labels) batches,
-    one image's shape) for data set `name`: the calibration images are a stratified subset of the
-    training split (the same per-class draw every run), at evaluation transforms."""
+def calibration_images(name: str, root=None, count: int = 512, download: bool = False) -> torch.Tensor:
+    """`count` images (N, C, H, W) of data set `name`'s training split at evaluation transforms: a
+    stratified subset (the same per-class draw every run), the calibration data of the integer engine."""
     import math
 
     from ..data import get_dataset, make_loader, subset
 
     train = get_dataset(name, "train", root=root, download=download)
+    per_class = min(math.ceil(count / train.num_classes), max(1, len(train) // train.num_classes))
+    return torch.cat([x for x, _ in make_loader(subset(train, per_class=per_class), 256, train=False)])[:count]
+
+
+def speed_data(name: str, root=None, calibration: int = 512, download: bool = False):
+    """(calibration images (N, C, H, W) from `calibration_images`, a callable giving the test split's
+    (images, labels) batches, one image's shape) for data set `name`."""
+    from ..data import get_dataset, make_loader
+
+    images = calibration_images(name, root, calibration, download)
     test = get_dataset(name, "test", root=root, download=download)
-    per_class = min(math.ceil(calibration / train.num_classes), max(1, len(train) // train.num_classes))
-    images = torch.cat([x for x, _ in make_loader(subset(train, per_class=per_class), 256, train=False)])
-    images = images[:calibration]
     return images, (lambda: make_loader(test, 500, train=False)), tuple(images.shape[1:])

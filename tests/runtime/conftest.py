@@ -78,3 +78,18 @@ def weight_only_digits(float_digits_resnet, tmp_path_factory):
     path = tmp_path_factory.mktemp("runtime") / "pow2.dsz"
     deepshrink.pack(model.eval(), path)
     return deepshrink.load(path).eval(), path
+
+
+@pytest.fixture
+def ttq_without_int8_ratio(tmp_path):
+    """Path of a packed LeNet-300 (8x8 inputs) whose fc2 has ternary weights with two scales 1000:1 apart:
+    no ratio of int8 integers reaches it, so the integer engine cannot run it."""
+    from deepshrink.nn import EncodedWeight, compress_layer, set_module
+
+    model = deepshrink.create_model("lenet300", input_size=8)
+    fc2 = model.fc2
+    codes = fc2.weight.detach().sign().to(torch.int8)
+    set_module(model, "fc2", compress_layer(fc2, EncodedWeight("ternary", fc2.weight.shape, codes=codes, params={
+        "pos_scale": torch.tensor([1.0]), "neg_scale": torch.tensor([1e-3])})))
+    deepshrink.pack(model.eval(), tmp_path / "ttq.dsz")
+    return tmp_path / "ttq.dsz"

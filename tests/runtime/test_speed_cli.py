@@ -42,18 +42,8 @@ def test_bad_input_is_one_line_and_exit_2(args, words, weight_only_digits, capsy
     assert status == 2 and len(err) == 1 and words in err[0] and err[0].startswith("deepshrink speed: error:")
 
 
-def test_an_engine_that_cannot_run_the_model_is_refused_with_its_reason(tmp_path, capsys):
-    import torch
-
-    import deepshrink
-    from deepshrink.nn import EncodedWeight, compress_layer, set_module
-
-    model = deepshrink.create_model("lenet300", input_size=8)
-    fc2 = model.fc2  # ternary weights whose two scales (1000:1) have no int8 ratio
-    codes = fc2.weight.detach().sign().to(torch.int8)
-    set_module(model, "fc2", compress_layer(fc2, EncodedWeight("ternary", fc2.weight.shape, codes=codes, params={
-        "pos_scale": torch.tensor([1.0]), "neg_scale": torch.tensor([1e-3])})))
-    deepshrink.pack(model.eval(), tmp_path / "ttq.dsz")
-    status = main(["speed", str(tmp_path / "ttq.dsz"), "--engine", "onnxruntime-int8", "--input-shape", "1", "8", "8"])
+def test_an_engine_that_cannot_run_the_model_is_refused_with_its_reason(ttq_without_int8_ratio, capsys):
+    status = main(["speed", str(ttq_without_int8_ratio), "--engine", "onnxruntime-int8",
+                   "--input-shape", "1", "8", "8"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "fc2" in err[0] and "no ratio of integers" in err[0]

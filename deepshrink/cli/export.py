@@ -55,12 +55,8 @@ def run(args) -> int:
         except ValueError:
             raise UserError(f"--input-shape must be C,H,W integers, got {args.input_shape!r}") from None
     info = export_onnx(args.file, args.output, input_shape=shape, opset=21 if args.opset is None else args.opset,
-                       verify=not args.no_verify)
+                       verify=not args.no_verify, tolerance=args.tolerance)
     print(json.dumps(info))
-    tolerance = args.tolerance if args.tolerance is not None else 5e-2 if info["activation_quantized"] else 1e-4
-    if "max_abs_diff" in info and info["max_abs_diff"] > tolerance * max(info["max_abs_output"], 1.0):
-        raise UserError(f"onnxruntime disagrees with torch by {info['max_abs_diff']:.3g} "
-                        f"(largest output {info['max_abs_output']:.3g}); the export is not faithful")
     return 0
 
 

@@ -170,3 +170,14 @@ def test_a_fractional_zero_point_stays_float_with_a_warning(tmp_path):
         info = export_onnx(tmp_path / "z.dsz", tmp_path / "z.onnx")
     assert info["integer_layers"] == 0 and info["float_layers"] == {"fc2": 120_000}
     assert info["max_abs_diff"] <= 1e-5 * max(1.0, info["max_abs_output"])
+
+
+def test_an_export_beyond_its_tolerance_is_refused_and_leaves_no_file(tmp_path):
+    from deepshrink.errors import UserError
+
+    save(_ldnq_resnet20(3), tmp_path / "m.dsz")
+    (tmp_path / "m.onnx").write_bytes(b"an earlier export")
+    with pytest.raises(UserError, match="not faithful"):  # float32 rounding alone exceeds a 1e-12 tolerance
+        export_onnx(tmp_path / "m.dsz", tmp_path / "m.onnx", tolerance=1e-12)
+    assert (tmp_path / "m.onnx").read_bytes() == b"an earlier export"  # replaced only by a whole, verified file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.dsz", "m.onnx"]

@@ -172,7 +172,7 @@ def export_onnx(src, out_path, input_shape: tuple[int, ...] | None = None, opset
     try:
         info = _export_to(model, example, part, opset, recorded)
         if verify:
-            info.update(_verify(model, example, part, tolerance))
+            info.update(_verify(model, example, part, tolerance, info["activation_quantized"]))
         os.replace(part, out_path)
     except BaseException:
         part.unlink(missing_ok=True)
@@ -201,7 +201,8 @@ def _export_to(model: nn.Module, example: torch.Tensor, path: Path, opset: int, 
             "bytes": path.stat().st_size, "activation_quantized": quantized_inputs}
 
 
-def _verify(model: nn.Module, example: torch.Tensor, path: Path, tolerance: float | None) -> dict:
+def _verify(model: nn.Module, example: torch.Tensor, path: Path, tolerance: float | None,
+            activation_quantized: bool) -> dict:
     """onnxruntime against torch on `example`; UserError beyond `tolerance` (see export_onnx)."""
     try:
         import onnxruntime
@@ -213,8 +214,7 @@ def _verify(model: nn.Module, example: torch.Tensor, path: Path, tolerance: floa
         want = model(example).numpy()
     diff, largest = float(abs(got - want).max()), float(abs(want).max())
     if tolerance is None:
-        quantized = any(getattr(m, "input_quant", None) is not None for m in model.modules())
-        tolerance = 5e-2 if quantized else 1e-4
+        tolerance = 5e-2 if activation_quantized else 1e-4
     if diff > tolerance * max(largest, 1.0):
         raise UserError(f"onnxruntime disagrees with torch by {diff:.3g} (largest output {largest:.3g}); "
                         "the export is not faithful")

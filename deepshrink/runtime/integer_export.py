@@ -22,8 +22,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +46,7 @@ def export_integer(src, out_path, calibration: torch.Tensor, target: str = "this
     "calibration_images", "nodes"} and, when `verify`, "agreement": the share of (up to 256) calibration
     images whose top class ONNX Runtime on this CPU gives as the loaded model does, and "verified_images".
     """
-    from ..packing.format import load, recorded_data
+    from ..packing.format import atomic_write, load, recorded_data
 
     if target not in TARGETS:
         raise UserError(f"unknown target CPU {target!r}; choose one of {', '.join(TARGETS)}")
@@ -64,7 +62,7 @@ def export_integer(src, out_path, calibration: torch.Tensor, target: str = "this
                        "int8_weight_limit": weight_limit(255, saturating)}.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = f"deepshrink.{key}", json.dumps(value)
-    _write_whole(graph.SerializeToString(), Path(out_path))
+    atomic_write(Path(out_path), graph.SerializeToString())  # no half-written file on failure
     info = {"path": str(out_path), "bytes": Path(out_path).stat().st_size, "target": TARGET_WORDS[saturating],
             "weight_limit": weight_limit(255, saturating), "calibration_images": len(calibration),
             "nodes": len(graph.graph.node)}
@@ -73,27 +71,13 @@ def export_integer(src, out_path, calibration: torch.Tensor, target: str = "this
     return info
 
 
-def _write_whole(data: bytes, path: Path) -> None:
-    """`data` to `path` through a temporary file beside it: a failure leaves no half-written file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _agreement(model, path, images: torch.Tensor) -> dict:
     """The share of `images` whose top class ONNX Runtime gives from the file as `model` does."""
-    from .ort_engine import _onnxruntime, session_options
+    from .ort_engine import OrtRunner, _onnxruntime
 
-    onnxruntime = _onnxruntime()
-    if onnxruntime is None:
+    if _onnxruntime() is None:
         raise UserError("verifying the export needs onnxruntime: pip install onnxruntime (or pass --no-verify)")
-    session = onnxruntime.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": images.numpy()})[0]  # (N, classes)
+    got = OrtRunner(Path(path).read_bytes(), threads=1)(images).numpy()  # (N, classes)
     with torch.no_grad():
         want = model(images).numpy()
     return {"agreement": round(float(np.mean(got.argmax(1) == want.argmax(1))), 4),

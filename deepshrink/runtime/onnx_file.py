@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -46,21 +45,16 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path, threads: int | None = None):
         super().__init__()
-        from .ort_engine import _onnxruntime, session_options
+        from .ort_engine import OrtRunner, _onnxruntime
 
-        onnxruntime = _onnxruntime()
-        if onnxruntime is None:
+        if _onnxruntime() is None:
             raise UserError("running an ONNX file needs onnxruntime: pip install onnxruntime")
         graph = _load(path)
         try:
-            self.session = onnxruntime.InferenceSession(
-                graph.SerializeToString(), session_options(threads or torch.get_num_threads()),
-                providers=["CPUExecutionProvider"])
+            self.runner = OrtRunner(graph.SerializeToString(), threads or torch.get_num_threads())
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own reason, on one line
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{path}: ONNX Runtime cannot run it: {reason}") from None
-        self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        images = x.detach().cpu().numpy().astype(np.float32, copy=False)
-        return torch.from_numpy(self.session.run(None, {self.input_name: images})[0])
+        return self.runner(x.detach().cpu())

@@ -3,7 +3,8 @@
 Importing this package registers the methods bwn, xnor, twn, ttq, dorefa, lsq, pact and the
 packable activation quantizers. Map:
 
-    primitives.py   pure tensor quantizers + STE autograd functions (paper-cited)
+    primitives.py   pure tensor quantizers + STE autograd functions (paper-cited), fixed grids
+    learned_step.py LSQ and PACT: the quantizers whose step / clipping level is trained
     weight_quant.py weight quantizer modules (forward + encode to an EncodedWeight)
     act_quant.py    packable input-activation quantizers (DoReFa, PACT, LSQ, XNOR)
     layers.py       QConv2d / QLinear training layers and their conversion

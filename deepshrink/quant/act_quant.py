@@ -18,6 +18,7 @@ from torch import nn
 
 from ..nn import Packable
 from ..registry import register_packable
+from . import learned_step as L
 from . import primitives as P
 
 
@@ -123,10 +124,10 @@ class PACTActivation(Packable, _LazyInit):
 
     def forward(self, x):
         self._maybe_init(x)
-        return P.pact_quantize(x, self.alpha, self.bits)
+        return L.pact_quantize(x, self.alpha, self.bits)
 
     def codes(self, x) -> torch.Tensor:
-        return P.pact_codes(x, self.alpha, self.bits)
+        return L.pact_codes(x, self.alpha, self.bits)
 
 
 def lsq_mse_step(v: torch.Tensor, q_n: int, q_p: int, candidates: int = 80,
@@ -142,7 +143,7 @@ def lsq_mse_step(v: torch.Tensor, q_n: int, q_p: int, candidates: int = 80,
     v = v.detach().flatten().float()
     if v.numel() > max_samples:
         v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:max_samples]]
-    base = P.lsq_init_step(v, q_p)
+    base = L.lsq_init_step(v, q_p)
     if float(base) == 0.0:
         return base
     steps = base * torch.linspace(0.05, 0.05 * candidates, candidates)
@@ -187,13 +188,13 @@ class LSQActivation(Packable, _LazyInit):
 
     @property
     def q_range(self) -> tuple[int, int]:
-        return P.lsq_range(self.bits, bool(self.signed))
+        return L.lsq_range(self.bits, bool(self.signed))
 
     def init_from(self, x):
         if self.signed is None:
             self.signed = bool((x < 0).any())
         q_n, q_p = self.q_range
-        step = lsq_mse_step(x, q_n, q_p) if self.init == "mse" else P.lsq_init_step(x, q_p)
+        step = lsq_mse_step(x, q_n, q_p) if self.init == "mse" else L.lsq_init_step(x, q_p)
         self.step.fill_(float(step))
 
     def pack_config(self) -> dict:
@@ -203,11 +204,11 @@ class LSQActivation(Packable, _LazyInit):
         self._maybe_init(x)
         q_n, q_p = self.q_range
         per_sample = x[0].numel() if x.dim() > 1 else x.numel()
-        return P.lsq_quantize(x, self.step, q_n, q_p, P.lsq_grad_scale(per_sample, q_p))
+        return L.lsq_quantize(x, self.step, q_n, q_p, L.lsq_grad_scale(per_sample, q_p))
 
     def codes(self, x) -> torch.Tensor:
         q_n, q_p = self.q_range
-        return P.lsq_codes(x, self.step, q_n, q_p)
+        return L.lsq_codes(x, self.step, q_n, q_p)
 
 
 @register_packable("xnor_activation")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..nn import EncodedWeight
+from . import learned_step as L
 from . import primitives as P
 
 
@@ -137,19 +138,19 @@ class LSQWeight(WeightQuantizer):
     def __init__(self, bits: int):
         super().__init__()
         self.bits = bits
-        self.q_n, self.q_p = P.lsq_range(bits, signed=True)
+        self.q_n, self.q_p = L.lsq_range(bits, signed=True)
         self.step = nn.Parameter(torch.ones(1))
 
     @torch.no_grad()
     def initialize(self, w):
-        self.step.copy_(P.lsq_init_step(w, self.q_p).reshape(1))
+        self.step.copy_(L.lsq_init_step(w, self.q_p).reshape(1))
 
     def forward(self, w):
-        return P.lsq_quantize(w, self.step, self.q_n, self.q_p, P.lsq_grad_scale(w.numel(), self.q_p))
+        return L.lsq_quantize(w, self.step, self.q_n, self.q_p, L.lsq_grad_scale(w.numel(), self.q_p))
 
     @torch.no_grad()
     def encode(self, w):
-        codes = P.lsq_codes(w, self.step, self.q_n, self.q_p)
+        codes = L.lsq_codes(w, self.step, self.q_n, self.q_p)
         return EncodedWeight("uniform", tuple(w.shape), codes=codes, bits=self.bits,
                              params={"scale": _scale_vector(self.step),
                                      "zero_point": torch.tensor([float(self.q_n)])})

@@ -86,18 +86,18 @@ def test_lsq_activation_initialises_from_the_first_batch_and_round_trips():
 
 
 def test_lsq_mse_init_step_has_the_least_quantization_error_on_the_first_batch():
-    from deepshrink.quant import primitives as P
+    from deepshrink.quant import learned_step as L
     from deepshrink.quant.act_quant import lsq_mse_step
 
     torch.manual_seed(0)
     x = torch.relu(torch.randn(16, 8, 6, 6)) ** 2  # long-tailed, like post-ReLU activations
 
     def error(step):
-        return float((P.lsq_quantize(x, torch.as_tensor(step), 0, 3, 1.0) - x).pow(2).mean())
+        return float((L.lsq_quantize(x, torch.as_tensor(step), 0, 3, 1.0) - x).pow(2).mean())
 
     act = LSQActivation(bits=2, init="mse")
     act(x)
-    step, paper = float(act.step.detach()), float(P.lsq_init_step(x, 3))
+    step, paper = float(act.step.detach()), float(L.lsq_init_step(x, 3))
     assert step != pytest.approx(paper, rel=0.02)
     assert error(step) < error(paper)
     assert error(step) <= min(error(0.95 * step), error(1.05 * step))  # a minimum, not just better
@@ -133,7 +133,7 @@ def test_every_builtin_qat_recipe_loads_and_is_listed(capsys):
 
 
 def test_lsq_weight_step_gradient_uses_one_over_sqrt_n_qp():
-    from deepshrink.quant import primitives as P
+    from deepshrink.quant import learned_step as L
 
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3)
@@ -143,7 +143,7 @@ def test_lsq_weight_step_gradient_uses_one_over_sqrt_n_qp():
     g = torch.randn_like(conv.weight)
     layer.quantized_weight().backward(g)
     step = quant.step.detach().clone().requires_grad_(True)
-    P.lsq_quantize(conv.weight.detach(), step, 4, 3, 1.0).backward(g)  # unscaled Eq. 3
+    L.lsq_quantize(conv.weight.detach(), step, 4, 3, 1.0).backward(g)  # unscaled Eq. 3
     assert torch.isclose(quant.step.grad, step.grad / (conv.weight.numel() * 3) ** 0.5)
 
 

@@ -28,6 +28,7 @@ Baseline `ldnq_rtn`: round-to-nearest onto the same levels with the best alpha, 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,7 @@ def level_values(levels: int) -> torch.Tensor:
 
 def nearest_codes(scaled: torch.Tensor, levels: int) -> torch.Tensor:
     """Codes (pow2 convention: 0, ±1 -> ±a, ±2 -> ±2a, ±3 -> ±4a ...) of the level nearest to `scaled`."""
-    mags = level_magnitudes(levels).tolist()
+    mags = [0.0] + [2.0**i for i in range((levels - 1) // 2)]  # level_magnitudes(levels), as floats
     magnitude = scaled.abs()
     index = torch.zeros_like(scaled, dtype=torch.long)
     for low, high in zip(mags[:-1], mags[1:]):  # decision boundaries between consecutive magnitudes
@@ -66,10 +67,15 @@ def nearest_codes(scaled: torch.Tensor, levels: int) -> torch.Tensor:
     return torch.sign(scaled).long() * index
 
 
+_MAX_CODE = (max(LEVELS) - 1) // 2
+# level value of code c at index c + _MAX_CODE: 0 -> 0, ±k -> ±2^(k-1)
+_DECODE = torch.tensor([0.0 if c == 0 else math.copysign(2.0 ** (abs(c) - 1), c)
+                        for c in range(-_MAX_CODE, _MAX_CODE + 1)], dtype=torch.float64)
+
+
 def decode_codes(codes: torch.Tensor) -> torch.Tensor:
-    """Level values (units of alpha) of pow2 codes."""
-    mag = torch.pow(2.0, (codes.abs() - 1).clamp(min=0).to(torch.float64))
-    return torch.sign(codes).to(torch.float64) * mag
+    """Level values (units of alpha) of pow2 codes (a table look-up: the loops call it per column)."""
+    return _DECODE[codes.long() + _MAX_CODE]
 
 
 def _reduce(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -160,12 +166,19 @@ def polish_codes(weight0, hessian, codes, alpha, levels: int, sweeps: int, keep=
 def admm_quantize(weight0: torch.Tensor, hessian: torch.Tensor, levels: int, per_channel: bool = True,
                   iterations: int = 40, rho: float = 0.05, rho_growth: float = 1.15, damp: float = 0.01,
                   keep: torch.Tensor | None = None, polish_sweeps: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """L-DNQ's ADMM on weight (G, R, D) with H (G, D, D); returns (codes, alpha, objective per iterate)."""
+    """L-DNQ's ADMM on weight (G, R, D) with H (G, D, D); returns (codes, alpha, objective per iterate).
+
+    The W-step and the objective are taken in H's eigenbasis H = V diag(lam) V^T: with X' = X V the
+    W-step is W' = (2 H W0 + rho (G - U))' / (2 lam + rho) and the objective sum lam (G' - W0')^2, so
+    an iterate costs two (R, D) x (D, D) products (W = W' V^T, G' = G V) instead of three (the third
+    was G H for the objective). U is kept in both bases; the iterates are those of the plain form up
+    to rounding."""
     hessian = hess.regularize(hessian, damp) if damp > 0 else hessian
     eigvals, eigvecs = torch.linalg.eigh(hessian)  # (G, D), (G, D, D)
-    eigvals = eigvals.clamp(min=0)
+    eigvals = eigvals.clamp(min=0).unsqueeze(1)  # (G, 1, D)
     scale = torch.diagonal(hessian, dim1=-2, dim2=-1).mean(dim=-1).reshape(-1, 1, 1)  # (G, 1, 1)
-    target = 2 * weight0 @ hessian  # (G, R, D): rows of 2 H W0 (H symmetric)
+    weight0_rot = weight0 @ eigvecs  # (G, R, D)
+    target_rot = 2 * eigvals * weight0_rot  # (2 H W0)' = 2 lam W0'
 
     def objective(codes, alpha):
         return hess.reconstruction_error(hessian, alpha * decode_codes(codes) - weight0).item()
@@ -175,16 +188,18 @@ def admm_quantize(weight0: torch.Tensor, hessian: torch.Tensor, levels: int, per
     history = [objective(codes, alpha)]
     best = (history[0], codes, alpha)
     g = alpha * decode_codes(codes)
-    dual = torch.zeros_like(weight0)
+    g_rot = g @ eigvecs
+    dual, dual_rot = torch.zeros_like(weight0), torch.zeros_like(weight0)
     penalty = rho * scale
     for _ in range(iterations):
-        rhs = target + penalty * (g - dual)  # (G, R, D)
-        w = ((rhs @ eigvecs) / (2 * eigvals.unsqueeze(1) + penalty)) @ eigvecs.transpose(1, 2)
+        w_rot = (target_rot + penalty * (g_rot - dual_rot)) / (2 * eigvals + penalty)
+        w = w_rot @ eigvecs.transpose(1, 2)
         codes, alpha = project(w + dual, levels, alpha, per_channel, keep)
         g = alpha * decode_codes(codes)
-        dual = dual + w - g
+        g_rot = g @ eigvecs
+        dual, dual_rot = dual + w - g, dual_rot + w_rot - g_rot
         penalty = penalty * rho_growth
-        history.append(objective(codes, alpha))
+        history.append((eigvals * (g_rot - weight0_rot) ** 2).sum().item())
         if history[-1] < best[0]:
             best = (history[-1], codes, alpha)
     _, codes, alpha = best

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from deepshrink.errors import UserError
-from deepshrink.layerwise.hessian import reconstruction_error
+from deepshrink.layerwise.hessian import reconstruction_error, regularize
 from deepshrink.layerwise.ldnq import (LDNQConfig, admm_quantize, best_alpha_rtn, decode_codes, level_values,
-                                       nearest_codes, pow2_encoding)
+                                       nearest_codes, pow2_encoding, project)
 
 
 @pytest.mark.parametrize("levels,values", [(3, [-1, 0, 1]), (5, [-2, -1, 0, 1, 2]), (7, [-4, -2, -1, 0, 1, 2, 4]),
@@ -49,6 +49,36 @@ def test_admm_never_worse_than_its_round_to_nearest_start(levels, per_channel):
     assert history[0] == pytest.approx(start)
     assert final < start  # on a correlated H the H-aware solution is strictly better
     assert set(codes.unique().tolist()) <= set(range(-(levels - 1) // 2, (levels - 1) // 2 + 1))
+
+
+def _admm_as_written(w0, h, levels, per_channel, iterations, rho=0.05, growth=1.15, damp=0.01):
+    """Eq. 6-8 term for term: W = (2H + rho I)^-1 (2 H W0 + rho (G - U)), G = Proj(W + U), U += W - G."""
+    h = regularize(h, damp)
+    scale = torch.diagonal(h, dim1=-2, dim2=-1).mean(dim=-1).reshape(-1, 1, 1)
+    codes, alpha = best_alpha_rtn(w0, levels, per_channel)
+    objective = lambda c, a: reconstruction_error(h, a * decode_codes(c) - w0).item()  # noqa: E731
+    best = (objective(codes, alpha), codes)
+    g, u, penalty = alpha * decode_codes(codes), torch.zeros_like(w0), rho * scale
+    eye = torch.eye(h.shape[-1], dtype=h.dtype)
+    for _ in range(iterations):
+        rhs = 2 * w0 @ h + penalty * (g - u)
+        w = torch.linalg.solve(2 * h + penalty * eye, rhs.transpose(1, 2)).transpose(1, 2)
+        codes, alpha = project(w + u, levels, alpha, per_channel)
+        g = alpha * decode_codes(codes)
+        u, penalty = u + w - g, penalty * growth
+        best = min(best, (objective(codes, alpha), codes), key=lambda item: item[0])
+    return best
+
+
+@pytest.mark.parametrize("levels,per_channel", [(3, True), (5, False), (7, True)])
+def test_admm_in_the_eigenbasis_keeps_the_iterates_of_the_plain_form(levels, per_channel):
+    w, h = _problem(rows=12, dim=40, seed=levels)
+    h = h.expand(2, 40, 40).clone()
+    w = torch.cat([w, 0.5 * w.flip(2)])  # two groups
+    error, codes = _admm_as_written(w, h, levels, per_channel, iterations=25)
+    ours, _, history = admm_quantize(w, h, levels, per_channel, iterations=25)
+    assert torch.equal(ours, codes)
+    assert min(history[:-1]) == pytest.approx(error, rel=1e-9)
 
 
 def test_admm_gets_close_to_the_brute_force_optimum_on_a_tiny_layer():

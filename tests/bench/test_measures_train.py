@@ -121,7 +121,7 @@ def test_a_batch_larger_than_the_evaluation_images_fails_the_row_naming_the_fix(
 def test_the_pack_sizes_suite_keeps_the_scripts_rows_and_trains_its_qat_rows_20_steps():
     suite = load_suite("resnet20-pack-sizes")
     rows = plan_rows(suite, "base-id")
-    assert [r.recipe_source for r in rows[1:]] == ["bwn-paper", "ttq-paper", "dorefa-w2a2", "ldnq-l3", "lobs70-ldnq-l5",
+    assert [r.recipe_source for r in rows[1:]] == ["bwn-paper", "ttq-paper", "dorefa-w2a2-paper", "ldnq-l3", "lobs70-ldnq-l5",
                                                    "pq-resnet20"]
     assert all(r.error is None and "pack_variants" in r.measures for r in rows)
     for row in rows[1:4]:  # the QAT rows: a size does not depend on how long they trained

@@ -7,7 +7,10 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import yaml
 
 from ..config import TrainConfig, _build
 from .runner import RowTask
@@ -20,11 +23,33 @@ _KEEP = ("top1", "top5", "val_top1", "val_top5", "file_bytes", "ratio", "macs", 
 
 
 def run_row(task: RowTask) -> dict:
-    """Run one planned row and return its figures (top1, top5, bytes, ratio, macs, bops, classes, ...)."""
+    """Run one planned row and return its figures (top1, top5, bytes, ratio, macs, bops, classes, ...).
+
+    A training row cut off before it finished (a session's end, Ctrl-C, a killed process) left its
+    `train/last.pt` in the row's folder, which is named by the row's key (every setting and the seed):
+    the next run of the suite continues it from there (`resumed: true` in its record; `compress_seconds`
+    then counts the last sitting only), so a row of several hours needs no single sitting. A saved
+    recipe that is not the row's (a folder edited by hand) is not continued: the row starts afresh."""
     from ..pipeline import run_compress
 
-    metrics = run_compress(spec_from_row(task), data=task.data)  # data: a suite's own draws (bench.data)
-    return {_RENAME.get(k, k): metrics[k] for k in _KEEP if metrics.get(k) is not None}
+    spec = spec_from_row(task)
+    resumed = _can_continue(task.out_dir, spec.recipe)
+    if resumed:
+        spec = dataclasses.replace(spec, resume=True)
+    metrics = run_compress(spec, data=task.data)  # data: a suite's own draws (bench.data)
+    figures = {_RENAME.get(k, k): metrics[k] for k in _KEEP if metrics.get(k) is not None}
+    return {**figures, "resumed": True} if resumed else figures
+
+
+def _can_continue(row_dir: Path, recipe) -> bool:
+    """Whether `row_dir` holds an unfinished training run of this very recipe."""
+    saved = row_dir / "recipe.yaml"
+    if not (row_dir / "train" / "last.pt").is_file() or not saved.is_file():
+        return False
+    try:
+        return yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    except yaml.YAMLError:
+        return False
 
 
 def spec_from_row(task: RowTask):

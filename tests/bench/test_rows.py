@@ -60,3 +60,38 @@ def test_the_full_precision_row_is_the_fp32_method_planned_once():
     methods = [row.method for row in plan_rows(suite, "sha256:x")]
     assert methods[0] == "fp32" and methods.count("fp32") == 1 and "fp32" in list_methods()
     assert sorted(methods) == list_methods()  # every registered method, once
+
+
+def test_a_training_row_cut_off_continues_from_its_last_checkpoint_and_ends_as_one_sitting(tmp_path, capsys,
+                                                                                         monkeypatch):
+    import deepshrink.engine
+    from deepshrink.engine import Hook, Trainer
+
+    class Stop(Hook):
+        def on_epoch_start(self, trainer, epoch):
+            if epoch == 2:
+                raise KeyboardInterrupt  # as a session's end would, after two of the three epochs
+
+    class StoppedTrainer(Trainer):
+        def __init__(self, *args, hooks=(), **kwargs):
+            super().__init__(*args, hooks=[*hooks, Stop()], **kwargs)
+
+    suite = tmp_path / "digits.yaml"
+    suite.write_text(yaml.safe_dump({**SUITE, "rows": [
+        {"method": "bwn", "set": ["train.epochs=3", "train.deterministic=true"], "label": "BWN"}]}))
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert main(["bench", "--suite", str(suite), "--out", str(straight)]) == 0
+    base = next((straight / "base").glob("*.pt"))
+    with monkeypatch.context() as patch:
+        patch.setattr(deepshrink.engine, "Trainer", StoppedTrainer)
+        assert main(["bench", "--suite", str(suite), "--out", str(cut), "--base", str(base)]) != 0
+    assert [r["method"] for r in read_results(cut / "results.jsonl")] == ["fp32"]  # the cut row is not recorded
+    capsys.readouterr()
+    assert main(["bench", "--suite", str(suite), "--out", str(cut), "--base", str(base)]) == 0
+    assert "resumed from" in "".join(capsys.readouterr())
+    (_, one), (_, two) = read_results(straight / "results.jsonl"), read_results(cut / "results.jsonl")
+    assert two["status"] == "ok" and two["resumed"] is True and "resumed" not in one
+    assert (two["top1"], two["val_top1"], two["bytes"], two["epochs"]) == \
+        (one["top1"], one["val_top1"], one["bytes"], one["epochs"])
+    epochs = next((cut / "rows").glob("bwn-*/train/metrics.jsonl")).read_text().count('"epoch"')
+    assert epochs == next((straight / "rows").glob("bwn-*/train/metrics.jsonl")).read_text().count('"epoch"')

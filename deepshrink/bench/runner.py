@@ -6,6 +6,8 @@ Each row goes through a *row runner* `(RowTask) -> dict of figures`; the default
 (`deepshrink.bench.rows.run_row`) calls `deepshrink.pipeline.run_compress`, the same code as
 `deepshrink compress`. Tests pass a stub. After a row, its named measures (`deepshrink.bench.measures`)
 add their figures to its record; a failing measure fails the row (it is retried on the next run).
+Several processes may run one suite into one folder at once (one per core): each row is held by the process
+running it (`_row_lock`), and the shared files are written under the folder's lock (`_folder_lock`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import fcntl
 import json
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,36 +64,47 @@ def run_suite(suite: Suite, out_dir, *, base=None, only=None, epochs=None,
         return {"ran": 0, "skipped": 0, "failed": 0, "total": 0, "skipped_reason": str(exc),
                 "report": out_dir / "report.md", "plot": out_dir / "pareto.png"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out_dir):
+    results_path = out_dir / RESULTS_FILE
+    with _folder_lock(out_dir, log):  # the base is resolved (trained, when the suite does) by one process
         t0 = time.perf_counter()  # includes training the base, when the suite does
         base_path, base_id = resolve_base(suite, out_dir, base, base_trainer or train_base, log)
         _record_base(out_dir, base_path, base_id)
-        inputs = _SharedInputs(suite, base_path, base_id, out_dir)
         rows = plan_rows(suite, base_id, only=only, epochs=epochs, methods=methods)
         # the suite's current rows (all of them, not only --only's): the report shows these and hides rows
         # left in results.jsonl by an earlier version of the suite
         current = rows if not only else plan_rows(suite, base_id, epochs=epochs, methods=methods)
         append_result(out_dir / PLAN_FILE, {"suite": suite.name, "keys": [r.key for r in current]}, replace=True)
-        results_path = out_dir / RESULTS_FILE
         done = finished_keys(read_results(results_path))
-        todo = [r for r in rows if r.key not in done]
-        log(f"[bench] suite {suite.name!r}: {len(rows)} rows, {len(rows) - len(todo)} already in "
-            f"{results_path}, {len(todo)} to run")
-        progress = _Progress(total=len(rows), already=len(rows) - len(todo), log=log)
-        summary = {"ran": 0, "skipped": len(rows) - len(todo), "failed": 0, "total": len(rows)}
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        try:
-            for row in todo:
+    inputs = _SharedInputs(suite, base_path, base_id, out_dir)
+    todo = [r for r in rows if r.key not in done]
+    log(f"[bench] suite {suite.name!r}: {len(rows)} rows, {len(rows) - len(todo)} already in "
+        f"{results_path}, {len(todo)} to run")
+    progress = _Progress(total=len(rows), already=len(rows) - len(todo), log=log)
+    summary = {"ran": 0, "skipped": len(rows) - len(todo), "failed": 0, "total": len(rows), "elsewhere": 0}
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        for row in todo:
+            with _row_lock(out_dir, row.key) as mine:
+                if mine:
+                    with _folder_lock(out_dir, log):
+                        mine = row.key not in finished_keys(read_results(results_path))
+                if not mine:  # another `deepshrink bench` on this folder runs it, or has just finished it
+                    log(f"[bench] {row.label}: run by another `deepshrink bench` on {out_dir}; left to it")
+                    summary["elsewhere"] += 1
+                    continue
                 progress.start(row)
                 record = _run_one(suite, row, inputs, out_dir, row_runner or run_row, command)
-                append_result(results_path, record)
-                summary["ran"] += 1
-                summary["failed"] += record["status"] != "ok"
-                progress.finish(row, record)
+                with _folder_lock(out_dir, log):
+                    append_result(results_path, record)
+                    _refresh_report(out_dir, log)
+            summary["ran"] += 1
+            summary["failed"] += record["status"] != "ok"
+            progress.finish(row, record)
+        if not todo:
+            with _folder_lock(out_dir, log):
                 _refresh_report(out_dir, log)
-            if not todo:
-                _refresh_report(out_dir, log)
-        finally:  # RUNS_FILE: one line per invocation, so the results say which command made them and how long
+    finally:  # RUNS_FILE: one line per invocation, so the results say which command made them and how long
+        with _folder_lock(out_dir, log):
             append_result(out_dir / RUNS_FILE, {
                 "command": command, "suite": suite.name, "started_at": started, "version": __version__,
                 "seconds": round(time.perf_counter() - t0, 1), **summary,
@@ -294,25 +308,39 @@ def _refresh_report(out_dir: Path, log) -> None:
         log(f"[bench] warning: could not write the report: {type(exc).__name__}: {exc}")
 
 
-class _exclusive:
-    """Holds `out_dir/.bench.lock` so two benchmarks never append to the same results file at once."""
-
-    def __init__(self, out_dir: Path):
-        self.path = out_dir / ".bench.lock"
-
-    def __enter__(self):
-        self.handle = open(self.path, "w")
+@contextmanager
+def _folder_lock(out_dir: Path, log):
+    """Holds `out_dir/.bench.lock` while one process resolves the base or writes the folder's shared files
+    (results, report, plan, runs), so several `deepshrink bench` processes can share one results folder:
+    each takes the rows no other holds (`_row_lock`). Waits for the holder, saying so once."""
+    with open(out_dir / ".bench.lock", "w") as handle:
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.handle.close()
-            raise UserError(f"another `deepshrink bench` is writing to {self.path.parent}; "
-                            "wait for it or choose another --out") from None
-        return self
+            log(f"[bench] waiting for another `deepshrink bench` writing to {out_dir} (it may be training the base)")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+
+@contextmanager
+def _row_lock(out_dir: Path, key: str):
+    """Yields True while this process holds row `key` (`out_dir/.locks/KEY`), False if another one does.
+    The lock is the kernel's (flock): a process that dies, however it dies, lets go of it."""
+    folder = out_dir / ".locks"
+    folder.mkdir(exist_ok=True)
+    with open(folder / key, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _Progress:

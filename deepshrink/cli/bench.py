@@ -94,8 +94,9 @@ def print_table(out_dir, summary: dict) -> None:
     print()
     print(render_text(current_results(out_dir), stale_keys(out_dir)))
     print()
+    elsewhere = f", {summary['elsewhere']} left to another bench on this folder" if summary.get("elsewhere") else ""
     print(f"{summary['ran']} rows run now, {summary['skipped']} reused from earlier runs, "
-          f"{summary['failed']} failed, {summary['total']} in the suite")
+          f"{summary['failed']} failed{elsewhere}, {summary['total']} in the suite")
     print(f"report: {summary['report']}")
     if Path(summary["plot"]).exists():
         print(f"plot:   {summary['plot']}")

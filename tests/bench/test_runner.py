@@ -224,3 +224,26 @@ def test_measures_add_figures_without_changing_row_keys(tmp_path, toy_suite, stu
     assert "| peak RSS |" in report and "- peak RSS: Peak resident memory" in report
     again = stub_runner()
     assert _run(measured, tmp_path / "out", again, base=base_file)["skipped"] == 4 and again.calls == []
+
+
+def test_two_benches_on_one_folder_share_the_rows_and_run_each_once(tmp_path, toy_suite, stub_runner, base_file):
+    # a second `deepshrink bench` starts on the folder while the first is running a row (flock locks are per
+    # open file, so a nested run in this process meets the first one's locks as another process would)
+    out, inner = tmp_path / "out", {}
+
+    class StartsAnother(stub_runner):
+        def __call__(self, task):
+            if task.row.label == "toya bits=1" and not inner:
+                second = stub_runner()
+                inner["summary"] = _run(toy_suite(), out, second, base=base_file)
+                inner["calls"] = second.calls
+            return super().__call__(task)
+
+    first = StartsAnother()
+    summary = _run(toy_suite(), out, first, base=base_file)
+    assert inner["calls"] == ["toya bits=4", "toyb"]  # "toya bits=1" was the first one's: left to it
+    assert first.calls == ["full precision", "toya bits=1"]  # the rest were finished by the second
+    assert (summary["ran"], summary["elsewhere"], inner["summary"]["ran"], inner["summary"]["elsewhere"]) == (2, 2, 2, 1)
+    records = read_results(out / "results.jsonl")
+    assert sorted(r["label"] for r in records) == ["full precision", "toya bits=1", "toya bits=4", "toyb"]
+    assert _run(toy_suite(), out, stub_runner(), base=base_file)["skipped"] == 4

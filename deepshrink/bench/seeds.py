@@ -15,13 +15,16 @@ import math
 import statistics
 from pathlib import Path
 
+from ..errors import UserError
 from .results import current_results, latest_by_key
 from .suite import BASELINE
 
 
 def summarise(folders: list[Path]) -> list[dict]:
-    """Per row label (in the first folder's order): seeds, test top-1s, drops, val top-1s, target."""
+    """Per row label (in the first folder's order): seeds, test top-1s, drops, val top-1s, target.
+    A row found at the same seed in two folders is an error: it would count as two seeds."""
     rows: dict[str, dict] = {}
+    where: dict[tuple, Path] = {}
     for folder in folders:
         records = [r for r in latest_by_key(current_results(folder)).values() if r.get("status") == "ok"]
         base = next((r for r in records if r.get("method") == BASELINE), None)
@@ -31,6 +34,12 @@ def summarise(folders: list[Path]) -> list[dict]:
             row = rows.setdefault(record.get("label") or record.get("method"), {
                 "method": record.get("method"), "seeds": [], "top1": [], "drop": [], "val_top1": [],
                 "target_drop": record.get("target_drop"), "val_by_seed": {}})
+            label_seed = (record.get("label") or record.get("method"), record.get("seed"))
+            if label_seed in where:
+                raise UserError(f"{label_seed[0]!r} at seed {label_seed[1]} is in both {where[label_seed]} and "
+                                f"{folder}: keep one seed's rows in one folder (several `deepshrink bench` "
+                                "processes may share it)")
+            where[label_seed] = folder
             row["seeds"].append(record.get("seed"))
             row["top1"].append(record["top1"])
             if base is not None:

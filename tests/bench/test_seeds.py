@@ -60,3 +60,14 @@ def test_every_shipped_default_is_its_methods_best_by_validation_in_the_committe
             continue
         assert choice["default_wins"], f"{choice['label']}: the paper recipe has the higher val top-1 {choice}"
         assert recipes[choice["label"] + PAPER] == recipes[choice["label"]] + "-paper", choice["label"]
+
+
+def test_one_row_at_one_seed_in_two_folders_is_an_error_not_two_seeds(tmp_path):
+    import pytest
+
+    from deepshrink.errors import UserError
+
+    folders = [_folder(tmp_path / "s2", 2, 86.0, [("L-DNQ 5", 85.5)]),
+               _folder(tmp_path / "s2-again", 2, 86.0, [("L-DNQ 5", 85.1)])]
+    with pytest.raises(UserError, match="'L-DNQ 5' at seed 2 is in both"):
+        summarise(folders)

@@ -63,6 +63,14 @@ def test_the_suites_results_replace_the_retired_tables(tmp_path, script):
     (folder / "runs.jsonl").write_text(json.dumps(run) + "\n")
     text = script.section(results, tmp_path)
     assert "Made by `deepshrink bench --suite resnet50-imagenet-like`." in text and "| 1 on 1 CPU |" in text
+    # the retired L-OBS row stays until the suite runs L-OBS; the folder table until its folder_io figures exist
+    assert "#### ResNet-50, 1,024 calibration images (the rows the suite has not run yet)" in text
+    assert "| lobs (sparsity=0.5, mode=one_shot) | 2 | 22.0 min |" in text and "which has not run these rows yet" in text
+    assert "imagefolder_scale.py" in text
+    more = [{"key": "f", "method": "fp32", "label": "full precision", "status": "ok", "index_cold_s": 0.2},
+            {"key": "o", "method": "lobs", "label": "L-OBS 50% one-shot", "status": "ok", "bytes": 5}]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [record, *more]))
+    text = script.section(results, tmp_path)
     assert "imagefolder_scale.py" not in text and "resnet50_layerwise.py" not in text
     assert "layerwise_cifar10.py --resnet18" in text  # its own suite has no results yet
     assert "resnet50-imagenet-like" not in script.history(results, tmp_path)  # in the README, not the history

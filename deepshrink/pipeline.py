@@ -186,6 +186,18 @@ def run_compress(spec: RunSpec, *, data: DataBundle | None = None) -> dict:
     return metrics
 
 
+def saved_recipe_is(out_dir: Path, recipe) -> bool | None:
+    """Whether the run folder `out_dir` was made by `recipe` (its `recipe.yaml`, which `run_compress` writes);
+    None when the folder holds no recipe.yaml. `deepshrink compress --resume` and a resumed bench row ask it."""
+    saved = Path(out_dir) / "recipe.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        return yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(recipe.to_dict()))
+    except yaml.YAMLError:
+        return False
+
+
 def _load_on_every_rank(packed: Path) -> nn.Module:
     """The packed model, reloaded from rank 0's file on every rank: the bytes are broadcast, so ranks on
     other machines need no shared file system."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import yaml
-
 from ..config import TrainConfig, _build
 from .runner import RowTask
 from .suite import Suite
@@ -43,13 +41,9 @@ def run_row(task: RowTask) -> dict:
 
 def _can_continue(row_dir: Path, recipe) -> bool:
     """Whether `row_dir` holds an unfinished training run of this very recipe."""
-    saved = row_dir / "recipe.yaml"
-    if not (row_dir / "train" / "last.pt").is_file() or not saved.is_file():
-        return False
-    try:
-        return yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    except yaml.YAMLError:
-        return False
+    from ..pipeline import saved_recipe_is
+
+    return (row_dir / "train" / "last.pt").is_file() and saved_recipe_is(row_dir, recipe) is True
 
 
 def spec_from_row(task: RowTask):

@@ -99,9 +99,11 @@ def check_out_dir(out: Path, recipe, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (out / "train" / "last.pt").is_file():
             raise UserError(f"nothing to resume: {out}/train/last.pt does not exist; run without --resume")
-        saved = out / "recipe.yaml"
-        if saved.is_file() and yaml.safe_load(saved.read_text()) != yaml.safe_load(yaml.safe_dump(recipe.to_dict())):
-            raise UserError(f"--resume: {out} was made by another recipe ({saved}); resume it with that recipe, "
+        from ..pipeline import saved_recipe_is
+
+        if saved_recipe_is(out, recipe) is False:
+            raise UserError(f"--resume: {out} was made by another recipe ({out / 'recipe.yaml'}); "
+                            "resume it with that recipe, "
                             "or choose another --out")
         return
     if not held:

@@ -28,10 +28,11 @@ packable. Choices for CIFAR/ImageNet ResNets:
   whose 3 channel means say little about which filters matter, and it costs ~1% of ResNet-20's MACs;
 - shortcut projections are not gated: the residual sum needs every channel of the block output.
 
-Recipe (deepshrink/recipes/fbs.yaml)::
+Recipes: `fbs` (deepshrink/recipes/fbs.yaml, 30 epochs with distillation from the dense model, the default by
+validation), `fbs-paper` (the same schedule on the paper's loss alone) and `fbs-quick` (2 epochs)::
 
     method: fbs
-    params: {keep_ratio: 0.5, keep_ratio_start: 1.0, l1_penalty: 1.0e-5}
+    params: {keep_ratio: 0.5, keep_ratio_start: 1.0, schedule_fraction: 0.2, l1_penalty: 1.0e-5}
 """
 from __future__ import annotations
 

@@ -104,7 +104,12 @@ def test_a_forward_that_is_not_a_chain_of_its_blocks_falls_back_and_stays_exact(
 
 @pytest.mark.parametrize("recipe", [{"method": "ldnq", "params": {"levels": 3, "iterations": 5}},
                                     {"method": "lobs", "params": {"sparsity": 0.5, "mode": "one_shot"}},
-                                    {"method": "pq", "params": {"n_centroids": 16, "iterations": 3}}])
+                                    {"method": "pq", "params": {"n_centroids": 16, "iterations": 3}},
+                                    # layers changed beyond the one solved: pending ones (the cascade), the
+                                    # solved one swapped for a trainable and back (PQ's per-layer fine-tuning)
+                                    {"method": "ldnq", "params": {"levels": 3, "iterations": 5, "cascade_steps": 2}},
+                                    {"method": "pq", "params": {"n_centroids": 16, "iterations": 3,
+                                                                "layer_finetune_steps": 2}}])
 def test_compressing_with_the_cache_gives_the_same_model_as_without(recipe):
     torch.manual_seed(1)
     base = resnet20().eval()

@@ -5,7 +5,7 @@ Two walks per model, as the layer-wise driver makes them: every Conv2d's inputs 
 Hessians) and every BatchNorm's (the BatchNorm correction; it also runs the original network once, not
 counted here). "hooks" reads each layer by running its block from the cached block input up to a hook on
 the layer (every block treated as one torch.fx cannot trace); "runs" is the default. The counts depend on
-the structure only, so small random images stand in for 224x224 ones.
+the structure and the batch size only, so small random images stand in for 224x224 ones.
 
     python benchmarks/stream_passes.py --out benchmarks/results/stream_passes.json
 """
@@ -55,7 +55,7 @@ def main() -> None:
     rows = []
     for name in ("resnet18", "resnet50"):
         model = create_model(name, num_classes=1000).eval()
-        batches = [torch.randn(1, 3, 64, 64) for _ in range(args.batches)]
+        batches = [torch.randn(64, 3, 32, 32) for _ in range(args.batches)]  # (B, C, H, W): 64 as in the suites
         for kind in (nn.Conv2d, nn.BatchNorm2d):
             row = {"model": name, "reads": kind.__name__, "batches": args.batches,
                    "hooks": round(passes(model, batches, kind, runs=False), 2),

@@ -7,16 +7,20 @@ inputs of the current *block* instead, the outermost of the layer and its ancest
 an `nn.Sequential` or `nn.ModuleList` (a ResNet bottleneck, a transformer block, a VGG layer), and runs
 only that block, stopped at the layer. When the next layer lies in a later block, the cache moves on
 by running the finished block (and the siblings between, in the same container) on it, batch by batch
-in place. That is about 3 forward passes for ResNet-50 instead of 27. Within a block, runs of it that
-pause before each layer and go on once the layer is solved (block_runs.py) spare re-running its earlier
-layers for every later one: counted in conv multiply-adds on ResNet-50 over 16 batches, the layers'
-inputs cost 1.9 forward passes instead of 2.7 and a BatchNorm correction 2.3 instead of 3.7.
+in place. Within a block, runs of it that pause before each layer and go on once the layer is solved
+(block_runs.py) spare re-running its earlier layers for every later one. Counted in conv multiply-adds
+on ResNet-50 over 16 batches of 64 (benchmarks/stream_passes.py), the layers' inputs cost 1.4 forward
+passes and a BatchNorm correction 1.7 (2.2 and 3.2 with the block run up to each layer; 2.7 and 3.7
+with that and every check on the whole first batch, before the probe below; 27 with no cache).
 
-Nothing is assumed about the model's `forward`. Each time a block is entered the first batch is checked
-against a forward pass of the whole network: the block must be called with one tensor and nothing else,
-the advanced cache must equal the block's input there, and the block run from it must give the
-layer the same input, bit for bit. Where a check fails, that block's batches come from whole-network
-passes, as without a cache (correct, only slower; `fallbacks` counts them).
+Nothing is assumed about the model's `forward`. Every check runs on a probe, the first PROBE_IMAGES
+images of the first batch, which the cache carries along. Each time a block is entered, against a
+forward pass of the whole network: the block must be called with one tensor and nothing else, the
+advanced cache must equal the block's input there, and the block run from it must give the layer the
+same input, bit for bit. Where a check fails, that block's batches come from whole-network passes, as
+without a cache (correct, only slower; `fallbacks` counts them). For every layer, the probe's paused
+run against the block run up to a hook on the layer: where they differ, or torch.fx cannot trace the
+block, the block's layers are read by running it up to a hook, as before.
 
 Contract: between `inputs` calls the caller may change only the modules of the current block and those
 after it (the layer just solved, layers not solved yet); the layer-wise methods do.
@@ -42,6 +46,7 @@ from .block_runs import BlockGraph, BlockRun
 from .capture import StopForward
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
+PROBE_IMAGES = 2  # the checks run the network on this many images of the first batch, not on all of it
 
 
 class _Unreached(Exception):
@@ -88,6 +93,10 @@ class LayerInputs:
         self.graph: BlockGraph | None = None  # the block's graph, where it traces and its runs check out
         self.runs: list[BlockRun | None] = []  # per index: a run of the block paused before a layer
         self.largest_cache = 0  # bytes: paused runs and the cache together stay within it
+        # a slice of the first batch on which each block is checked, and its input of the current block
+        self.probe = batches[self.indices[0]][:PROBE_IMAGES].clone() if self.indices else None
+        self.probe_cache: torch.Tensor | None = None
+        self.probe_run: BlockRun | None = None
         self.fallbacks = 0  # blocks whose check failed
 
     def inputs(self, name: str):
@@ -96,9 +105,8 @@ class LayerInputs:
         block = block_of(self.model, name) if self.use_cache and self.indices else None
         if block != self.block:
             self._enter(block, module)
-        stop = self.graph.first_call(module) if self.graph is not None and self.cache is not None else None
-        if stop is not None:
-            yield from self._resumed_inputs(module, stop)
+        if self.graph is not None and self.cache is not None and self._runs_agree(module):
+            yield from self._resumed_inputs(module)
             return
         root = self.model if self.cache is None else self.model.get_submodule(self.block)
         sources = [self.batches[i] for i in self.indices] if self.cache is None else self.cache
@@ -113,14 +121,30 @@ class LayerInputs:
                 self.block, self.cache = None, None
             yield index, captured
 
-    def _resumed_inputs(self, module: nn.Module, stop: int):
+    def _runs_agree(self, module: nn.Module) -> bool:
+        """Whether the block's runs give `module` the input a hook on it sees, on the probe: the probe's own
+        run (kept across the block's layers, like the others) against the block run up to a hook."""
+        stop = self.graph.first_call(module)
+        if stop is None:
+            return False
+        if self.probe_run is None or self.probe_run.next > stop:
+            self.probe_run = BlockRun(self.graph, self.probe_cache)
+        self.probe_run.run_to(stop)
+        block_module = self.model.get_submodule(self.block)
+        if self.probe_run.finished or not torch.equal(self.probe_run.argument(),
+                                                      input_of(block_module, module, self.probe_cache)):
+            self.graph, self.runs, self.probe_run = None, [None] * len(self.cache), None  # hooks from here on
+            return False
+        return True
+
+    def _resumed_inputs(self, module: nn.Module):
         """`inputs` by the block's paused runs (block_runs.py): each goes on from where it stopped, or
         starts again from the cache where it has passed the layer or was not kept. Runs stay paused while
         they and the cache hold no more bytes than the largest cache this stream has held."""
-        block_module, graph, cache = self.model.get_submodule(self.block), self.graph, self.cache
+        graph, cache, stop = self.graph, self.cache, self.graph.first_call(module)
         budget = self.largest_cache - _nbytes(cache)  # paused runs never take the stream above its largest cache
         held = sum(run.nbytes() for run in self.runs if run is not None)  # the runs paused now
-        spent, checked = False, False
+        spent = False
         for position, (index, x) in enumerate(zip(self.indices, cache)):
             run, self.runs[position] = self.runs[position], None
             held -= run.nbytes() if run is not None else 0
@@ -130,52 +154,33 @@ class LayerInputs:
             run.run_to(stop)
             if run.finished:  # the block did not call the layer on this batch
                 continue
-            captured = run.argument()
-            if not checked:  # the first batch: the run against a hook on the module
-                checked = True
-                if not torch.equal(captured, input_of(block_module, module, x)):
-                    self.graph, self.runs = None, [None] * len(cache)  # they disagree: hooks from here on
-                    yield from self._inputs_by_hooks(module, position)
-                    return
             if x._version != version:  # the block changed its input in place: the cache is spent
                 self.fallbacks += 1 if not spent else 0
                 spent, self.block, self.cache, self.graph = True, None, None, None
             if not spent and held + (size := run.nbytes()) <= budget:
                 held += size
                 self.runs[position] = run
-            yield index, captured
-
-    def _inputs_by_hooks(self, module: nn.Module, start: int = 0):
-        """`inputs` of `module` on the cache's entries from `start`: the block run up to a hook on the module."""
-        block_module = self.model.get_submodule(self.block)
-        for index, x in zip(self.indices[start:], self.cache[start:]):
-            try:
-                yield index, input_of(block_module, module, x)
-            except _Unreached:
-                continue
+            yield index, run.argument()
 
     # ------------------------------------------------------------------ moving the cache
     def _enter(self, block: str | None, module: nn.Module) -> None:
-        """Make `cache` hold the inputs of `block` (checked on the first batch), or None."""
+        """Make `cache` hold the inputs of `block` (checked on the probe), or None."""
         previous, cache, runs = self.block, self.cache, self.runs if self.graph is not None else []
-        self.block, self.cache, self.graph, self.runs = block, None, None, []
+        self.block, self.cache, self.graph, self.runs, self.probe_run = block, None, None, [], None
         if block is None:
             return
-        first = self.indices[0]
         block_module = self.model.get_submodule(block)
         try:
-            expected, call = input_of(self.model, module, self.batches[first], watch=block_module)
+            expected, call = input_of(self.model, module, self.probe, watch=block_module)
         except _Unreached:
             return
         if call is None or len(call[0]) != 1 or call[1] or not torch.is_tensor(call[0][0]):
             self.fallbacks += 1  # not called with one tensor: the cache cannot stand in for the call
             return
-        block_input = call[0][0].detach()
+        block_input = call[0][0].detach()  # the probe's
         path = self._path(previous, block) if cache is not None else None
-        if path is not None:
-            moved = self._advance_from(path, cache, runs, 0)
-            if not torch.equal(moved, block_input):
-                path = None
+        if path is not None and not torch.equal(self._advance(path, self.probe_cache), block_input):
+            path = None
         trial = block_input.clone()
         version = trial._version
         if not torch.equal(input_of(block_module, module, trial), expected) or trial._version != version:
@@ -183,16 +188,15 @@ class LayerInputs:
             return
         if path is None:  # one pass of the network up to the block, for every batch
             try:
-                cache = [block_input] + [input_of(self.model, block_module, self.batches[index])
-                                         for index in self.indices[1:]]
+                cache = [input_of(self.model, block_module, self.batches[index]) for index in self.indices]
             except _Unreached:  # the block runs for some batches only
                 self.fallbacks += 1
                 return
         else:
-            cache[0] = moved
-            for i in range(1, len(cache)):
+            for i in range(len(cache)):
                 cache[i] = self._advance_from(path, cache, runs, i)  # in place: one extra batch in memory
-        self.cache, self.largest_cache = cache, max(self.largest_cache, _nbytes(cache))
+        self.cache, self.probe_cache = cache, block_input
+        self.largest_cache = max(self.largest_cache, _nbytes(cache))
         self.graph, self.runs = _traced(block_module), [None] * len(cache)
 
     def _path(self, previous: str | None, block: str) -> list[nn.Module] | None:
